@@ -1,0 +1,241 @@
+"""Elementwise ops. Binary ops broadcast like NumPy; backward sums grads back to each input's shape."""
+from __future__ import annotations
+
+from ..autograd import Function
+from ..backend import to_device
+from ._util import needs, saved, unbroadcast, xp_of
+
+
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, g):
+        a, b = self.inputs
+        return (unbroadcast(g, a.shape) if a.requires_grad else None,
+                unbroadcast(g, b.shape) if b.requires_grad else None)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, g):
+        a, b = self.inputs
+        return (unbroadcast(g, a.shape) if a.requires_grad else None,
+                unbroadcast(-g, b.shape) if b.requires_grad else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        return a * b
+
+    def backward(self, g):
+        a, b = self.inputs
+        return (unbroadcast(g * b, a.shape) if a.requires_grad else None,
+                unbroadcast(g * a, b.shape) if b.requires_grad else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        return a / b
+
+    def backward(self, g):
+        a, b = self.inputs
+        ga = g / b
+        return (unbroadcast(ga, a.shape) if a.requires_grad else None,
+                unbroadcast(-ga * a / b, b.shape) if b.requires_grad else None)
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return (-g,)
+
+
+class PowScalar(Function):
+    """x ** p for a Python number p."""
+
+    def forward(self, a, p):
+        self.p = p
+        return a ** p
+
+    def backward(self, g):
+        (x,), p = self.inputs, self.p
+        if p == 0:
+            return (g * 0.0,)
+        return (g * (p * x ** (p - 1)),)
+
+
+class Pow(Function):
+    """a ** b with both tensors: d/da = b a^(b-1), d/db = a^b log a."""
+
+    def forward(self, a, b):
+        return a ** b
+
+    def backward(self, g):
+        a, b = self.inputs
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(g * b * a ** (b - 1.0), a.shape)
+        if b.requires_grad:
+            gb = unbroadcast(g * (a ** b) * a.log(), b.shape)
+        return ga, gb
+
+
+class Exp(Function):
+    def forward(self, a):
+        self.y = xp_of(a).exp(a)
+        return self.y
+
+    def backward(self, g):
+        return (g * saved(self.y, lambda: self.inputs[0].exp()),)
+
+
+class Log(Function):
+    def forward(self, a):
+        return xp_of(a).log(a)
+
+    def backward(self, g):
+        return (g / self.inputs[0],)
+
+
+class Sqrt(Function):
+    def forward(self, a):
+        self.y = xp_of(a).sqrt(a)
+        return self.y
+
+    def backward(self, g):
+        return (g * 0.5 / saved(self.y, lambda: self.inputs[0].sqrt()),)
+
+
+class Tanh(Function):
+    def forward(self, a):
+        self.y = xp_of(a).tanh(a)
+        return self.y
+
+    def backward(self, g):
+        y = saved(self.y, lambda: self.inputs[0].tanh())
+        return (g * (1.0 - y * y),)
+
+
+class Sigmoid(Function):
+    def forward(self, a):
+        xp = xp_of(a)
+        # stable for both signs: exp of a non-positive number never overflows
+        e = xp.exp(-xp.abs(a))
+        self.y = xp.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
+        return self.y
+
+    def backward(self, g):
+        y = saved(self.y, lambda: self.inputs[0].sigmoid())
+        return (g * y * (1.0 - y),)
+
+
+class Relu(Function):
+    def forward(self, a):
+        self.mask = a > 0
+        return a * self.mask
+
+    def backward(self, g):
+        from ..tensor import Tensor
+        return (g * Tensor._make(self.mask.astype(g.dtype)),)
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.sign = xp_of(a).sign(a)
+        return xp_of(a).abs(a)
+
+    def backward(self, g):
+        from ..tensor import Tensor
+        return (g * Tensor._make(self.sign),)
+
+
+class Clip(Function):
+    """clip(x, lo, hi); the gradient passes where lo <= x <= hi."""
+
+    def forward(self, a, lo=None, hi=None):
+        xp = xp_of(a)
+        inside = xp.ones(a.shape, dtype=bool)
+        if lo is not None:
+            inside &= a >= lo
+        if hi is not None:
+            inside &= a <= hi
+        self.inside = inside
+        return xp.clip(a, lo, hi)
+
+    def backward(self, g):
+        from ..tensor import Tensor
+        return (g * Tensor._make(self.inside.astype(g.dtype)),)
+
+
+class Maximum(Function):
+    """Elementwise max; ties split the gradient evenly (as PyTorch does)."""
+
+    def forward(self, a, b):
+        self.wa = (a > b) + 0.5 * (a == b)
+        return xp_of(a).maximum(a, b)
+
+    def backward(self, g):
+        from ..tensor import Tensor
+        a, b = self.inputs
+        wa = Tensor._make(self.wa.astype(g.dtype))
+        return (unbroadcast(g * wa, a.shape) if a.requires_grad else None,
+                unbroadcast(g * (1.0 - wa), b.shape) if b.requires_grad else None)
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.wa = (a < b) + 0.5 * (a == b)
+        return xp_of(a).minimum(a, b)
+
+    backward = Maximum.backward
+
+
+class Where(Function):
+    """where(cond, a, b); cond is a constant boolean array."""
+
+    def forward(self, a, b, cond):
+        self.cond = cond
+        return xp_of(a).where(cond, a, b)
+
+    def backward(self, g):
+        from ..tensor import Tensor
+        a, b = self.inputs
+        c = Tensor._make(self.cond.astype(g.dtype))
+        return (unbroadcast(g * c, a.shape) if a.requires_grad else None,
+                unbroadcast(g * (1.0 - c), b.shape) if b.requires_grad else None)
+
+
+class Compare(Function):
+    """<, <=, >, >=, == : boolean result, no gradient."""
+    differentiable = False
+
+    def forward(self, a, b, op):
+        return getattr(xp_of(a), op)(a, b)
+
+
+class AsType(Function):
+    def forward(self, a, dtype):
+        self.src = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, g):
+        return (g.astype(self.src),) if self.src.kind in "fc" else (None,)
+
+
+class ToDevice(Function):
+    def forward(self, a, device):
+        from ..backend import device_of
+        self.src = device_of(a)
+        return to_device(a, device)
+
+    def backward(self, g):
+        return (g.to(self.src),)
+
+
+__all__ = ["Add", "Sub", "Mul", "Div", "Neg", "PowScalar", "Pow", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Relu",
+           "Abs", "Clip", "Maximum", "Minimum", "Where", "Compare", "AsType", "ToDevice", "needs"]

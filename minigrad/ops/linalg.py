@@ -1,0 +1,42 @@
+"""Matrix multiplication, with NumPy's 1-D, 2-D and batched-broadcast rules."""
+from __future__ import annotations
+
+from ..autograd import Function
+from ._util import unbroadcast
+
+
+class MatMul(Function):
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: operands must have at least 1 dimension, got shapes {a.shape} and {b.shape}")
+        if a.dtype != b.dtype:
+            raise TypeError(f"matmul: dtype mismatch, {a.dtype} @ {b.dtype}; cast one side with .astype()")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka != kb:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align ({ka} != {kb})")
+        try:
+            return a @ b
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast") from None
+
+    def backward(self, g):
+        a, b = self.inputs
+        if a.ndim == 1 and b.ndim == 1:          # dot product: g is a scalar
+            return (g * b if a.requires_grad else None, g * a if b.requires_grad else None)
+        # promote 1-D operands to matrices, as numpy does, then undo it on the grads
+        a2 = a.reshape((1, a.shape[0])) if a.ndim == 1 else a
+        b2 = b.reshape((b.shape[0], 1)) if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = g2.expand_dims(-2)
+        if b.ndim == 1:
+            g2 = g2.expand_dims(-1)
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(g2 @ b2.swapaxes(-1, -2), a2.shape)
+            ga = ga.reshape(a.shape) if a.ndim == 1 else ga
+        if b.requires_grad:
+            gb = unbroadcast(a2.swapaxes(-1, -2) @ g2, b2.shape)
+            gb = gb.reshape(b.shape) if b.ndim == 1 else gb
+        return ga, gb

@@ -1,0 +1,144 @@
+"""Shape and indexing ops: views in forward, their adjoints in backward."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function
+from ..backend import get_array_module
+from ._util import xp_of
+
+
+class Reshape(Function):
+    def forward(self, a, shape):
+        self.src = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} ({a.size} elements) "
+                             f"into shape {shape}") from None
+
+    def backward(self, g):
+        return (g.reshape(self.src),)
+
+
+class Transpose(Function):
+    def forward(self, a, axes):
+        self.inv = tuple(np.argsort(axes))
+        return a.transpose(axes)
+
+    def backward(self, g):
+        return (g.transpose(self.inv),)
+
+
+class BroadcastTo(Function):
+    def forward(self, a, shape):
+        self.src = a.shape
+        try:
+            return xp_of(a).broadcast_to(a, shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: shape {a.shape} cannot broadcast to {shape}") from None
+
+    def backward(self, g):
+        return (SumTo.apply(g, shape=self.src),)
+
+
+class SumTo(Function):
+    """Sum a broadcast result back to ``shape`` (the adjoint of broadcast_to)."""
+
+    def forward(self, a, shape):
+        self.src = a.shape
+        lead = a.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and a.shape[lead + i] != 1)
+        out = a.sum(axis=axes, keepdims=True) if axes else a
+        return out.reshape(shape)
+
+    def backward(self, g):
+        return (g.broadcast_to(self.src),)
+
+
+def _check_index(idx, shape):
+    """Reject out-of-range integer-array indices with a clear IndexError (numpy's would be opaque later)."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    dim = 0
+    for it in items:
+        if it is None:
+            continue
+        if it is Ellipsis:
+            dim = len(shape) - sum(1 for j in items if j is not None and j is not Ellipsis
+                                   and not (hasattr(j, "dtype") and j.dtype == bool))
+            continue
+        if hasattr(it, "dtype") and it.dtype.kind in "iu" and it.size and dim < len(shape):
+            xp = get_array_module(it)
+            lo, hi = int(xp.min(it)), int(xp.max(it))
+            n = shape[dim]
+            if lo < -n or hi >= n:
+                bad = hi if hi >= n else lo
+                raise IndexError(f"index {bad} is out of range for dimension {dim} of size {n} (shape {shape})")
+        dim += it.ndim if (hasattr(it, "dtype") and it.dtype == bool) else 1
+
+
+class GetItem(Function):
+    """x[idx] with basic slicing or integer/boolean arrays."""
+
+    def forward(self, a, idx):
+        _check_index(idx, a.shape)
+        self.shape, self.idx, self.dtype = a.shape, idx, a.dtype
+        try:
+            return a[idx]
+        except IndexError as e:
+            raise IndexError(f"{e} (tensor shape {a.shape})") from None
+
+    def backward(self, g):
+        return (IndexAdd.apply(g, shape=self.shape, idx=self.idx),)
+
+
+def _is_basic(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (slice, int, type(None))) or i is Ellipsis for i in items)
+
+
+class IndexAdd(Function):
+    """zeros(shape) with ``g`` scatter-added at ``idx``: repeated indices accumulate. Adjoint of GetItem."""
+
+    def forward(self, g, shape, idx):
+        self.idx = idx
+        xp = xp_of(g)
+        out = xp.zeros(shape, dtype=g.dtype)
+        if _is_basic(idx):
+            out[idx] = g          # a basic index never repeats an element
+        else:
+            scatter_add(out, idx, g)
+        return out
+
+    def backward(self, gg):
+        return (gg[self.idx],)
+
+
+def scatter_add(out, idx, values):
+    """out[idx] += values with repeated indices accumulating, on numpy or cupy."""
+    xp = get_array_module(out)
+    if hasattr(xp, "add") and hasattr(xp.add, "at"):
+        xp.add.at(out, idx, values)
+    else:  # older CuPy
+        import cupyx
+        cupyx.scatter_add(out, idx, values)
+
+
+class Concatenate(Function):
+    def forward(self, *arrays, axis=0):
+        shapes = [a.shape for a in arrays]
+        ref = shapes[0]
+        for s in shapes[1:]:
+            if len(s) != len(ref) or any(x != y for i, (x, y) in enumerate(zip(s, ref)) if i != axis % len(ref)):
+                raise ValueError(f"concatenate: shapes {shapes} differ outside axis {axis}")
+        self.axis = axis % len(ref)
+        self.sizes = [s[self.axis] for s in shapes]
+        return xp_of(arrays[0]).concatenate(arrays, axis=self.axis)
+
+    def backward(self, g):
+        out, start = [], 0
+        lead = (slice(None),) * self.axis
+        for t, n in zip(self.inputs, self.sizes):
+            out.append(g[lead + (slice(start, start + n),)] if t.requires_grad else None)
+            start += n
+        return tuple(out)
