@@ -1,0 +1,167 @@
+"""minigrad.nn.functional: PyTorch's names over minigrad ops.
+
+Shapes follow PyTorch. The softmax family, the losses and layer_norm are max-subtracted /
+logsumexp-based, so large logits never overflow.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ops import Relu, Sigmoid, Tanh
+from ..ops.nn_ops import Attention, CrossEntropy, Gelu, LayerNorm, LogSoftmax, LogSumExp, Softmax
+from ..tensor import Tensor, _axes
+
+
+def relu(x: Tensor) -> Tensor:
+    return Relu.apply(x)
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return Gelu.apply(x, approximate=approximate)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return Sigmoid.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    return Tanh.apply(x)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return Softmax.apply(x, axis=axis % x.ndim)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return LogSoftmax.apply(x, axis=axis % x.ndim)
+
+
+def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    return LogSumExp.apply(x, axis=_axes(axis, x.ndim), keepdims=keepdims)
+
+
+def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """logits (N, C) or (N, ..., C) with target (N,) or (N, ...) of class indices."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    t = target.data if isinstance(target, Tensor) else logits._xp.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer class indices, got {t.dtype}")
+    if logits.shape[:-1] != t.shape:
+        raise ValueError(f"cross_entropy: logits {logits.shape} need a target of shape {logits.shape[:-1]}, "
+                         f"got {t.shape}")
+    c = logits.shape[-1]
+    out = CrossEntropy.apply(logits.reshape((-1, c)), target=t.reshape(-1), ignore_index=ignore_index,
+                             reduction=reduction)
+    return out.reshape(t.shape) if reduction == "none" else out
+
+
+def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    target = target if isinstance(target, Tensor) else Tensor(target, dtype=input.dtype, device=input.device)
+    if input.shape != target.shape:
+        raise ValueError(f"mse_loss: input shape {input.shape} != target shape {target.shape}")
+    d = input - target
+    sq = d * d
+    return {"mean": sq.mean, "sum": sq.sum}[reduction]() if reduction != "none" else sq
+
+
+def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims; one fused op (a CUDA kernel on a GPU)."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[len(x.shape) - len(ns):]) != ns:
+        raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {ns}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != ns:
+            raise ValueError(f"layer_norm: {name} shape {p.shape} != normalized_shape {ns}")
+    if len(ns) != 1:   # fold several trailing dims into one row
+        lead = x.shape[:x.ndim - len(ns)]
+        n = int(np.prod(ns))
+        y = layer_norm(x.reshape(lead + (n,)), n, None if weight is None else weight.reshape((n,)),
+                       None if bias is None else bias.reshape((n,)), eps)
+        return y.reshape(x.shape)
+    args = [x] + [p for p in (weight, bias) if p is not None]
+    kw = dict(eps=eps)
+    if weight is None and bias is not None:
+        raise ValueError("layer_norm: a bias without a weight is not supported; pass weight=ones")
+    return LayerNorm.apply(*args, **kw)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_causal: bool = False,
+                                 scale=None) -> Tensor:
+    """softmax(q kᵀ · scale + mask) v.
+
+    q (…, Tq, d), k (…, Tk, d), v (…, Tk, dv). ``attn_mask``: bool, broadcastable to (…, Tq, Tk),
+    True = may attend (PyTorch's convention). ``is_causal``: query i attends keys j <= i + Tk - Tq
+    (bottom-right aligned, so a KV cache's new queries see the whole past). ``scale`` defaults to
+    1/sqrt(d). One fused op: the FlashAttention-style kernel on a GPU.
+    """
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise ValueError(f"scaled_dot_product_attention: q, k, v need the same rank >= 2, got {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit "
+                         "(need q (…, Tq, d), k (…, Tk, d), v (…, Tk, dv))")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    mask = key_mask = None
+    tq, tk = q.shape[-2], k.shape[-2]
+    if attn_mask is not None:
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else q._xp.asarray(attn_mask)
+        if mask.dtype != bool:
+            raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean (True = attend), got {mask.dtype}")
+        try:
+            np.broadcast_shapes(mask.shape, q.shape[:-2] + (tq, tk))
+        except ValueError:
+            raise ValueError(f"scaled_dot_product_attention: attn_mask shape {mask.shape} does not broadcast to "
+                             f"{q.shape[:-2] + (tq, tk)}") from None
+        # a (B, 1, 1, Tk) mask is a key-padding mask, which the fused kernel takes as (B, Tk)
+        if q.ndim == 4 and mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[2] == 1 and mask.shape[3] == tk:
+            key_mask = q._xp.ascontiguousarray(q._xp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], tk)))
+    kernel_ok = (q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
+                 and q.shape[:2] == k.shape[:2] == v.shape[:2] and q.dtype == k.dtype == v.dtype
+                 and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None))
+    return Attention.apply(q, k, v, mask=mask, scale=scale, is_causal=is_causal, key_mask=key_mask,
+                           kernel_ok=kernel_ok)
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p). ``generator`` is a
+    numpy Generator (seedable); the default is minigrad.nn.functional.default_generator."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    rng = generator if generator is not None else default_generator
+    keep = rng.random(x.shape) >= p
+    mask = x._xp.asarray((keep / (1.0 - p)).astype(x.dtype))
+    return x * Tensor._make(mask)
+
+
+default_generator = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Reseed the default dropout generator."""
+    global default_generator
+    default_generator = np.random.default_rng(seed)
+
+
+def embedding(idx, weight: Tensor) -> Tensor:
+    """weight[idx]: idx an integer Tensor/array of any shape -> idx.shape + (dim,). Backward scatter-adds."""
+    i = idx.data if isinstance(idx, Tensor) else weight._xp.asarray(idx)
+    if i.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got {i.dtype}")
+    return weight[i]
+
+
+def linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
+    """x @ weight.T + bias, weight (out, in) as in PyTorch."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but weight {weight.shape} expects {weight.shape[1]}")
+    y = x @ weight.T
+    return y + bias if bias is not None else y

@@ -1,0 +1,285 @@
+"""Neural-network ops with hand-derived backward: activations, the softmax family, losses,
+layer_norm and scaled-dot-product attention.
+
+Each backward is a Tensor expression over ``saved(...)`` values: constants in a first-order
+backward, recomputed differentiably under create_graph, so second derivatives hold.
+layer_norm and attention ask ``minigrad.fused`` whether to run the CUDA kernels instead.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd import Function, is_grad_enabled
+from .. import fused
+from ._util import saved, unbroadcast, xp_of
+from .special import erf, erf_array
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _T(a):
+    from ..tensor import Tensor
+    return Tensor._make(a)
+
+
+# ---------------------------------------------------------------- activations
+class Gelu(Function):
+    """x Φ(x) (approximate="none") or the tanh approximation (approximate="tanh")."""
+
+    def forward(self, x, approximate="none"):
+        xp = xp_of(x)
+        self.approximate = approximate
+        if approximate == "tanh":
+            u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
+            self.t = xp.tanh(u)
+            return 0.5 * x * (1.0 + self.t)
+        self.cdf = 0.5 * (1.0 + erf_array(x * (1.0 / math.sqrt(2.0))))
+        return x * self.cdf
+
+    def backward(self, g):
+        x = self.inputs[0]
+        if self.approximate == "tanh":
+            t = saved(self.t, lambda: (_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+            du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+            return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
+        cdf = saved(self.cdf, lambda: 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0)))))
+        pdf = (x * x * -0.5).exp() * _INV_SQRT_2PI
+        return (g * (cdf + x * pdf),)
+
+
+# ---------------------------------------------------------------- softmax family
+def _lse(x, axis):
+    """logsumexp over ``axis`` with keepdims, max-subtracted; rows of all -inf give -inf."""
+    xp = xp_of(x)
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype, copy=False)
+    with np.errstate(divide="ignore"):
+        return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Function):
+    def forward(self, x, axis=-1):
+        xp = xp_of(x)
+        self.axis = axis
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        e /= e.sum(axis=axis, keepdims=True)
+        self.y = e
+        return e
+
+    def backward(self, g):
+        y = saved(self.y, lambda: Softmax.apply(self.inputs[0], axis=self.axis))
+        gy = g * y
+        return (gy - y * gy.sum(axis=self.axis, keepdims=True),)
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis=-1):
+        self.axis = axis
+        self.y = x - _lse(x, axis)
+        return self.y
+
+    def backward(self, g):
+        p = saved(xp_of(self.y).exp(self.y) if not is_grad_enabled() else None,
+                  lambda: Softmax.apply(self.inputs[0], axis=self.axis))
+        return (g - p * g.sum(axis=self.axis, keepdims=True),)
+
+
+class LogSumExp(Function):
+    def forward(self, x, axis, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+        out = _lse(x, axis)
+        self.p = xp_of(x).exp(x - out)
+        return out if keepdims else out.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axis))
+
+    def backward(self, g):
+        x = self.inputs[0]
+        p = saved(self.p, lambda: Softmax.apply(x, axis=self.axis) if len(self.axis) == 1
+                  else (x - LogSumExp.apply(x, axis=self.axis, keepdims=True)).exp())
+        if not self.keepdims:
+            g = g.reshape(tuple(1 if i in self.axis else s for i, s in enumerate(x.shape)))
+        return (g * p,)
+
+
+class CrossEntropy(Function):
+    """Mean (or sum, or per-row) of -log softmax(logits)[target] over rows whose target != ignore_index.
+
+    logits (N, C) float, target (N,) int. Stable: computed from logsumexp.
+    """
+
+    def forward(self, logits, target, ignore_index=-100, reduction="mean"):
+        xp = xp_of(logits)
+        n, c = logits.shape
+        valid = target != ignore_index
+        safe_t = xp.where(valid, target, 0)
+        if bool(((safe_t < 0) | (safe_t >= c)).any()):
+            bad = int(safe_t[(safe_t < 0) | (safe_t >= c)][0])
+            raise IndexError(f"cross_entropy: target {bad} is out of range for {c} classes")
+        lse = _lse(logits, 1)[:, 0]
+        rows = xp.arange(n)
+        nll = (lse - logits[rows, safe_t]) * valid
+        self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
+        self.scale = 1.0 / max(int(valid.sum()), 1) if reduction == "mean" else 1.0
+        self.p = xp.exp(logits - lse[:, None])
+        if reduction == "none":
+            return nll
+        out = nll.sum()
+        return out * self.scale if reduction == "mean" else out
+
+    def backward(self, g):
+        logits = self.inputs[0]
+        xp = xp_of(logits.data)
+        p = saved(self.p, lambda: Softmax.apply(logits, axis=1))
+        onehot = xp.zeros(logits.shape, dtype=logits.dtype)
+        onehot[xp.arange(logits.shape[0]), self.safe_t] = 1
+        w = _T((self.valid * self.scale).astype(logits.dtype)[:, None])
+        if self.reduction == "none":
+            w = w * g.reshape((-1, 1))
+        else:
+            w = w * g
+        return ((p - _T(onehot)) * w,)
+
+
+# ---------------------------------------------------------------- layer norm
+class LayerNorm(Function):
+    """y = (x - mean) * rstd * weight + bias over the last dimension (x reshaped to rows (N, C))."""
+
+    def forward(self, x, weight=None, bias=None, eps=1e-5):
+        xp = xp_of(x)
+        self.eps, self.has_w, self.has_b = eps, weight is not None, bias is not None
+        shape, c = x.shape, x.shape[-1]
+        self.kernel = fused.use_kernels("cuda" if xp.__name__.startswith("cupy") else "cpu")
+        x2 = x.reshape(-1, c)
+        if self.kernel:
+            y, self.mean, self.rstd = fused.launchers().layernorm_forward(
+                xp.ascontiguousarray(x2), weight, bias, eps)
+            return y.reshape(shape)
+        mean = x2.mean(axis=1, keepdims=True)
+        xc = x2 - mean
+        var = (xc * xc).mean(axis=1, keepdims=True)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        xhat = xc * rstd
+        self.xhat, self.rstd = xhat, rstd
+        y = xhat * weight if weight is not None else xhat
+        if bias is not None:
+            y += bias
+        return y.reshape(shape)
+
+    def backward(self, g):
+        x, w = self.inputs[0], (self.inputs[1] if self.has_w else None)
+        c = x.shape[-1]
+        if self.kernel and not is_grad_enabled():
+            xp = xp_of(g.data)
+            dx, dw, db = fused.launchers().layernorm_backward(
+                xp.ascontiguousarray(g.data.reshape(-1, c)), xp.ascontiguousarray(x.data.reshape(-1, c)),
+                w.data if w is not None else None, self.mean, self.rstd)
+            out = [_T(dx.reshape(x.shape))]
+            if self.has_w:
+                out.append(_T(dw))
+            if self.has_b:
+                out.append(_T(db if db is not None else g.data.reshape(-1, c).sum(axis=0)))
+            return tuple(out)
+        g2 = g.reshape((-1, c))
+        if is_grad_enabled() or self.kernel:
+            x2 = x.reshape((-1, c))
+            xc = x2 - x2.mean(axis=1, keepdims=True)
+            rstd = ((xc * xc).mean(axis=1, keepdims=True) + self.eps) ** -0.5
+            xhat = xc * rstd
+        else:
+            xhat, rstd = _T(self.xhat), _T(self.rstd)
+        gx = g2 * w if w is not None else g2
+        dx = rstd * (gx - gx.mean(axis=1, keepdims=True) - xhat * (gx * xhat).mean(axis=1, keepdims=True))
+        out = [dx.reshape(x.shape)]
+        if self.has_w:
+            out.append((g2 * xhat).sum(axis=0) if w.requires_grad else None)
+        if self.has_b:
+            out.append(g2.sum(axis=0) if self.inputs[-1].requires_grad else None)
+        return tuple(out)
+
+
+# ---------------------------------------------------------------- attention
+def attention_reference(q, k, v, mask, scale):
+    """softmax(q kᵀ scale, masked) v on arrays. mask: bool (…, Tq, Tk), True = may attend, or None.
+    A query row with no attendable key gets a zero output row. Returns (o, p)."""
+    xp = xp_of(q)
+    s = (q @ k.swapaxes(-1, -2)) * scale                      # (…, Tq, Tk)
+    if mask is not None:
+        s = xp.where(mask, s, -xp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0).astype(q.dtype, copy=False)
+    e = xp.exp(s - m)
+    den = e.sum(axis=-1, keepdims=True)
+    p = e / xp.where(den > 0, den, 1)
+    return p @ v, p
+
+
+def causal_mask(xp, tq, tk):
+    """(Tq, Tk) bool, bottom-right aligned: query i sees key j iff j <= i + (Tk - Tq)."""
+    return xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + (tk - tq)
+
+
+class Attention(Function):
+    """scaled_dot_product_attention(q, k, v): q (…, Tq, d), k and v (…, Tk, d) -> (…, Tq, d).
+
+    ``mask``: None or bool broadcastable to (…, Tq, Tk), True = may attend (is_causal already folded in).
+    ``key_mask``: the same information as (B, Tk) when the mask is a pure key-padding mask and
+    q is (B, H, Tq, d), so the fused kernel can take it.
+    """
+
+    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None, kernel_ok=False):
+        xp = xp_of(q)
+        self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
+        device = "cuda" if xp.__name__.startswith("cupy") else "cpu"
+        self.kernel = kernel_ok and fused.use_kernels(device)
+        if self.kernel:
+            self.o, self.lse = fused.launchers().attention_forward(
+                xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v),
+                key_mask=key_mask, is_causal=is_causal, scale=scale)
+            return self.o
+        full = self._full_mask(xp, q, k)
+        o, self.p = attention_reference(q, k, v, full, scale)
+        return o
+
+    def _full_mask(self, xp, q, k):
+        m = self.mask
+        if self.is_causal:
+            c = causal_mask(xp, q.shape[-2], k.shape[-2])
+            m = c if m is None else (m & c)
+        return m
+
+    def backward(self, g):
+        q, k, v = self.inputs
+        if self.kernel and not is_grad_enabled():
+            xp = xp_of(g.data)
+            dq, dk, dv = fused.launchers().attention_backward(
+                xp.ascontiguousarray(q.data), xp.ascontiguousarray(k.data), xp.ascontiguousarray(v.data),
+                self.o, self.lse, xp.ascontiguousarray(g.data),
+                key_mask=self.key_mask, is_causal=self.is_causal, scale=self.scale)
+            return _T(dq), _T(dk), _T(dv)
+        full = self._full_mask(xp_of(q.data), q.data, k.data)
+        if is_grad_enabled() or self.kernel:
+            p = _attention_probs(q, k, full, self.scale)
+        else:
+            p = _T(self.p)
+        dv = unbroadcast(p.swapaxes(-1, -2) @ g, v.shape)
+        dp = g @ v.swapaxes(-1, -2)
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+        dq = unbroadcast((ds @ k) * self.scale, q.shape)
+        dk = unbroadcast((ds.swapaxes(-1, -2) @ q) * self.scale, k.shape)
+        return dq, dk, dv
+
+
+def _attention_probs(q, k, mask, scale):
+    """The attention probabilities as a differentiable Tensor expression (for create_graph)."""
+    from ..functions import where
+    s = (q @ k.swapaxes(-1, -2)) * scale
+    if mask is None:
+        return Softmax.apply(s, axis=-1)
+    xp = xp_of(q.data)
+    mask = xp.broadcast_to(mask, s.shape)
+    any_key = mask.any(axis=-1, keepdims=True)
+    s = where(mask, s, -1e30)   # finite, so a row with no key stays NaN-free (it is zeroed below)
+    p = Softmax.apply(s, axis=-1)
+    return p * _T((mask & any_key).astype(s.dtype))
