@@ -1,0 +1,168 @@
+"""Sampling from a trained GPT, with or without a KV cache (same seed -> same tokens).
+
+The model conditions on at most block_size tokens (a sliding window). With the cache, tokens are
+fed one at a time while the sequence fits; once it is longer than block_size, every position
+shifts, so each step re-reads the window (a fresh cache prefill), exactly what cache-free
+decoding computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.gpt import GPT, KVCache
+
+
+class GenerateError(ValueError):
+    """Bad sampling parameters; the message is one line."""
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
+    if not temperature >= 0:
+        raise GenerateError(f"--temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise GenerateError(f"--top-k must be at least 1, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise GenerateError(f"--top-p must lie in (0, 1], got {top_p}")
+
+
+def sample_token(logits, temperature: float, top_k: int | None, top_p: float, rng: np.random.Generator) -> int:
+    """One token id from a (V,) row of logits. Uses exactly one rng.random() draw when temperature > 0."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits / temperature
+    if top_k is not None and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]  # smallest prefix whose mass reaches top_p
+        mask = np.zeros_like(p)
+        mask[keep] = 1.0
+        p = p * mask
+        p /= p.sum()
+    cdf = np.cumsum(p)
+    u = rng.random() * cdf[-1]
+    return int(min(np.searchsorted(cdf, u, side="right"), p.size - 1))
+
+
+def generate(model: GPT, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, on_token=None) -> list[int]:
+    """Continue prompt_ids by max_new_tokens sampled tokens; calls on_token(id) as each one appears."""
+    from minigrad import no_grad
+
+    check_sampling(temperature, top_k, top_p)
+    ids = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]
+    if not ids:
+        raise GenerateError("the prompt is empty")
+    rng = np.random.default_rng(seed)
+    bs = model.config.block_size
+    xp = model.wte.weight._xp
+    was_training = model.training
+    model.eval()
+    cache, fed = None, 0  # fed: how many tokens of `ids` the cache holds
+    try:
+        with no_grad():
+            for _ in range(max_new_tokens):
+                if use_cache:
+                    if cache is None or len(ids) > bs:  # (re)fill with the window
+                        cache = KVCache(model.config, 1, xp=xp)
+                        window = ids[-bs:]
+                        fed = len(ids) - len(window)
+                    else:
+                        window = ids[fed:]
+                    logits, _ = model(np.asarray([window]), cache=cache, last_only=True)
+                    fed = len(ids)
+                else:
+                    logits, _ = model(np.asarray([ids[-bs:]]), last_only=True)
+                row = logits.numpy()[0, -1]  # (V,)
+                nxt = sample_token(row, temperature, top_k, top_p, rng)
+                ids.append(nxt)
+                if on_token is not None:
+                    on_token(nxt)
+    finally:
+        if was_training:
+            model.train()
+    return ids
+
+
+class TextStream:
+    """Turns generated ids into printable text pieces (holds back an incomplete UTF-8 sequence)."""
+
+    def __init__(self, tokenizer, write):
+        self.tok, self.write = tokenizer, write
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.shown:
+            self.write(text[self.shown:])
+            self.shown = len(text)
+
+
+def load_model(path, device: str = "cpu"):
+    """(model, tokenizer, checkpoint) from a run or checkpoint directory, validated."""
+    from models.checkpoint import CheckpointError, check_arrays, load_checkpoint
+    from models.gpt import GPTConfig
+    from models.tokenize import TokenizerError, tokenizer_from_state
+    from models.train import load_params
+
+    ckpt = load_checkpoint(path, groups=["model"])
+    if ckpt.meta.get("model") != "gpt":
+        raise CheckpointError(f"checkpoint {ckpt.path} holds a {ckpt.meta.get('model')!r} model, not a GPT")
+    try:
+        cfg = GPTConfig.from_dict(ckpt.meta["model_config"])
+        tok = tokenizer_from_state(ckpt.meta["tokenizer"])
+    except (KeyError, TypeError, ValueError, TokenizerError) as e:
+        raise CheckpointError(f"checkpoint {ckpt.path}: model config or vocabulary is invalid ({e})") from None
+    if tok.vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"checkpoint {ckpt.path}: vocabulary has {tok.vocab_size} tokens but the model "
+                              f"expects {cfg.vocab_size}")
+    model = GPT(cfg)
+    check_arrays({n: p.shape for n, p in model.named_parameters()}, ckpt.arrays["model"], "model weights", ckpt.path)
+    load_params(model, ckpt.arrays["model"])
+    if device != "cpu":
+        model.to(device)
+    return model, tok, ckpt
+
+
+def main(args) -> None:
+    """`minigrad generate`: print the prompt, then stream the sampled continuation."""
+    import sys
+
+    from models.tokenize import TokenizerError
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise GenerateError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    model, tok, _ = load_model(args.ckpt, args.device)
+    try:
+        prompt = tok.encode(args.prompt)
+    except TokenizerError as e:
+        raise GenerateError(f"--prompt: {e}") from None
+    out = sys.stdout
+
+    def write(piece):
+        out.write(piece)
+        out.flush()
+
+    write(args.prompt)
+    generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+             use_cache=not args.no_cache, on_token=TextStream(tok, write))
+    write("\n")
+
+
+def _user_errors():
+    from models.checkpoint import CheckpointError
+    from models.tokenize import TokenizerError
+    return (GenerateError, CheckpointError, TokenizerError)
+
+
+USER_ERRORS = _user_errors()

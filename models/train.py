@@ -1,0 +1,433 @@
+"""A generic training loop (model + batch source + loss), and the GPT `minigrad train` job on top.
+
+The loop knows nothing about GPT: `Trainer` takes
+    model       a minigrad.nn.Module
+    batches     batches(split, rng) -> batch (any object `loss_fn` understands)
+    loss_fn     loss_fn(model, batch) -> scalar Tensor
+    meta        JSON-able extras stored in every checkpoint (model config, vocabulary, ...)
+and owns the optimiser, lr schedule, accumulation, clipping, eval, logging, checkpoints, Ctrl-C.
+
+Reproducibility contract: training batches come only from `train_rng`, evaluation batches only
+from a generator derived from (seed, step), so evaluating never shifts the training stream and a
+resumed run logs exactly the losses of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.checkpoint import CheckpointError, check_arrays, has_checkpoint, load_checkpoint, save_checkpoint
+from models.data import DataError
+from models.tokenize import TokenizerError
+
+EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
+
+
+class TrainError(RuntimeError):
+    """A user-fixable problem with the training request; the message is one line."""
+
+
+USER_ERRORS = (TrainError, CheckpointError, DataError, TokenizerError)
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables
+    eval_interval: int = 250
+    eval_iters: int = 20
+    final_eval_iters: int = 200
+    log_interval: int = 1
+    seed: int = 1337
+
+    def check(self) -> None:
+        positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",
+                    "final_eval_iters", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
+            if not getattr(self, name) >= 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr > self.lr:
+            raise TrainError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise TrainError("AdamW betas must lie in [0, 1)")
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Learning rate for update number it+1: linear warmup, cosine decay to min_lr, then flat."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+# --------------------------------------------------------------------------- what a person sees
+
+class Progress:
+    """tqdm bar with loss, lr and tok/s; plain lines every `every` steps when tqdm is missing."""
+
+    def __init__(self, total: int, initial: int, every: int = 50, stream=sys.stderr, disable=False):
+        self.stream, self.every, self.disable = stream, every, disable
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.bar = None
+        if tqdm is not None and not disable:
+            self.bar = tqdm(total=total, initial=initial, file=stream, dynamic_ncols=True, unit="step",
+                            smoothing=0.1)
+
+    def update(self, step: int, loss: float, lr: float, tok_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss={loss:.4f} lr={lr:.2e} tok/s={tok_s:,.0f}", refresh=False)
+        elif not self.disable and step % self.every == 0:
+            print(f"step {step}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s", file=self.stream, flush=True)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        elif not self.disable:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def read_log(path) -> list[dict]:
+    """The records of a log.jsonl (a torn last line from a crash is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
+def plot_log(records: list[dict], path) -> str | None:
+    """Loss curve PNG at `path`; returns a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no loss curve (pip install matplotlib)"
+    steps = [r["step"] for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, [r["loss"] for r in records if "loss" in r], lw=0.8, alpha=0.6, label="train (step)")
+    ev = [r for r in records if "val_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["train_loss"] for r in ev], "o-", label="train (eval)")
+        ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val (eval)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return None
+
+
+# --------------------------------------------------------------------------- optimiser state
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on parameters of >= 2 dims (matmul weights, embeddings) only."""
+    named = list(model.named_parameters())
+    decay = [p for _, p in named if p.ndim >= 2]
+    no_decay = [p for _, p in named if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class StepTimer:
+    """Phase hook: `with timer.phase(name):` around data / forward / backward / optimizer.
+
+    The default does nothing; a profiler (e.g. `minigrad train --profile`) can subclass it.
+    """
+
+    totals: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        yield
+
+
+# --------------------------------------------------------------------------- the loop
+
+class Trainer:
+    def __init__(self, model, batches, loss_fn, cfg: TrainConfig, out_dir, meta: dict | None = None,
+                 tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
+                 on_step=None):
+        import minigrad.optim as optim
+
+        cfg.check()
+        self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg
+        self.out_dir = Path(out_dir)
+        self.meta = dict(meta or {})
+        self.tokens_per_batch = tokens_per_batch
+        self.timer = timer or StepTimer()
+        self.quiet = quiet
+        self.on_step = on_step
+        self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                               betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.train_rng = np.random.default_rng(cfg.seed)
+        self._stop = False
+        self.last_eval: dict = {}
+
+    # ---- state for checkpoints
+    def arrays(self) -> dict:
+        model = {name: p.numpy() for name, p in self.model.named_parameters()}
+        return {"model": model, "optim": optim_arrays(self.opt, self.model)}
+
+    def state_meta(self) -> dict:
+        return dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
+                    optim_step=optim_step(self.opt), last_eval=self.last_eval)
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir, self.step, self.arrays(), self.state_meta())
+
+    def load(self, ckpt) -> None:
+        """Restore weights, moments, step and RNG from a loaded Checkpoint (validated)."""
+        expected = {name: p.shape for name, p in self.model.named_parameters()}
+        check_arrays(expected, ckpt.arrays["model"], "model weights", ckpt.path)
+        load_params(self.model, ckpt.arrays["model"])
+        load_optim(self.opt, self.model, ckpt.arrays["optim"], ckpt.meta["optim_step"], ckpt.path)
+        self.step = int(ckpt.meta["step"])
+        self.train_rng.bit_generator.state = ckpt.meta["train_rng"]
+        self.last_eval = ckpt.meta.get("last_eval", {})
+
+    # ---- pieces of a step
+    def evaluate(self, iters: int) -> dict:
+        """Mean loss over `iters` batches of each split, drawn from a (seed, step) generator."""
+        from minigrad import no_grad
+
+        self.model.eval()
+        out = {}
+        with no_grad():
+            for split in ("train", "val"):
+                rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, self.step])
+                losses = [float(self.loss_fn(self.model, self.batches(split, rng)).item()) for _ in range(iters)]
+                out[f"{split}_loss"] = float(np.mean(losses))
+        self.model.train()
+        return out
+
+    def train_step(self, lr: float) -> float:
+        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss."""
+        cfg, t = self.cfg, self.timer
+        set_lr(self.opt, lr)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            with t.phase("data"):
+                batch = self.batches("train", self.train_rng)
+            with t.phase("forward"):
+                loss = self.loss_fn(self.model, batch)
+                scaled = loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss
+            with t.phase("backward"):
+                scaled.backward()
+            total += float(loss.item())
+        with t.phase("optimizer"):
+            if cfg.grad_clip > 0:
+                from minigrad.optim import clip_grad_norm_
+                clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad()
+        return total / cfg.grad_accum
+
+    def request_stop(self) -> None:
+        """Stop after the current step, save, return (what Ctrl-C does)."""
+        self._stop = True
+
+    # ---- the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / "log.jsonl"
+        records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
+        _rewrite_log(log_path, records)  # drop lines a crashed run logged past its last checkpoint
+        progress = Progress(cfg.max_iters, self.step, disable=self.quiet)
+        previous = signal.getsignal(signal.SIGINT)
+        main_thread = _in_main_thread()
+
+        def on_sigint(signum, frame):
+            self._stop = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+        if main_thread:
+            signal.signal(signal.SIGINT, on_sigint)
+        interrupted = False
+        try:
+            with open(log_path, "a") as log:
+                while self.step < cfg.max_iters:
+                    if self._stop:
+                        interrupted = True
+                        break
+                    lr = lr_at(self.step, cfg)
+                    t0 = time.perf_counter()
+                    loss = self.train_step(lr)
+                    dt = time.perf_counter() - t0
+                    self.step += 1
+                    final = self.step == cfg.max_iters
+                    tok_s = (self.tokens_per_batch or 0) * cfg.grad_accum / max(dt, 1e-9)
+                    progress.update(self.step, loss, lr, tok_s)
+                    rec = None
+                    if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
+                        rec = {"step": self.step, "loss": loss, "lr": lr}
+                    if not math.isfinite(loss):
+                        raise TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                    if self.step % cfg.eval_interval == 0 or final:
+                        self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
+                        rec.update(self.last_eval)
+                        progress.write(f"step {self.step}: train loss {self.last_eval['train_loss']:.4f}, "
+                                       f"val loss {self.last_eval['val_loss']:.4f}")
+                    if rec is not None:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                        records.append(rec)
+                    if self.step % cfg.eval_interval == 0 or final:
+                        self.save()
+                    if self.on_step is not None:
+                        self.on_step(self)
+                if self._stop and not interrupted and self.step < cfg.max_iters:
+                    interrupted = True
+        finally:
+            progress.close()
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            path = self.save()
+            if not self.quiet:
+                print(f"interrupted: saved step {self.step} to {path}; continue with --resume",
+                      file=sys.stderr)
+        note = plot_log(records, self.out_dir / "loss.png") if records else None
+        if note and not self.quiet:
+            print(note, file=sys.stderr)
+        return {"step": self.step, "interrupted": interrupted, **self.last_eval}
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _rewrite_log(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the GPT job (`minigrad train`)
+
+DEFAULT_DATA = {"data": None, "tokenizer": "char", "vocab_size": None}
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+
+
+def _given(args, names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def main(args) -> dict:
+    """Run `minigrad train` from parsed arguments; returns Trainer.run()'s summary."""
+    from models.data import load_data
+    from models.gpt import GPT, GPTConfig
+
+    out_dir = Path(args.out_dir)
+    train_flags = [f.name for f in TrainConfig.__dataclass_fields__.values()]
+    given_train = _given(args, train_flags)
+    given_model = _given(args, MODEL_FLAGS)
+    given_data = _given(args, DEFAULT_DATA)
+    ckpt = None
+    if args.resume:
+        if args.force:
+            raise TrainError("--resume and --force contradict each other")
+        ckpt = load_checkpoint(out_dir)
+        meta = ckpt.meta
+        if meta.get("model") != "gpt":
+            raise TrainError(f"checkpoint {ckpt.path} holds a {meta.get('model')!r} model, not a GPT")
+        saved_model = meta["model_config"]
+        for k, v in given_model.items():
+            if saved_model.get(k) != v:
+                raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
+                                      f"--{k.replace('_', '-')} {v} was given")
+        data_opts = dict(meta.get("data", DEFAULT_DATA), **given_data)
+        train_opts = dict(meta["train_config"], **given_train)
+        model_opts = {k: v for k, v in saved_model.items() if k != "vocab_size"}
+    else:
+        if has_checkpoint(out_dir) and not args.force:
+            raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+                             "or --force to start afresh (or choose another --out-dir)")
+        data_opts = dict(DEFAULT_DATA, **given_data)
+        train_opts = given_train
+        model_opts = given_model
+    if data_opts["tokenizer"] == "char" and data_opts.get("vocab_size") is not None:
+        raise TrainError("--vocab-size applies to --tokenizer bpe only")
+    cfg = TrainConfig(**train_opts)
+    cfg.check()
+    data = load_data(data_opts["data"], data_opts["tokenizer"], data_opts["vocab_size"])
+    try:
+        mcfg = GPTConfig(vocab_size=data.vocab_size, **model_opts)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    data.check_block_size(mcfg.block_size)
+    if ckpt is not None and ckpt.meta.get("tokenizer") != data.tokenizer.state():
+        raise CheckpointError(f"checkpoint {ckpt.path} was trained on another vocabulary "
+                              f"({ckpt.meta['model_config']['vocab_size']} tokens) than {data.source} gives "
+                              f"({data.vocab_size} tokens)")
+    model = GPT(mcfg, seed=cfg.seed)
+    if args.device != "cpu":
+        model.to(args.device)
+    B, T = cfg.batch_size, mcfg.block_size
+    meta = {"model": "gpt", "model_config": mcfg.to_dict(), "tokenizer": data.tokenizer.state(),
+            "data": data_opts}
+
+    def batches(split, rng):
+        return data.get_batch(split, B, T, rng)
+
+    def loss_fn(model, batch):
+        return model(batch[0], batch[1])[1]
+
+    trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, tokens_per_batch=B * T,
+                      quiet=getattr(args, "quiet", False))
+    if ckpt is not None:
+        trainer.load(ckpt)
+        if trainer.step >= cfg.max_iters:
+            raise TrainError(f"checkpoint {ckpt.path} is at step {trainer.step}, already at --max-iters "
+                             f"{cfg.max_iters}; raise --max-iters to train further")
+    if not trainer.quiet:
+        print(f"GPT {model.num_params() / 1e6:.2f}M parameters, vocab {data.vocab_size} ({data.source}), "
+              f"train {len(data.train):,} / val {len(data.val):,} tokens, {'resuming at step ' + str(trainer.step) if ckpt else 'from scratch'}",
+              file=sys.stderr)
+    return trainer.run()
