@@ -1,0 +1,95 @@
+"""Layers with PyTorch's names, shapes and default initialisations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from .module import Module, Parameter
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+class Linear(Module):
+    """y = x Wᵀ + b; W (out_features, in_features), init U(-1/sqrt(in), 1/sqrt(in)) as in PyTorch."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        b = 1.0 / math.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(_uniform(rng, b, (out_features, in_features), dtype))
+        self.bias = Parameter(_uniform(rng, b, (out_features,), dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A (num_embeddings, embedding_dim) table looked up by integer indices; init N(0, 1)."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__()
+        ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps = ns, eps
+        self.weight = Parameter(np.ones(ns, dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(ns, dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class Dropout(Module):
+    def __init__(self, p=0.5, generator=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.generator)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class GELU(Module):
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
