@@ -1,0 +1,69 @@
+"""The `minigrad` console script. Each subcommand's code lives next to what it runs and is
+imported lazily, so `minigrad --help` is instant.
+
+  minigrad gradcheck            sweep the op registry, first and second order
+  minigrad bench ops            per-op overhead and a small MLP step (next to PyTorch if installed)
+  minigrad train / generate     the GPT (models/)
+  minigrad bench train          GPT train-step time (models/)
+  minigrad kernels check|validate|bench   the CUDA kernel workbench (kernels/)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _optional(module: str, *args) -> None:
+    """Let a package register its subcommands; a package that is absent simply adds none."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name and module.startswith(e.name):
+            return
+        raise
+    mod.add_subcommands(*args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="minigrad", description="minigrad: a small autograd engine, its CUDA kernels and transformers.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    g = sub.add_parser("gradcheck", help="gradcheck every registered op, first and second order",
+                       description="Sweep the op registry (minigrad/opinfo.py) in float64: forward vs NumPy, "
+                                   "gradcheck and gradgradcheck. Exits 1 on any failure.")
+    g.add_argument("--op", action="append", help="only these ops (repeatable)")
+    g.add_argument("--first-order-only", action="store_true")
+    g.set_defaults(func=lambda a: __import__("minigrad.sweep", fromlist=["main"]).main(a))
+
+    bench = sub.add_parser("bench", help="benchmarks (scripts, not tests)")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
+    bsub.required = True
+    b = bsub.add_parser("ops", help="per-op overhead (µs) and a small MLP step, next to PyTorch when installed")
+    b.add_argument("--repeat", type=int, default=2000)
+    b.set_defaults(func=lambda a: __import__("minigrad.bench", fromlist=["main"]).main(a))
+
+    _optional("models.cli", sub, bsub)
+    _optional("kernels.cli", sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
