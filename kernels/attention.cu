@@ -99,7 +99,7 @@ struct AttnShape {
 template <typename T, int D, int BQ, int BK, int G, int R>
 __global__ void __launch_bounds__(AttnShape<D, BQ, BK, G, R, BQ>::NT)
 attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-              const unsigned char* __restrict__ key_mask, T* __restrict__ o, T* __restrict__ lse,
+              const bool* __restrict__ key_mask, T* __restrict__ o, T* __restrict__ lse,
               int H, int Tq, int Tk, int d, T scale, int causal, int has_mask) {
     typedef AttnShape<D, BQ, BK, G, R, BQ> S;
     constexpr int KPL = BK / G;  // keys per lane
@@ -221,7 +221,7 @@ template <typename T, int D, int BQ, int BK, int G, int R>
 __global__ void __launch_bounds__(AttnShape<D, BQ, BK, G, R, BQ>::NT)
 attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                  const T* __restrict__ o, const T* __restrict__ lse, const T* __restrict__ dout,
-                 const unsigned char* __restrict__ key_mask, T* __restrict__ dq, T* __restrict__ drow,
+                 const bool* __restrict__ key_mask, T* __restrict__ dq, T* __restrict__ drow,
                  int H, int Tq, int Tk, int d, T scale, int causal, int has_mask) {
     typedef AttnShape<D, BQ, BK, G, R, BQ> S;
     constexpr int KPL = BK / G;
@@ -340,7 +340,7 @@ template <typename T, int D, int BK, int BQ, int G, int R>
 __global__ void __launch_bounds__(AttnShape<D, BQ, BK, G, R, BK>::NT)
 attention_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                    const T* __restrict__ lse, const T* __restrict__ drow, const T* __restrict__ dout,
-                   const unsigned char* __restrict__ key_mask, T* __restrict__ dk, T* __restrict__ dv,
+                   const bool* __restrict__ key_mask, T* __restrict__ dk, T* __restrict__ dv,
                    int H, int Tq, int Tk, int d, T scale, int causal, int has_mask) {
     typedef AttnShape<D, BQ, BK, G, R, BK> S;
     constexpr int QPL = BQ / G;  // queries per lane

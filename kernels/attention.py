@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.launch import array_module, is_cupy_array
+
 SOURCE = Path(__file__).with_name("attention.cu")
 HEAD_DIMS = (16, 32, 64, 128)  # compile-time D; a runtime d runs in the smallest D >= d
 
@@ -65,7 +67,7 @@ def padded_head_dim(d):
 # Input checks: everything is validated before any launch.
 
 def _is_array(x):
-    return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
+    return isinstance(x, np.ndarray) or is_cupy_array(x)
 
 
 def _check_inputs(q, k, v, key_mask, extra=()):
@@ -130,43 +132,27 @@ def _alloc(xp, name, shape, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends: cupy RawModule (compiled once per process) or the CPU emulator.
-
-_cupy_module = None
-
+# Launch: kernels/launch.py picks CuPy (cupy arrays) or the CPU emulator (numpy arrays) and
+# compiles the instantiations registered for attention.cu in kernels/registry.py.
 
 def _launch(name, grid, block, args):
-    if any(type(a).__module__.split(".")[0] == "cupy" for a in args):
-        global _cupy_module
-        import cupy
-        if _cupy_module is None:
-            _cupy_module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",),
-                                          name_expressions=name_expressions())
-        _cupy_module.get_function(name)((grid,), (block,), args)
-    else:
-        from kernels import launch
-        launch.launch(SOURCE, name, grid, block, args, name_expressions=name_expressions())
-
-
-def _mask_args(xp, key_mask):
-    if key_mask is None:
-        return xp.zeros(1, dtype=np.uint8), np.int32(0)
-    return key_mask.view(np.uint8), np.int32(1)
+    from kernels import launch
+    launch.launch(SOURCE.name, name, grid, block, args)
 
 
 def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None):
     """Fused attention forward: returns o (B, H, Tq, d) and lse (B, H, Tq), both q.dtype."""
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask)
-    xp = _array_module(q)
+    xp = array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     o = _alloc(xp, "o", (B, H, Tq, d), q.dtype)
     lse = _alloc(xp, "lse", (B, H, Tq), q.dtype)
-    mask, has_mask = _mask_args(xp, key_mask)
+    has_mask = np.int32(key_mask is not None)
     bq = CONFIGS[(ctype, D)]["fwd"][0]
     grid = B * H * (-(-Tq // bq))
     _launch(kernel_name("fwd", ctype, D), grid, threads("fwd", ctype, D),
-            (q, k, v, mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc,
+            (q, k, v, key_mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc,
              np.int32(bool(is_causal)), has_mask))
     return o, lse
 
@@ -178,26 +164,20 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
     attention_bwd_dq writes dq and Drow = rowsum(do * o), then attention_bwd_dkdv writes dk, dv.
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask, extra=(("o", o), ("lse", lse), ("do", do)))
-    xp = _array_module(q)
+    xp = array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     dq = _alloc(xp, "dq", (B, H, Tq, d), q.dtype)
     dk = _alloc(xp, "dk", (B, H, Tk, d), q.dtype)
     dv = _alloc(xp, "dv", (B, H, Tk, d), q.dtype)
     drow = _alloc(xp, "drow", (B, H, Tq), q.dtype)
-    mask, has_mask = _mask_args(xp, key_mask)
+    has_mask = np.int32(key_mask is not None)
     tail = (np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc, np.int32(bool(is_causal)), has_mask)
     bq = CONFIGS[(ctype, D)]["dq"][0]
     _launch(kernel_name("dq", ctype, D), B * H * (-(-Tq // bq)), threads("dq", ctype, D),
-            (q, k, v, o, lse, do, mask, dq, drow) + tail)
+            (q, k, v, o, lse, do, key_mask, dq, drow) + tail)
     bk = CONFIGS[(ctype, D)]["dkdv"][0]
     _launch(kernel_name("dkdv", ctype, D), B * H * (-(-Tk // bk)), threads("dkdv", ctype, D),
-            (q, k, v, lse, drow, do, mask, dk, dv) + tail)
+            (q, k, v, lse, drow, do, key_mask, dk, dv) + tail)
     return dq, dk, dv
 
-
-def _array_module(a):
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy

@@ -31,8 +31,8 @@ def allowed_mask(xp, B, Tq, Tk, key_mask=None, is_causal=False):
     return allowed
 
 
-def _probs(q, k, key_mask, is_causal, scale):
-    """P (B, H, Tq, Tk) and lse (B, H, Tq), with fully masked rows giving P = 0, lse = -inf."""
+def attention_probs(q, k, key_mask=None, is_causal=False, scale=None):
+    """P (B, H, Tq, Tk), lse (B, H, Tq) and the scale used; fully masked rows give P = 0, lse = -inf."""
     xp = _xp(q)
     B, _, Tq, d = q.shape
     Tk = k.shape[2]
@@ -52,13 +52,13 @@ def _probs(q, k, key_mask, is_causal, scale):
 
 def attention_forward_ref(q, k, v, key_mask=None, is_causal=False, scale=None):
     """Returns (o, lse)."""
-    p, lse, _ = _probs(q, k, key_mask, is_causal, scale)
+    p, lse, _ = attention_probs(q, k, key_mask, is_causal, scale)
     return p @ v, lse
 
 
 def attention_backward_ref(q, k, v, o, lse, do, key_mask=None, is_causal=False, scale=None):
     """Returns (dq, dk, dv) for the loss sum(o * do). lse is unused: P is recomputed here."""
-    p, _, scale = _probs(q, k, key_mask, is_causal, scale)
+    p, _, scale = attention_probs(q, k, key_mask, is_causal, scale)
     dv = p.swapaxes(-1, -2) @ do
     dp = do @ v.swapaxes(-1, -2)
     drow = (do * o).sum(axis=-1, keepdims=True)
