@@ -1,0 +1,317 @@
+"""Load CUDA kernel families and launch them: CuPy RawModule on a GPU, the CPU emulator otherwise.
+
+Generic API (used by every family):
+    launch(cu, name, grid, block, args, shared_mem=0, max_shared=None)
+        cu          "layernorm.cu" (a file in kernels/)
+        name        a template instantiation, e.g. "layernorm_forward<float>"; it must be listed in
+                    the family's registration in kernels/registry.py (that list is what NVRTC, CuPy's
+                    name_expressions and the emulator build all compile)
+        grid/block  int or tuple of up to 3 ints
+        args        tuple: arrays (numpy under emulation, cupy on a GPU) or None for a null pointer,
+                    and NumPy scalars of the exact C type (np.int32, np.float32, np.float64, ...).
+                    Python int/float are refused: CuPy would pass them as long long/double.
+        shared_mem  dynamic shared memory in bytes; max_shared opts in above 48 KiB (as
+                    cudaFuncAttributeMaxDynamicSharedMemorySize would).
+    The backend is chosen from the arrays: any cupy.ndarray argument -> CuPy, else the emulator.
+    Each module is compiled once per process (the emulator's .so is also cached on disk by hash).
+    Under the emulator, argument types are checked against the kernel's C signature.
+
+Adding a kernel family (e.g. attention):
+    1. kernels/<family>.cu: header-free CUDA C, templated on the scalar type.
+    2. kernels/registry.py: one line per kernel version, listing its template instantiations.
+    3. Public launcher functions (validate shapes/dtypes/contiguity with check_array() and raise
+       before any launch, allocate outputs with the input's array module, call launch()); put them
+       in kernels/<family>.py or below the layernorm section here.
+
+Public layernorm functions: layernorm_forward, layernorm_backward (see their docstrings).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).resolve().parent
+DEFAULT_SHARED_LIMIT = 48 * 1024
+# CuPy compiles RawModule code with NVRTC; these are the options we pass on top of its own
+# defaults (CuPy adds -arch for the current device). kernels/check.py uses the same list.
+NVRTC_OPTIONS = ("--std=c++17", "-ftz=true")
+
+_lock = threading.Lock()
+_modules: dict = {}
+
+
+class KernelLaunchError(RuntimeError):
+    """The emulator refused or aborted a launch (bad configuration, barrier/shuffle misuse)."""
+
+
+def _dims(v, what):
+    t = (v,) if isinstance(v, (int, np.integer)) else tuple(v)
+    if not 1 <= len(t) <= 3 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in t):
+        raise ValueError(f"{what} must be a positive int or a tuple of 1-3 positive ints, got {v!r}")
+    return tuple(int(d) for d in t) + (1,) * (3 - len(t))
+
+
+def is_cupy_array(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(*arrays):
+    """numpy, or cupy when any argument is a cupy.ndarray."""
+    if any(is_cupy_array(a) for a in arrays if a is not None):
+        import cupy
+
+        return cupy
+    return np
+
+
+def check_array(name, a, *, ndim=None, dtype=None, shape=None):
+    """Raise TypeError/ValueError naming `name` unless `a` is a C-contiguous array as required."""
+    if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (got strides {a.strides}); pass np.ascontiguousarray({name})")
+    return a
+
+
+# ----------------------------------------------------------------------------- emulator backend
+
+_CODE_OF_DTYPE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype(np.bool_): "?"}
+for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+    _d = np.dtype(_t)
+    _CODE_OF_DTYPE[_d] = ("i" if _d.kind == "i" else "u") + str(8 * _d.itemsize)
+_CTYPE_OF_CODE = {
+    "f": ctypes.c_float, "d": ctypes.c_double, "?": ctypes.c_bool,
+    "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
+    "u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32, "u64": ctypes.c_uint64,
+}
+
+
+class EmuModule:
+    """A .cu family built for the CPU emulator (kernels/emulate)."""
+
+    def __init__(self, cu, names):
+        from kernels.emulate.build import build
+
+        self.cu = cu
+        self.lib = build(KERNEL_DIR / cu, names)
+        self.dll = ctypes.CDLL(str(self.lib.path))
+        self.dll.mgemu_launch.restype = ctypes.c_int
+        self.dll.mgemu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_size_t] * 3 + [
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        self.dll.mgemu_signature.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+        self._sigs = {}
+
+    def signature(self, name):
+        if name not in self._sigs:
+            buf = ctypes.create_string_buffer(1024)
+            if self.dll.mgemu_signature(name.encode(), buf, len(buf)) != 0:
+                raise KeyError(f"{self.cu}: kernel {name!r} is not registered; registered: {', '.join(self.lib.names)}")
+            s = buf.value.decode()
+            self._sigs[name] = s.split(",") if s else []
+        return self._sigs[name]
+
+    def _convert(self, name, i, code, a, keep):
+        where = f"kernel {name}, argument {i}"
+        if code.startswith("*"):
+            if a is None:
+                return ctypes.c_void_p(0)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{where} is a pointer ({code}); got {type(a).__name__}")
+            want = code[1:]
+            if want not in ("v", "x1") and _CODE_OF_DTYPE.get(a.dtype) != want:
+                raise TypeError(f"{where} points to {want}; got an array of {a.dtype}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{where}: array is not C-contiguous")
+            keep.append(a)
+            return ctypes.c_void_p(a.ctypes.data)
+        if not isinstance(a, np.generic):
+            raise TypeError(f"{where} is {code}; pass a NumPy scalar of that exact type (got {type(a).__name__} "
+                            f"{a!r}; CuPy would pass a Python int as long long and a float as double)")
+        if _CODE_OF_DTYPE.get(a.dtype) != code:
+            raise TypeError(f"{where} is {code}; got a NumPy {a.dtype} scalar")
+        return _CTYPE_OF_CODE[code](a.item())
+
+    def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
+        from kernels.emulate.build import normalize
+
+        name = normalize(name)
+        sig = self.signature(name)
+        if len(args) != len(sig):
+            raise TypeError(f"kernel {name} takes {len(sig)} arguments ({', '.join(sig)}), got {len(args)}")
+        keep = []
+        values = [self._convert(name, i, c, a, keep) for i, (c, a) in enumerate(zip(sig, args))]
+        ptrs = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+        g, b = _dims(grid, "grid"), _dims(block, "block")
+        limit = DEFAULT_SHARED_LIMIT if max_shared is None else int(max_shared)
+        err = ctypes.create_string_buffer(2048)
+        rc = self.dll.mgemu_launch(name.encode(), *g, *b, int(shared_mem), int(self.lib.static_smem.get(name, 0)),
+                                   limit, ptrs, len(values), err, len(err))
+        if rc != 0:
+            raise KernelLaunchError(err.value.decode())
+
+
+# ----------------------------------------------------------------------------- CuPy backend
+
+
+class CupyModule:
+    """A .cu family compiled by NVRTC through cupy.RawModule (needs a GPU)."""
+
+    def __init__(self, cu, names):
+        import cupy
+
+        self.cu = cu
+        self.mod = cupy.RawModule(code=(KERNEL_DIR / cu).read_text(), options=NVRTC_OPTIONS,
+                                  name_expressions=list(names))
+        self._fns = {}
+
+    def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
+        if name not in self._fns:
+            self._fns[name] = self.mod.get_function(name)
+        fn = self._fns[name]
+        if shared_mem > DEFAULT_SHARED_LIMIT:
+            fn.max_dynamic_shared_size_bytes = int(max_shared or shared_mem)
+        # CuPy turns None into an invalid pointer (cupy#9046); a 64-bit zero is a null pointer.
+        args = tuple(np.uint64(0) if a is None else a for a in args)
+        fn(_dims(grid, "grid"), _dims(block, "block"), args, shared_mem=int(shared_mem))
+
+
+def get_module(cu, backend):
+    """The compiled family `cu` for backend "emulate" or "cuda" (once per process)."""
+    key = (cu, backend)
+    with _lock:
+        mod = _modules.get(key)
+        if mod is None:
+            from kernels import registry
+
+            names = registry.instantiations(cu)
+            mod = EmuModule(cu, names) if backend == "emulate" else CupyModule(cu, names)
+            _modules[key] = mod
+    return mod
+
+
+def launch(cu, name, grid, block, args, shared_mem=0, max_shared=None):
+    backend = "cuda" if any(is_cupy_array(a) for a in args) else "emulate"
+    get_module(cu, backend).launch(name, grid, block, args, shared_mem=shared_mem, max_shared=max_shared)
+
+
+# ----------------------------------------------------------------------------- layernorm
+# Launch configuration (see kernels/layernorm.cu): rows up to 1024 wide get one warp per row and
+# R rows per block; wider rows get a block of G threads (about 8 elements per thread). Rows are
+# cached in dynamic shared memory when R * C * itemsize * buffers fits the budget below.
+LAYERNORM_CU = "layernorm.cu"
+_SMEM_BUDGET = DEFAULT_SHARED_LIMIT - 2048  # leave room for the kernels' static shared memory
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def _float_array(name, a, ndim):
+    check_array(name, a, ndim=ndim)
+    if a.dtype not in _CTYPE:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    return a
+
+
+def _rows_config(N, C, itemsize, buffers):
+    """(grid, block, shared_mem, cache) for a row-group kernel over an (N, C) array."""
+    if C <= 1024:
+        G, R = 32, 4
+        while R > 1 and R * C * itemsize * buffers > _SMEM_BUDGET:
+            R //= 2
+    else:
+        G, R = min(1024, max(64, 32 * -(-C // 256))), 1  # ceil(C/8) rounded up to a warp
+    smem = R * C * itemsize * buffers
+    cache = smem <= _SMEM_BUDGET
+    if not cache:
+        smem, R = 0, (4 if G == 32 else 1)
+    return (-(-N // R),), (G, R), smem, cache
+
+
+def layernorm_forward(x, weight, bias, eps, *, kernels=None):
+    """LayerNorm over the last axis with the fused kernel.
+
+    x (N, C) C-contiguous float32/float64; weight, bias (C,) of x's dtype, or None.
+    Returns y (N, C), mean (N,), rstd (N,) in x's dtype (rstd = 1/sqrt(biased variance + eps)).
+    numpy arrays run on the CPU emulator, cupy arrays on the GPU. `kernels` maps role -> kernel
+    name to run another registered version ({"forward": "layernorm_forward"} by default).
+    """
+    _float_array("x", x, 2)
+    N, C = x.shape
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            check_array(name, a, ndim=1, dtype=x.dtype)
+            if a.shape[0] != C:
+                raise ValueError(f"{name} has {a.shape[0]} elements but x rows have width {C}")
+            if array_module(a) is not array_module(x):
+                raise TypeError(f"{name} and x must both be numpy or both be cupy arrays")
+    if C == 0:
+        raise ValueError("x has rows of width 0; layernorm needs at least one column")
+    eps = float(eps)
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be a non-negative number, got {eps}")
+    xp = array_module(x)
+    y = xp.empty_like(x)
+    mean = xp.empty((N,), dtype=x.dtype)
+    rstd = xp.empty((N,), dtype=x.dtype)
+    if N == 0:
+        return y, mean, rstd
+    names = {"forward": "layernorm_forward", **(kernels or {})}
+    grid, block, smem, cache = _rows_config(N, C, x.itemsize, 1)
+    t = x.dtype.type
+    launch(LAYERNORM_CU, f"{names['forward']}<{_CTYPE[x.dtype]}>", grid, block,
+           (x, weight, bias, y, mean, rstd, np.int32(N), np.int32(C), t(eps), np.int32(cache)), shared_mem=smem)
+    return y, mean, rstd
+
+
+def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None):
+    """Gradients of layernorm_forward from its saved mean and rstd.
+
+    dy, x (N, C); weight (C,) or None; mean, rstd (N,); all one float dtype, C-contiguous.
+    Returns (dx, dweight, dbias): dweight is None when weight is None; dbias (the sum of dy over
+    rows) is computed when bias=True (the default, whether or not the forward had a bias) and is
+    None when bias=False. dweight/dbias come from a fixed-order two-stage reduction: repeated
+    calls give bit-identical results.
+    """
+    _float_array("x", x, 2)
+    N, C = x.shape
+    check_array("dy", dy, dtype=x.dtype, shape=(N, C))
+    check_array("mean", mean, dtype=x.dtype, shape=(N,))
+    check_array("rstd", rstd, dtype=x.dtype, shape=(N,))
+    if weight is not None:
+        check_array("weight", weight, ndim=1, dtype=x.dtype)
+        if weight.shape[0] != C:
+            raise ValueError(f"weight has {weight.shape[0]} elements but x rows have width {C}")
+    arrays = [a for a in (dy, x, weight, mean, rstd) if a is not None]
+    if len({array_module(a) for a in arrays}) != 1:
+        raise TypeError("dy, x, weight, mean and rstd must all be numpy or all be cupy arrays")
+    xp = array_module(x)
+    names = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",
+             "reduce": "layernorm_backward_reduce", **(kernels or {})}
+    ct = _CTYPE[x.dtype]
+    dx = xp.empty_like(x)
+    dweight = xp.zeros((C,), dtype=x.dtype) if weight is not None else None
+    dbias = xp.zeros((C,), dtype=x.dtype) if bias else None
+    if N == 0 or C == 0:
+        return dx, dweight, dbias
+    grid, block, smem, cache = _rows_config(N, C, x.itemsize, 2)
+    launch(LAYERNORM_CU, f"{names['dx']}<{ct}>", grid, block,
+           (dy, x, weight, mean, rstd, dx, np.int32(N), np.int32(C), np.int32(cache)), shared_mem=smem)
+    if dweight is None and dbias is None:
+        return dx, None, None
+    rows_per_chunk = max(32, -(-N // 256))
+    P = -(-N // rows_per_chunk)
+    pw = xp.empty((P, C), dtype=x.dtype) if dweight is not None else None
+    pb = xp.empty((P, C), dtype=x.dtype) if dbias is not None else None
+    launch(LAYERNORM_CU, f"{names['partials']}<{ct}>", (-(-C // 32), P), (32, 8),
+           (dy, x, mean, rstd, pw, pb, np.int32(N), np.int32(C), np.int32(rows_per_chunk)))
+    launch(LAYERNORM_CU, f"{names['reduce']}<{ct}>", (-(-C // 256),), (256,),
+           (pw, pb, dweight, dbias, np.int32(P), np.int32(C)))
+    return dx, dweight, dbias
