@@ -112,7 +112,6 @@ def load_model(path, device: str = "cpu"):
     from models.checkpoint import CheckpointError, check_arrays, load_checkpoint
     from models.gpt import GPTConfig
     from models.tokenize import TokenizerError, tokenizer_from_state
-    from models.train import load_params
 
     ckpt = load_checkpoint(path, groups=["model"])
     if ckpt.meta.get("model") != "gpt":
@@ -126,8 +125,9 @@ def load_model(path, device: str = "cpu"):
         raise CheckpointError(f"checkpoint {ckpt.path}: vocabulary has {tok.vocab_size} tokens but the model "
                               f"expects {cfg.vocab_size}")
     model = GPT(cfg)
-    check_arrays({n: p.shape for n, p in model.named_parameters()}, ckpt.arrays["model"], "model weights", ckpt.path)
-    load_params(model, ckpt.arrays["model"])
+    check_arrays({n: a.shape for n, a in model.state_dict().items()}, ckpt.arrays["model"], "model weights",
+                 ckpt.path)
+    model.load_state_dict(ckpt.arrays["model"])
     if device != "cpu":
         model.to(device)
     return model, tok, ckpt

@@ -70,49 +70,49 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, rng: np.random.Generator):
         super().__init__()
         self.n_head = config.n_head
-        self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_drop = nn.Dropout(config.dropout)
+        self.resid_drop = nn.Dropout(config.dropout, generator=rng)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        B, T, C = x.shape
+    def forward(self, x, B: int, T: int, cache: KVCache | None = None, layer: int = 0):
+        """x: (B*T, C) -> (B*T, C)."""
+        C = x.shape[1]
         nh = self.n_head
         qkv = self.c_attn(x).reshape(B, T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs)
-        p = self.dropout if self.training else 0.0
         # is_causal is bottom-right aligned: query i (of T) sees keys j <= i + Tk - T.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B * T, C)  # (B*T, C)
         return self.resid_drop(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, rng: np.random.Generator):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout, generator=rng)
 
-    def forward(self, x):  # (B, T, C) -> (B, T, C)
+    def forward(self, x):  # (B*T, C) -> (B*T, C)
         return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, rng: np.random.Generator):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, rng)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, rng)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, B: int, T: int, cache=None, layer=0):
+        """x: (B*T, C), the residual stream kept 2-D so every Linear is one GEMM."""
+        x = x + self.attn(self.ln_1(x), B, T, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -120,10 +120,12 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig, seed: int = 0):
         super().__init__()
         self.config = config
+        # One generator feeds every Dropout, so a checkpoint can save and restore the stream.
+        self.dropout_rng = np.random.default_rng([seed, 0xD50])
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # (V, C), tied to the output head
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # (block_size, C)
-        self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.drop = nn.Dropout(config.dropout, generator=self.dropout_rng)
+        self.h = nn.ModuleList([Block(config, self.dropout_rng) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.init_weights(seed)
 
@@ -159,18 +161,19 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         xp = self.wte.weight._xp
         pos = xp.arange(start, start + T)  # (T,)
-        x = self.drop(self.wte(minigrad.Tensor(xp.asarray(idx_data))) + self.wpe(minigrad.Tensor(pos)))  # (B, T, C)
+        C, V = self.config.n_embd, self.config.vocab_size
+        tok = self.wte(minigrad.Tensor(xp.asarray(idx_data)))  # (B, T, C)
+        x = self.drop((tok + self.wpe(minigrad.Tensor(pos))).reshape(B * T, C))  # (B*T, C)
         for i, block in enumerate(self.h):
-            x = block(x, cache, i)
+            x = block(x, B, T, cache, i)
         if cache is not None:
             cache.length += T
         if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        x = self.ln_f(x)
-        logits = x @ self.wte.weight.T  # (B, T, V)
+            x = x.reshape(B, T, C)[:, -1, :]  # (B, C)
+            T = 1
+        logits = self.ln_f(x) @ self.wte.weight.T  # (B*T, V)
         if targets is None:
-            return logits, None
-        V = self.config.vocab_size
+            return logits.reshape(B, T, V), None
         tgt = targets.data if isinstance(targets, minigrad.Tensor) else targets
-        loss = F.cross_entropy(logits.reshape(B * T, V), minigrad.Tensor(xp.asarray(tgt).reshape(B * T)))
-        return logits, loss
+        loss = F.cross_entropy(logits, minigrad.Tensor(xp.asarray(tgt).reshape(B * T)))
+        return logits.reshape(B, T, V), loss

@@ -75,13 +75,9 @@ class TrainConfig:
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Learning rate for update number it+1: linear warmup, cosine decay to min_lr, then flat."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    from minigrad.optim import warmup_cosine_lr
+
+    return warmup_cosine_lr(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters)
 
 
 # --------------------------------------------------------------------------- what a person sees
@@ -102,8 +98,8 @@ class Progress:
 
     def update(self, step: int, loss: float, lr: float, tok_s: float) -> None:
         if self.bar is not None:
-            self.bar.update(1)
             self.bar.set_postfix_str(f"loss={loss:.4f} lr={lr:.2e} tok/s={tok_s:,.0f}", refresh=False)
+            self.bar.update(1)
         elif not self.disable and step % self.every == 0:
             print(f"step {step}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tok/s", file=self.stream, flush=True)
 
@@ -159,7 +155,41 @@ def plot_log(records: list[dict], path) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- optimiser state
+# --------------------------------------------------------------------------- model and optimiser state
+
+def set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def optim_state(opt) -> tuple[dict, dict]:
+    """Optimizer state split for a checkpoint: ({"<param index>.<buffer>": array}, JSON-able rest)."""
+    sd = opt.state_dict()
+    arrays, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if hasattr(v, "shape"):
+                arrays[f"{i}.{k}"] = np.asarray(v)
+            else:
+                scalars.setdefault(str(i), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["groups"]]
+    return arrays, {"groups": groups, "scalars": scalars}
+
+
+def load_optim(opt, arrays: dict, info: dict, where) -> None:
+    """Inverse of optim_state; a state that does not fit this optimizer is a CheckpointError."""
+    state: dict = {}
+    try:
+        for key, v in arrays.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        for i, st in info["scalars"].items():
+            state.setdefault(int(i), {}).update(st)
+        opt.load_state_dict({"groups": info["groups"], "state": state})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {where}: optimizer state does not fit this model ({e})") from None
+
+
 
 def param_groups(model, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on parameters of >= 2 dims (matmul weights, embeddings) only."""
@@ -207,25 +237,30 @@ class Trainer:
         self.last_eval: dict = {}
 
     # ---- state for checkpoints
-    def arrays(self) -> dict:
-        model = {name: p.numpy() for name, p in self.model.named_parameters()}
-        return {"model": model, "optim": optim_arrays(self.opt, self.model)}
-
-    def state_meta(self) -> dict:
-        return dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
-                    optim_step=optim_step(self.opt), last_eval=self.last_eval)
-
     def save(self) -> Path:
-        return save_checkpoint(self.out_dir, self.step, self.arrays(), self.state_meta())
+        optim_arrays, optim_info = optim_state(self.opt)
+        dropout_rng = getattr(self.model, "dropout_rng", None)
+        meta = dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
+                    dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
+                    optim=optim_info, last_eval=self.last_eval)
+        arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
+        return save_checkpoint(self.out_dir, self.step, arrays, meta)
 
     def load(self, ckpt) -> None:
-        """Restore weights, moments, step and RNG from a loaded Checkpoint (validated)."""
-        expected = {name: p.shape for name, p in self.model.named_parameters()}
+        """Restore weights, moments, step and RNG streams from a loaded Checkpoint (validated)."""
+        expected = {name: arr.shape for name, arr in self.model.state_dict().items()}
         check_arrays(expected, ckpt.arrays["model"], "model weights", ckpt.path)
-        load_params(self.model, ckpt.arrays["model"])
-        load_optim(self.opt, self.model, ckpt.arrays["optim"], ckpt.meta["optim_step"], ckpt.path)
-        self.step = int(ckpt.meta["step"])
-        self.train_rng.bit_generator.state = ckpt.meta["train_rng"]
+        try:
+            self.model.load_state_dict(ckpt.arrays["model"])
+            self.train_rng.bit_generator.state = ckpt.meta["train_rng"]
+            dropout_rng = getattr(self.model, "dropout_rng", None)
+            if dropout_rng is not None and ckpt.meta.get("dropout_rng") is not None:
+                dropout_rng.bit_generator.state = ckpt.meta["dropout_rng"]
+            self.step = int(ckpt.meta["step"])
+            optim_info = ckpt.meta["optim"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: training state is incomplete ({e})") from None
+        load_optim(self.opt, ckpt.arrays.get("optim", {}), optim_info, ckpt.path)
         self.last_eval = ckpt.meta.get("last_eval", {})
 
     # ---- pieces of a step
@@ -286,13 +321,9 @@ class Trainer:
 
         if main_thread:
             signal.signal(signal.SIGINT, on_sigint)
-        interrupted = False
         try:
             with open(log_path, "a") as log:
-                while self.step < cfg.max_iters:
-                    if self._stop:
-                        interrupted = True
-                        break
+                while self.step < cfg.max_iters and not self._stop:
                     lr = lr_at(self.step, cfg)
                     t0 = time.perf_counter()
                     loss = self.train_step(lr)
@@ -319,12 +350,11 @@ class Trainer:
                         self.save()
                     if self.on_step is not None:
                         self.on_step(self)
-                if self._stop and not interrupted and self.step < cfg.max_iters:
-                    interrupted = True
         finally:
             progress.close()
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
+        interrupted = self.step < cfg.max_iters
         if interrupted:
             path = self.save()
             if not self.quiet:
