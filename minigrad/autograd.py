@@ -132,7 +132,13 @@ class Function:
         prof = _profiler
         if prof is not None:
             t0 = time.perf_counter()
-        out = fn.forward(*arrays, **kwargs)
+        try:
+            out = fn.forward(*arrays, **kwargs)
+        except ValueError as e:
+            if "could not be broadcast" not in str(e):
+                raise
+            shapes = " and ".join(str(tuple(a.shape)) for a in arrays)
+            raise ValueError(f"{cls.__name__}: shapes {shapes} do not broadcast together") from None
         if prof is not None:
             prof.record(cls.__name__, "forward", t0, time.perf_counter(), fn, arrays, out)
         requires = cls.differentiable and is_grad_enabled() and any(t.requires_grad for t in inputs)
@@ -225,7 +231,13 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 continue
             if prof is not None:
                 t0 = time.perf_counter()
-            in_grads = fn.backward(out_grad)
+            try:
+                in_grads = fn.backward(out_grad)
+            except AnomalyError as e:   # an op inside this backward made the NaN: blame this op
+                raise AnomalyError(
+                    f"{type(fn).__name__} produced NaN/Inf in its backward (in its {str(e).split(' ')[0]} step); the op "
+                    f"was created at\n  {getattr(fn, '_where', '<unknown: enable detect_anomaly before the forward>')}"
+                ) from None
             if prof is not None:
                 prof.record(type(fn).__name__, "backward", t0, time.perf_counter(), fn, None, None)
             if _anomaly:
