@@ -38,8 +38,8 @@ class Max(Function):
     """max over axes; tied maxima share the gradient evenly (as numpy's amax subgradient in PyTorch)."""
 
     def forward(self, a, axis, keepdims=False):
-        if a.size == 0:
-            raise ValueError(f"max: zero-size tensor of shape {a.shape} has no maximum")
+        if any(a.shape[i] == 0 for i in axis):   # numpy also refuses; other zero-size dims are fine
+            raise ValueError(f"max: reducing a zero-size axis of shape {a.shape} (axes {axis}) has no maximum")
         m = a.max(axis=axis, keepdims=True)
         hit = (a == m)
         self.w = hit / hit.sum(axis=axis, keepdims=True)
