@@ -36,9 +36,10 @@ import numpy as np
 
 KERNEL_DIR = Path(__file__).resolve().parent
 DEFAULT_SHARED_LIMIT = 48 * 1024
-# CuPy compiles RawModule code with NVRTC; these are the options we pass on top of its own
-# defaults (CuPy adds -arch for the current device). kernels/check.py uses the same list.
-NVRTC_OPTIONS = ("--std=c++17", "-ftz=true")
+# Options for cupy.RawModule. CuPy itself appends -ftz=true and the device's -arch; kernels/check.py
+# compiles with NVRTC_OPTIONS + CUPY_ADDED_OPTIONS + an arch, i.e. what CuPy ends up passing.
+NVRTC_OPTIONS = ("--std=c++17",)
+CUPY_ADDED_OPTIONS = ("-ftz=true",)
 
 _lock = threading.Lock()
 _modules: dict = {}

@@ -99,26 +99,26 @@ def _ln_fwd_ref(i):
     return {"y": y, "mean": mean, "rstd": rstd}
 
 
-def _ln_saved(i):
+def _ln_bwd_inputs(xp, rng, case, dtype):
+    """Forward inputs plus dy and the forward's saved mean/rstd (so runs time the backward only)."""
     from kernels import reference
 
-    _, mean, rstd = reference.layernorm_forward(i["x"], i["weight"], i["bias"], i["eps"])
-    return mean, rstd
+    i = _ln_inputs(xp, rng, case, dtype)
+    _, i["mean"], i["rstd"] = reference.layernorm_forward(i["x"], i["weight"], i["bias"], i["eps"])
+    return i
 
 
 def _ln_bwd_run(kernel, i):
     from kernels import launch
 
-    mean, rstd = _ln_saved(i)
-    dx, dw, db = launch.layernorm_backward(i["dy"], i["x"], i["weight"], mean, rstd, kernels=kernel.roles)
+    dx, dw, db = launch.layernorm_backward(i["dy"], i["x"], i["weight"], i["mean"], i["rstd"], kernels=kernel.roles)
     return {"dx": dx, "dweight": dw, "dbias": db}
 
 
 def _ln_bwd_ref(i):
     from kernels import reference
 
-    mean, rstd = _ln_saved(i)
-    dx, dw, db = reference.layernorm_backward(i["dy"], i["x"], i["weight"], mean, rstd)
+    dx, dw, db = reference.layernorm_backward(i["dy"], i["x"], i["weight"], i["mean"], i["rstd"])
     return {"dx": dx, "dweight": dw, "dbias": db}
 
 
@@ -145,7 +145,7 @@ def _ln_describe(case):
 LAYERNORM_FORWARD = Family(run=_ln_fwd_run, reference=_ln_fwd_ref, make_inputs=_ln_inputs, cases=_LN_CASES,
                            bench_cases=_LN_BENCH, bytes_moved=_ln_fwd_bytes, unfused=_ln_fwd_ref,
                            describe=_ln_describe)
-LAYERNORM_BACKWARD = Family(run=_ln_bwd_run, reference=_ln_bwd_ref, make_inputs=_ln_inputs, cases=_LN_CASES,
+LAYERNORM_BACKWARD = Family(run=_ln_bwd_run, reference=_ln_bwd_ref, make_inputs=_ln_bwd_inputs, cases=_LN_CASES,
                             bench_cases=_LN_BENCH, bytes_moved=_ln_bwd_bytes, unfused=_ln_bwd_ref,
                             describe=_ln_describe)
 _LN_BWD = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",

@@ -1,0 +1,267 @@
+"""Compile check of every registered kernel instantiation, without a GPU.
+
+1. NVRTC (the compiler CuPy's RawModule uses at run time; pip package nvidia-cuda-nvrtc 13.x)
+   compiles each .cu file with all its registered name expressions for every arch (sm_80, sm_90),
+   with the options CuPy would use (launch.NVRTC_OPTIONS + launch.CUPY_ADDED_OPTIONS). An error,
+   or any warning in the log, fails the check. NVRTC needs no GPU and no driver; it is loaded with
+   ctypes (libnvrtc-builtins first, RTLD_GLOBAL), so CuPy is not required.
+2. Resource report from ptxas: NVRTC is asked for a cubin with --ptxas-options=-v (its bundled
+   ptxas, the one that builds what CuPy runs), giving registers, static shared memory, stack and
+   spills per kernel and arch. If nvcc is on PATH, `nvcc -cubin --resource-usage` compiles the same
+   instantiations as a cross-check (skipped with a message when nvcc is absent). Any spill fails.
+
+    report = run_check()          # CheckReport(rows, errors, notes)
+    print(format_report(report)); sys.exit(1 if report.errors else 0)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ARCHS = ("sm_80", "sm_90")
+KERNEL_DIR = Path(__file__).resolve().parent
+
+
+class NvrtcUnavailable(RuntimeError):
+    """libnvrtc.so.13 could not be found or loaded (pip install nvidia-cuda-nvrtc)."""
+
+
+@dataclasses.dataclass
+class Resource:
+    registers: int = -1
+    smem: int = -1
+    stack: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+
+
+@dataclasses.dataclass
+class Row:
+    cu: str
+    name: str
+    arch: str
+    nvrtc: Resource
+    nvcc: Resource | None = None
+
+
+@dataclasses.dataclass
+class CheckReport:
+    rows: list
+    errors: list
+    notes: list
+    nvrtc_version: str = "?"
+
+
+# ----------------------------------------------------------------------------- NVRTC via ctypes
+
+_nvrtc = None
+
+
+def _candidate_dirs():
+    env = os.environ.get("MINIGRAD_NVRTC_DIR")
+    if env:
+        yield Path(env)
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+
+        for base in nvidia.__path__:
+            for sub in ("cu13/lib", "cuda_nvrtc/lib"):
+                yield Path(base) / sub
+    except ImportError:
+        pass
+    for d in ("/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"):
+        yield Path(d)
+
+
+def load_nvrtc():
+    """The NVRTC 13 shared library as a ctypes.CDLL (cached)."""
+    global _nvrtc
+    if _nvrtc is not None:
+        return _nvrtc
+    tried = []
+    for d in _candidate_dirs():
+        lib = d / "libnvrtc.so.13"
+        tried.append(str(d))
+        if not lib.exists():
+            continue
+        builtins = sorted(glob.glob(str(d / "libnvrtc-builtins.so.13*")))
+        try:
+            if builtins:
+                ctypes.CDLL(builtins[0], mode=ctypes.RTLD_GLOBAL)
+            nv = ctypes.CDLL(str(lib))
+        except OSError as e:
+            raise NvrtcUnavailable(f"cannot load {lib}: {e}") from e
+        nv.nvrtcGetErrorString.restype = ctypes.c_char_p
+        _nvrtc = nv
+        return nv
+    raise NvrtcUnavailable("libnvrtc.so.13 not found (pip install 'nvidia-cuda-nvrtc>=13,<14'); looked in "
+                           + ", ".join(tried))
+
+
+def nvrtc_version() -> str:
+    nv = load_nvrtc()
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    nv.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return f"{major.value}.{minor.value}"
+
+
+def nvrtc_compile(source: str, filename: str, names, options):
+    """Compile with NVRTC. Returns (ok, log, lowered {name: mangled}, ptx or None)."""
+    nv = load_nvrtc()
+    prog = ctypes.c_void_p()
+    rc = nv.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), filename.encode(), 0, None, None)
+    if rc != 0:
+        return False, f"nvrtcCreateProgram: {nv.nvrtcGetErrorString(rc).decode()}", {}, None
+    try:
+        for n in names:
+            nv.nvrtcAddNameExpression(prog, n.encode())
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        rc = nv.nvrtcCompileProgram(prog, len(options), opts)
+        size = ctypes.c_size_t()
+        nv.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        nv.nvrtcGetProgramLog(prog, buf)
+        log = buf.value.decode(errors="replace").strip()
+        if rc != 0:
+            return False, log or nv.nvrtcGetErrorString(rc).decode(), {}, None
+        lowered = {}
+        for n in names:
+            p = ctypes.c_char_p()
+            if nv.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(p)) == 0 and p.value:
+                lowered[n] = p.value.decode()
+        return True, log, lowered, None
+    finally:
+        nv.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+# ----------------------------------------------------------------------------- ptxas reports
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers(?:.*?, (\d+) bytes smem)?")
+
+
+def parse_ptxas(log: str) -> dict:
+    """{(mangled, arch): Resource} from `ptxas -v` output."""
+    out, cur = {}, None
+    for line in log.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            cur = out.setdefault((m.group(1), m.group(2)), Resource())
+            continue
+        if cur is None:
+            continue
+        m = _FRAME.search(line)
+        if m:
+            cur.stack, cur.spill_stores, cur.spill_loads = map(int, m.groups())
+            continue
+        m = _USED.search(line)
+        if m:
+            cur.registers = int(m.group(1))
+            cur.smem = int(m.group(2) or 0)
+    return out
+
+
+def _nvcc_report(cu_path: Path, names, arch, notes):
+    """Resources from `nvcc -cubin --resource-usage` for the instantiations, or None."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    refs = ",\n".join(f"  (const void*)&{n}" for n in names)
+    wrapper = f'#include "{cu_path}"\nconst void* mgcheck_instantiate[] = {{\n{refs}\n}};\n'
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "instantiate.cu"
+        src.write_text(wrapper)
+        cmd = [nvcc, "-cubin", f"-arch={arch}", "--resource-usage", "-std=c++17", "-ftz=true", str(src),
+               "-o", str(Path(tmp) / "out.cubin")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        notes.append(f"nvcc cross-check of {cu_path.name} for {arch} failed:\n{proc.stderr.strip()}")
+        return {}
+    return parse_ptxas(proc.stdout + proc.stderr)
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
+    from kernels import launch, registry
+
+    report = CheckReport(rows=[], errors=[], notes=[])
+    try:
+        report.nvrtc_version = nvrtc_version()
+    except NvrtcUnavailable as e:
+        report.errors.append(str(e))
+        return report
+    options = list(launch.NVRTC_OPTIONS) + list(launch.CUPY_ADDED_OPTIONS)
+    if use_nvcc and shutil.which("nvcc") is None:
+        report.notes.append("nvcc not on PATH: the nvcc cross-check of the ptxas report is skipped")
+        use_nvcc = False
+    for cu in registry.cu_files():
+        names = registry.instantiations(cu)
+        if names_filter:
+            names = [n for n in names if any(f in n for f in names_filter)]
+            if not names:
+                continue
+        path = KERNEL_DIR / cu
+        source = path.read_text()
+        for arch in archs:
+            ok, log, lowered, _ = nvrtc_compile(source, cu, names, options + [f"--gpu-architecture={arch}"])
+            if not ok:
+                report.errors.append(f"{cu} [{arch}]: NVRTC error:\n{log}")
+                continue
+            if log:
+                report.errors.append(f"{cu} [{arch}]: NVRTC warnings (warnings fail the check):\n{log}")
+            missing = [n for n in names if n not in lowered]
+            for n in missing:
+                report.errors.append(f"{cu} [{arch}]: {n} was not instantiated (check its template arguments)")
+            ok, vlog, _, _ = nvrtc_compile(source, cu, names,
+                                           options + [f"--gpu-architecture={arch}", "--ptxas-options=-v"])
+            res = parse_ptxas(vlog)
+            nvcc_res = _nvcc_report(path, names, arch, report.notes) if use_nvcc else None
+            for n in names:
+                if n not in lowered:
+                    continue
+                r = res.get((lowered[n], arch))
+                if r is None:
+                    report.errors.append(f"{cu} [{arch}]: no ptxas report for {n}")
+                    r = Resource()
+                row = Row(cu, n, arch, r, None if nvcc_res is None else nvcc_res.get((lowered[n], arch)))
+                report.rows.append(row)
+                for src, rr in (("NVRTC ptxas", r), ("nvcc", row.nvcc)):
+                    if rr is not None and (rr.spill_stores > 0 or rr.spill_loads > 0):
+                        report.errors.append(f"{n} [{arch}] spills ({src}): {rr.spill_stores} bytes stored, "
+                                             f"{rr.spill_loads} bytes loaded")
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    lines = [f"NVRTC {report.nvrtc_version}; options: same as CuPy RawModule + --gpu-architecture"]
+    head = ("kernel", "arch", "regs", "smem B", "stack B", "spill st/ld", "nvcc regs", "nvcc spill")
+    rows = []
+    for r in report.rows:
+        n, c = r.nvrtc, r.nvcc
+        rows.append((r.name, r.arch, str(n.registers), str(n.smem), str(n.stack),
+                     f"{n.spill_stores}/{n.spill_loads}",
+                     "-" if c is None else str(c.registers),
+                     "-" if c is None else f"{c.spill_stores}/{c.spill_loads}"))
+    if rows:
+        widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*x) for x in rows]
+    lines += [f"note: {n}" for n in report.notes]
+    if report.errors:
+        lines += [f"ERROR: {e}" for e in report.errors]
+        lines.append(f"check FAILED ({len(report.errors)} error(s))")
+    else:
+        lines.append(f"check passed: {len(rows)} kernel/arch compilations, no errors, warnings or spills")
+    return "\n".join(lines)

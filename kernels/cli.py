@@ -1,0 +1,84 @@
+"""The kernel workbench commands:
+
+    minigrad kernels check [--arch sm_80 ...] [--only NAME] [--no-nvcc]
+        NVRTC compile of every registered instantiation for sm_80 and sm_90 plus the ptxas table
+        (registers, shared memory, spills); exit 1 on any error, warning or spill.
+    minigrad kernels validate [NAME]
+        each kernel vs its NumPy reference (CPU emulator; also the GPU when present); exit 1 on failure.
+    minigrad kernels bench [NAME]
+        GPU timing, GB/s, % of peak bandwidth, next to the unfused CuPy composition; exit 0 without a GPU.
+
+minigrad/cli.py calls add_subcommands(subparsers); `python -m kernels.cli check` works standalone.
+Imports are lazy so `minigrad --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _check(args) -> int:
+    from kernels.check import ARCHS, format_report, run_check
+
+    report = run_check(archs=tuple(args.arch or ARCHS), names_filter=args.only, use_nvcc=not args.no_nvcc)
+    print(format_report(report))
+    return 1 if report.errors else 0
+
+
+def _validate(args) -> int:
+    from kernels.validate import format_results, validate
+
+    results = validate(names=[args.name] if args.name else None)
+    if not results:
+        print(f"no registered kernel matches {args.name!r}")
+        return 1
+    print(format_results(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _bench(args) -> int:
+    import numpy as np
+
+    from kernels.bench import bench
+
+    return bench(names=[args.name] if args.name else None, dtype=np.dtype(args.dtype),
+                 warmup=args.warmup, repeat=args.repeat)
+
+
+def _add_commands(sub) -> None:
+    c = sub.add_parser("check", help="NVRTC compile check and ptxas resource table (no GPU needed)")
+    c.add_argument("--arch", action="append", help="target arch (repeatable; default sm_80 and sm_90)")
+    c.add_argument("--only", action="append", help="only instantiations whose name contains this (repeatable)")
+    c.add_argument("--no-nvcc", action="store_true", help="skip the nvcc --resource-usage cross-check")
+    c.set_defaults(func=_check)
+    v = sub.add_parser("validate", help="max abs/rel error of each kernel vs its NumPy reference")
+    v.add_argument("name", nargs="?", help="only kernels whose name contains this")
+    v.set_defaults(func=_validate)
+    b = sub.add_parser("bench", help="GPU time, GB/s and %% of peak bandwidth vs the unfused composition")
+    b.add_argument("name", nargs="?", help="only kernels whose name contains this")
+    b.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--repeat", type=int, default=50)
+    b.set_defaults(func=_bench)
+
+
+def add_subcommands(subparsers) -> None:
+    """Register `kernels check|validate|bench` on minigrad's top-level subparsers."""
+    k = subparsers.add_parser("kernels", help="CUDA kernel workbench: check, validate, bench")
+    sub = k.add_subparsers(dest="kernels_command", metavar="WHAT")
+    sub.required = True
+    _add_commands(sub)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kernels.cli", description="CUDA kernel workbench")
+    sub = p.add_subparsers(dest="kernels_command", metavar="WHAT")
+    sub.required = True
+    _add_commands(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`minigrad kernels validate`: every registered kernel against its NumPy reference.
+
+Runs each Family's validate cases on the CPU emulator (numpy inputs) and, when CuPy sees a GPU,
+on the device (cupy inputs). The reference is evaluated in float64 on the same inputs; the error
+of an output is max |out - ref| (abs) and that divided by max |ref| (rel). A case fails when rel
+exceeds the family's tolerance for the dtype (1e-5 for float32, 1e-12 for float64 by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Result:
+    kernel: str
+    device: str
+    dtype: str
+    case: str
+    output: str
+    max_abs: float
+    max_rel: float
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_rel <= self.tol)
+
+
+def gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no cupy, no driver, no device
+        return False
+
+
+def _to_numpy(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _errors(out, ref):
+    out = _to_numpy(out).astype(np.float64)
+    ref = _to_numpy(ref).astype(np.float64)
+    if out.shape != ref.shape:
+        return float("inf"), float("inf")
+    if out.size == 0:
+        return 0.0, 0.0
+    abs_err = float(np.max(np.abs(out - ref)))
+    scale = float(np.max(np.abs(ref)))
+    rel = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
+    if not np.all(np.isfinite(out)):
+        abs_err = rel = float("inf")
+    return abs_err, rel
+
+
+def validate(names=None, devices=None, seed=0):
+    """List of Result for kernels whose name contains any of `names` (all when None)."""
+    from kernels import registry
+
+    if devices is None:
+        devices = ["emulator"] + (["gpu"] if gpu_available() else [])
+    results = []
+    for k in registry.KERNELS:
+        if names and not any(n in k.name for n in names):
+            continue
+        fam = k.family
+        for device in devices:
+            if device == "gpu":
+                import cupy as xp
+            else:
+                xp = np
+            for dtype in fam.dtypes:
+                dt = np.dtype(dtype)
+                for case in fam.cases:
+                    rng = np.random.default_rng(seed)
+                    inputs = fam.make_inputs(np, rng, case, dt)
+                    ref_in = {key: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+                              for key, v in inputs.items()}
+                    run_in = {key: (xp.asarray(v) if isinstance(v, np.ndarray) else v) for key, v in inputs.items()}
+                    out = fam.run(k, run_in)
+                    ref = fam.reference(ref_in)
+                    for key, r in ref.items():
+                        if r is None:
+                            continue
+                        a, rel = _errors(out.get(key), r) if out.get(key) is not None else (float("inf"),) * 2
+                        results.append(Result(k.name, device, dt.name, fam.describe(case), key, a, rel,
+                                              fam.tolerance[dt]))
+    return results
+
+
+def format_results(results) -> str:
+    head = ("kernel", "device", "dtype", "case", "output", "max abs", "max rel", "tol", "")
+    rows = [(r.kernel, r.device, r.dtype, r.case, r.output, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
+             f"{r.tol:.0e}", "ok" if r.ok else "FAIL") for r in results]
+    widths = [max(len(h), *(len(x[i]) for x in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in rows]
+    bad = sum(not r.ok for r in results)
+    lines.append(f"{len(results) - bad}/{len(results)} outputs within tolerance" + (f"; {bad} FAILED" if bad else ""))
+    return "\n".join(lines)
