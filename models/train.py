@@ -357,9 +357,7 @@ class Trainer:
         interrupted = self.step < cfg.max_iters
         if interrupted:
             path = self.save()
-            if not self.quiet:
-                print(f"interrupted: saved step {self.step} to {path}; continue with --resume",
-                      file=sys.stderr)
+            print(f"interrupted: saved step {self.step} to {path}; continue with --resume", file=sys.stderr)
         note = plot_log(records, self.out_dir / "loss.png") if records else None
         if note and not self.quiet:
             print(note, file=sys.stderr)

@@ -140,3 +140,185 @@ def test_lr_schedule_warmup_cosine_floor():
     assert all(a >= b for a, b in zip(lrs[10:100], lrs[11:101]))  # cosine falls
     assert lrs[55] == pytest.approx(0.5 * (1e-3 + 1e-4))  # half way down
     assert lrs[100] == lrs[119] == 1e-4  # floor
+
+
+# --------------------------------------------------------------------------- the training loop and `minigrad train`
+
+CORPUS = "".join(
+    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
+    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
+        "--warmup-iters", "2", "--eval-iters", "2", "--final-eval-iters", "3", "--lr", "3e-3", "--quiet"]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS)
+    return path
+
+
+def _train(capsys, *argv):
+    from models import cli
+
+    code = cli.main(["train", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_train_cli_logs_evaluates_checkpoints_and_ends_with_val_loss(tmp_path, corpus, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = _train(capsys, "--data", corpus, "--out-dir", out_dir, "--max-iters", 6,
+                            "--eval-interval", 3, *TINY)
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("val_loss=")
+    log = read_log(out_dir / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r) >= {"step", "loss", "lr"} for r in log)
+    assert [r["step"] for r in log if "val_loss" in r] == [3, 6]
+    assert float(last.split("=")[1]) == pytest.approx(log[-1]["val_loss"], abs=5e-5)
+    assert log[-1]["loss"] < log[0]["loss"]  # it learns
+    ck = C.load_checkpoint(out_dir)
+    assert ck.meta["step"] == 6 and ck.meta["model_config"]["n_embd"] == 16
+    assert ck.meta["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(CORPUS)))}
+    try:
+        import matplotlib  # noqa: F401
+        assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert "matplotlib is not installed" in err
+
+
+def test_ctrl_c_saves_and_resume_logs_the_same_losses(tmp_path, corpus, capsys, monkeypatch):
+    from models.train import Trainer
+
+    common = ["--data", corpus, "--max-iters", 10, "--eval-interval", 4, "--dropout", "0.1", *TINY]
+    assert _train(capsys, "--out-dir", tmp_path / "ref", *common)[0] == 0
+    reference = read_log(tmp_path / "ref" / "log.jsonl")
+
+    real_step = Trainer.train_step
+
+    def press_ctrl_c_during_step_5(self, lr):
+        if self.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only flags: step 5 completes first
+        return real_step(self, lr)
+
+    monkeypatch.setattr(Trainer, "train_step", press_ctrl_c_during_step_5)
+    code, out, err = _train(capsys, "--out-dir", tmp_path / "cut", *common)
+    monkeypatch.undo()
+    assert code == 130 and "interrupted: saved step 5" in err and "val_loss=" not in out
+    assert C.load_checkpoint(tmp_path / "cut").meta["step"] == 5
+    code, out, err = _train(capsys, "--out-dir", tmp_path / "cut", "--resume", "--quiet")
+    assert code == 0, err
+    resumed = read_log(tmp_path / "cut" / "log.jsonl")
+    assert resumed == reference  # every loss, lr and eval loss, bit for bit
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_drops_log_lines_past_the_checkpoint(tmp_path, corpus, capsys):
+    out_dir = tmp_path / "run"
+    common = ["--data", corpus, "--eval-interval", 3, *TINY]
+    assert _train(capsys, "--out-dir", out_dir, "--max-iters", 6, *common)[0] == 0
+    reference = read_log(out_dir / "log.jsonl")
+    # a crash after step 7 was logged but before its checkpoint: the log runs ahead of step 6
+    with open(out_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 7, "loss": 9.0, "lr": 0.0}) + "\n")
+    assert _train(capsys, "--out-dir", out_dir, "--resume", "--max-iters", 9, "--quiet")[0] == 0
+    log = read_log(out_dir / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 10)) and log[:6] == reference
+
+
+def test_evaluation_does_not_shift_the_training_stream(tmp_path, corpus, capsys):
+    common = ["--data", corpus, "--max-iters", 6, *TINY]
+    assert _train(capsys, "--out-dir", tmp_path / "a", "--eval-interval", 1, *common)[0] == 0
+    assert _train(capsys, "--out-dir", tmp_path / "b", "--eval-interval", 100, *common)[0] == 0
+    a, b = read_log(tmp_path / "a" / "log.jsonl"), read_log(tmp_path / "b" / "log.jsonl")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert a[-1]["val_loss"] == b[-1]["val_loss"]
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    from models.data import prepare
+    from models.gpt import GPT, GPTConfig
+    from models.train import Trainer
+
+    data = prepare(CORPUS, "corpus", cache=tmp_path / "cache")
+    cfg_model = GPTConfig(vocab_size=data.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+
+    def run(batch_size, grad_accum):
+        model = GPT(cfg_model, seed=0)
+        cfg = TrainConfig(max_iters=3, batch_size=batch_size, grad_accum=grad_accum, warmup_iters=0, lr=1e-3,
+                          eval_interval=100, eval_iters=1, final_eval_iters=1)
+        trainer = Trainer(model, lambda split, rng: data.get_batch(split, batch_size, 8, rng),
+                          lambda m, b: m(b[0], b[1])[1], cfg, tmp_path / f"run{grad_accum}", quiet=True)
+        trainer.run()
+        return {n: p.numpy() for n, p in model.named_parameters()}
+
+    big, accumulated = run(6, 1), run(3, 2)  # the same 6 sequences per step (one rng stream)
+    for name in big:
+        # equal gradients up to float32 rounding; Adam's first steps move each weight by ~lr
+        assert np.allclose(big[name], accumulated[name], rtol=0, atol=1e-5), name
+
+
+def test_weight_decay_applies_to_matrices_only():
+    from models.gpt import GPT, GPTConfig
+    from models.train import param_groups
+
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.ndim >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(model.parameters())
+
+
+def test_bad_requests_are_one_line_errors_and_overwrite_nothing(tmp_path, corpus, capsys):
+    out_dir = tmp_path / "run"
+    assert _train(capsys, "--data", corpus, "--out-dir", out_dir, "--max-iters", 3, "--eval-interval", 3,
+                  *TINY)[0] == 0
+    before = _snapshot(out_dir)
+    other = tmp_path / "other.txt"
+    other.write_text(CORPUS.upper())
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cases = [
+        (["--data", corpus], "already holds a checkpoint"),
+        (["--resume", "--data", other], "another vocabulary"),
+        (["--resume", "--n-embd", "32"], "n_embd=16, but --n-embd 32"),
+        (["--resume"], "already at --max-iters 3"),
+        (["--resume", "--force"], "contradict"),
+        (["--force", "--data", empty], "empty"),
+        (["--force", "--data", corpus, "--block-size", "5000"], "too short for block_size 5000"),
+        (["--force", "--data", corpus, "--n-embd", "15", "--n-head", "2"], "not divisible"),
+        (["--force", "--data", corpus, "--max-iters", "0"], "--max-iters must be at least 1"),
+    ]
+    for argv, expected in cases:
+        code, out, err = _train(capsys, "--out-dir", out_dir, "--quiet", *argv)
+        assert code == 1 and expected in err and err.count("\n") == 1 and out == "", (argv, err)
+        assert _snapshot(out_dir) == before, argv
+    ckpt_dir = C.resolve(out_dir)
+    model_file = ckpt_dir / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    code, out, err = _train(capsys, "--out-dir", out_dir, "--resume", "--max-iters", 5)
+    assert code == 1 and "truncated" in err and err.count("\n") == 1
+    from models import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--bogus-flag", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus-flag" in err and err.count("\n") == 1
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, corpus, capsys):
+    from models.cli import _check_device
+
+    if _check_device("cuda") is None:
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    code, out, err = _train(capsys, "--data", corpus, "--out-dir", tmp_path / "run", "--device", "cuda")
+    assert code == 1 and "--device cuda" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
