@@ -35,12 +35,12 @@
 //     fully masked tiles are never loaded.
 //     Reads q, k, v (each tile once per block), key_mask; writes o, lse. Shared memory:
 //     (BQ + 2 BK)(D+1) + BQ(BK+1) elements of T, plus BK ints.
-//   attention_bwd_dq<T,D,BQ,BK,G,R>   same grid and block shape as the forward.
+//   attention_bwd_dq<T,D,BQ,BK,G,R>   grid (B*H*ceil(Tq/BQ)), block NT = (BQ/R) G.
 //     Per query tile: Drow[i] = sum_c dO[i,c] O[i,c] (written out for the next kernel);
 //     for each visible key tile recompute P = exp2(s2 - lse2), dP = dO V^T,
 //     dS = P (dP - Drow); dQ += dS K. Writes dq = scale * dQ and Drow (B, H, Tq).
 //     Reads q, k, v, o, do, lse, key_mask. Shared: 2(BQ + BK)(D+1) + BQ(BK+1) of T, BK ints.
-//   attention_bwd_dkdv<T,D,BK,BQ,G,R>   grid (B*H*ceil(Tk/BK)), block NT = (BK/R) G.
+//   attention_bwd_dkdv<T,D,BQ,BK,G,R>   grid (B*H*ceil(Tk/BK)), block NT = (BK/R) G.
 //     One block per (batch*head, key tile), launched after attention_bwd_dq (it reads Drow).
 //     K and V tiles stay in shared memory; for each query tile that can see the key tile,
 //     recompute P^T and dS^T (keys x queries) and accumulate dV += P^T dO, dK += dS^T Q.
@@ -336,7 +336,7 @@ attention_bwd_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __re
 }
 
 // ---------------------------------------------------------------------------------------------
-template <typename T, int D, int BK, int BQ, int G, int R>
+template <typename T, int D, int BQ, int BK, int G, int R>
 __global__ void __launch_bounds__(AttnShape<D, BQ, BK, G, R, BK>::NT)
 attention_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                    const T* __restrict__ lse, const T* __restrict__ drow, const T* __restrict__ dout,

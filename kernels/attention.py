@@ -20,40 +20,50 @@ from kernels.launch import array_module, is_cupy_array
 SOURCE = Path(__file__).with_name("attention.cu")
 HEAD_DIMS = (16, 32, 64, 128)  # compile-time D; a runtime d runs in the smallest D >= d
 
-# Tile configurations, the single source of truth for the names compiled, checked and launched.
-#   fwd and dq: (BQ, BK, G, R), one block per query tile of BQ rows, (BQ/R)*G threads;
-#   dkdv:       (BK, BQ, G, R), one block per key tile of BK rows,   (BK/R)*G threads.
-# Chosen so static shared memory stays under 48 KiB and ptxas reports no spills on sm_80/sm_90.
-CONFIGS = {
-    ("float", 16): {"fwd": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "dkdv": (64, 32, 4, 2)},
-    ("float", 32): {"fwd": (64, 64, 4, 2), "dq": (64, 32, 4, 2), "dkdv": (64, 32, 4, 2)},
-    ("float", 64): {"fwd": (64, 32, 4, 2), "dq": (32, 32, 8, 2), "dkdv": (32, 32, 8, 2)},
-    ("float", 128): {"fwd": (32, 16, 8, 2), "dq": (16, 16, 8, 1), "dkdv": (16, 16, 8, 1)},
-    ("double", 16): {"fwd": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "dkdv": (32, 32, 8, 2)},
-    ("double", 32): {"fwd": (32, 32, 8, 2), "dq": (32, 32, 8, 2), "dkdv": (32, 16, 8, 2)},
-    ("double", 64): {"fwd": (32, 16, 8, 2), "dq": (16, 16, 8, 1), "dkdv": (16, 16, 8, 1)},
-    ("double", 128): {"fwd": (16, 8, 8, 1), "dq": (8, 8, 8, 1), "dkdv": (8, 8, 8, 1)},
+# Tile configurations, (scalar type, D) -> (BQ, BK, G, R): the single source of truth for what is
+# compiled (registry templates -> NVRTC check, CuPy name_expressions, emulator build) and launched.
+# attention_fwd and attention_bwd_dq run one block of (BQ/R)*G threads per query tile of BQ rows;
+# attention_bwd_dkdv one block of (BK/R)*G threads per key tile of BK rows. Chosen so static shared
+# memory stays under 48 KiB with no spills on sm_80/sm_90 (`minigrad kernels check`).
+FORWARD_TILES = {
+    ("float", 16): (64, 64, 4, 2), ("float", 32): (64, 64, 4, 2),
+    ("float", 64): (64, 32, 4, 2), ("float", 128): (32, 16, 8, 2),
+    ("double", 16): (64, 32, 4, 2), ("double", 32): (32, 32, 8, 2),
+    ("double", 64): (32, 16, 8, 2), ("double", 128): (16, 8, 8, 1),
 }
-KERNELS = {"fwd": "attention_fwd", "dq": "attention_bwd_dq", "dkdv": "attention_bwd_dkdv"}
+BACKWARD_TILES = {   # shared by the two backward kernels
+    ("float", 16): (32, 64, 4, 2), ("float", 32): (32, 64, 4, 2),
+    ("float", 64): (32, 32, 8, 2), ("float", 128): (16, 16, 8, 1),
+    ("double", 16): (32, 32, 8, 2), ("double", 32): (16, 32, 8, 2),
+    ("double", 64): (16, 16, 8, 1), ("double", 128): (8, 8, 8, 1),
+}
+# The __global__ functions each launcher role uses by default (kernels= selects another version)
+# and the tiles each function is instantiated with (a new version adds its own entry).
+FORWARD_ROLES = {"forward": "attention_fwd"}
+BACKWARD_ROLES = {"dq": "attention_bwd_dq", "dkdv": "attention_bwd_dkdv"}
+TILES = {"attention_fwd": FORWARD_TILES, "attention_bwd_dq": BACKWARD_TILES, "attention_bwd_dkdv": BACKWARD_TILES}
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 ALLOCATIONS = []  # (name, shape) of every buffer allocated by a launcher, appended per call
 
 
-def kernel_name(kind, ctype, D):
-    """Name expression of one instantiation, e.g. 'attention_fwd<float, 64, 64, 32, 4, 2>'."""
-    a, b, g, r = CONFIGS[(ctype, D)][kind]
-    return f"{KERNELS[kind]}<{ctype}, {D}, {a}, {b}, {g}, {r}>"
+def templates(tiles):
+    """Registry template argument lists, e.g. 'float, 64, 64, 32, 4, 2' for every entry of tiles."""
+    return tuple(", ".join([ct, str(D), *map(str, cfg)]) for (ct, D), cfg in tiles.items())
 
 
 def name_expressions():
-    """Every shipped instantiation: 3 kernels x {float, double} x HEAD_DIMS."""
-    return [kernel_name(kind, ctype, D) for (ctype, D) in CONFIGS for kind in KERNELS]
+    """Every instantiation of every function in TILES, spelled as the registry spells it."""
+    return [f"{fn}<{t}>" for fn, tiles in TILES.items() for t in templates(tiles)]
 
 
-def threads(kind, ctype, D):
-    rows, _, g, r = CONFIGS[(ctype, D)][kind]
-    return rows // r * g
+def _kernel(fn, role, ctype, D):
+    """(name expression, rows per block, threads per block) of one launch."""
+    if fn not in TILES:
+        raise KeyError(f"attention: no tile table for kernel {fn!r} (known: {', '.join(TILES)})")
+    bq, bk, g, r = TILES[fn][(ctype, D)]
+    rows = bk if role == "dkdv" else bq
+    return f"{fn}<{ctype}, {D}, {bq}, {bk}, {g}, {r}>", rows, rows // r * g
 
 
 def padded_head_dim(d):
@@ -140,8 +150,11 @@ def _launch(name, grid, block, args):
     launch.launch(SOURCE.name, name, grid, block, args)
 
 
-def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None):
-    """Fused attention forward: returns o (B, H, Tq, d) and lse (B, H, Tq), both q.dtype."""
+def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None, kernels=None):
+    """Fused attention forward: returns o (B, H, Tq, d) and lse (B, H, Tq), both q.dtype.
+
+    kernels: {"forward": __global__ name} to run another registered version (default FORWARD_ROLES).
+    """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask)
     xp = array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
@@ -149,19 +162,19 @@ def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None):
     o = _alloc(xp, "o", (B, H, Tq, d), q.dtype)
     lse = _alloc(xp, "lse", (B, H, Tq), q.dtype)
     has_mask = np.int32(key_mask is not None)
-    bq = CONFIGS[(ctype, D)]["fwd"][0]
-    grid = B * H * (-(-Tq // bq))
-    _launch(kernel_name("fwd", ctype, D), grid, threads("fwd", ctype, D),
+    name, rows, nt = _kernel((kernels or FORWARD_ROLES)["forward"], "forward", ctype, D)
+    _launch(name, B * H * (-(-Tq // rows)), nt,
             (q, k, v, key_mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc,
              np.int32(bool(is_causal)), has_mask))
     return o, lse
 
 
-def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scale=None):
+def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scale=None, kernels=None):
     """Fused attention backward for the loss sum(o * do): returns dq, dk, dv (q.dtype).
 
     o and lse are the forward's outputs. Two launches, no atomics (bit-identical run to run):
-    attention_bwd_dq writes dq and Drow = rowsum(do * o), then attention_bwd_dkdv writes dk, dv.
+    the "dq" kernel writes dq and Drow = rowsum(do * o), then the "dkdv" kernel writes dk, dv.
+    kernels: {"dq": name, "dkdv": name} to run another registered version (default BACKWARD_ROLES).
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask, extra=(("o", o), ("lse", lse), ("do", do)))
     xp = array_module(q)
@@ -173,11 +186,90 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
     drow = _alloc(xp, "drow", (B, H, Tq), q.dtype)
     has_mask = np.int32(key_mask is not None)
     tail = (np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc, np.int32(bool(is_causal)), has_mask)
-    bq = CONFIGS[(ctype, D)]["dq"][0]
-    _launch(kernel_name("dq", ctype, D), B * H * (-(-Tq // bq)), threads("dq", ctype, D),
-            (q, k, v, o, lse, do, key_mask, dq, drow) + tail)
-    bk = CONFIGS[(ctype, D)]["dkdv"][0]
-    _launch(kernel_name("dkdv", ctype, D), B * H * (-(-Tk // bk)), threads("dkdv", ctype, D),
-            (q, k, v, lse, drow, do, key_mask, dk, dv) + tail)
+    roles = kernels or BACKWARD_ROLES
+    name, rows, nt = _kernel(roles["dq"], "dq", ctype, D)
+    _launch(name, B * H * (-(-Tq // rows)), nt, (q, k, v, o, lse, do, key_mask, dq, drow) + tail)
+    name, rows, nt = _kernel(roles["dkdv"], "dkdv", ctype, D)
+    _launch(name, B * H * (-(-Tk // rows)), nt, (q, k, v, lse, drow, do, key_mask, dk, dv) + tail)
     return dq, dk, dv
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The workbench family (kernels/registry.py builds Family(**FORWARD_FAMILY) and
+# Family(**BACKWARD_FAMILY)): validate cases, references and bench configuration.
+# A case is (B, H, Tq, Tk, d, is_causal, masked). Validate cases leave every query row at least
+# one key (validate compares max|out - ref|, and an empty row's lse is -inf on both sides).
+
+VALIDATE_CASES = (
+    (1, 1, 1, 1, 16, False, False), (2, 2, 7, 7, 40, True, True), (1, 2, 64, 65, 64, True, False),
+    (1, 2, 65, 64, 128, False, True), (1, 1, 7, 200, 32, True, True), (1, 1, 200, 200, 64, True, True),
+)
+BENCH_CASES = (
+    (4, 16, 1024, 1024, 64, True, False), (4, 16, 1024, 1024, 64, False, False),
+    (2, 16, 2048, 2048, 64, True, False), (1, 16, 4096, 4096, 64, True, False),
+    (4, 16, 1024, 1024, 128, True, False),
+)
+TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
+
+
+def make_inputs(xp, rng, case, dtype):
+    B, H, Tq, Tk, d, causal, masked = case
+    arrays = {"q": (B, H, Tq, d), "k": (B, H, Tk, d), "v": (B, H, Tk, d), "do": (B, H, Tq, d)}
+    out = {n: xp.asarray(rng.standard_normal(s), dtype=dtype) for n, s in arrays.items()}
+    key_mask = None
+    if masked:
+        key_mask = rng.random((B, Tk)) > 0.3
+        key_mask[:, 0] = True
+        key_mask = xp.asarray(key_mask)
+    out.update(key_mask=key_mask, is_causal=causal)
+    return out
+
+
+def describe(case):
+    B, H, Tq, Tk, d, causal, masked = case
+    return f"B{B} H{H} Tq{Tq} Tk{Tk} d{d}" + (" causal" if causal else "") + (" mask" if masked else "")
+
+
+def _fwd_run(kernel, i):
+    o, lse = attention_forward(i["q"], i["k"], i["v"], i["key_mask"], i["is_causal"], kernels=kernel.roles)
+    return {"o": o, "lse": lse}
+
+
+def _fwd_ref(i):
+    from kernels.attention_ref import attention_forward_ref
+    o, lse = attention_forward_ref(i["q"], i["k"], i["v"], i["key_mask"], i["is_causal"])
+    return {"o": o, "lse": lse}
+
+
+def _bwd_run(kernel, i):
+    saved = _fwd_ref(i)   # the backward is validated on its own, from the reference's o and lse
+    dq, dk, dv = attention_backward(i["q"], i["k"], i["v"], saved["o"], saved["lse"], i["do"], i["key_mask"],
+                                    i["is_causal"], kernels=kernel.roles)
+    return {"dq": dq, "dk": dk, "dv": dv}
+
+
+def _bwd_ref(i):
+    from kernels.attention_ref import attention_backward_ref
+    saved = _fwd_ref(i)
+    dq, dk, dv = attention_backward_ref(i["q"], i["k"], i["v"], saved["o"], saved["lse"], i["do"], i["key_mask"],
+                                        i["is_causal"])
+    return {"dq": dq, "dk": dk, "dv": dv}
+
+
+def _fwd_bytes(case, dtype):
+    B, H, Tq, Tk, d, _, masked = case   # read q, k, v (and the mask); write o, lse
+    return np.dtype(dtype).itemsize * B * H * (2 * Tq * d + 2 * Tk * d + Tq) + (B * Tk if masked else 0)
+
+
+def _bwd_bytes(case, dtype):
+    B, H, Tq, Tk, d, _, masked = case   # read q, k, v, o, do, lse; write dq, dk, dv, Drow (and read it)
+    return np.dtype(dtype).itemsize * B * H * (4 * Tq * d + 4 * Tk * d + 3 * Tq) + (B * Tk if masked else 0)
+
+
+FORWARD_FAMILY = dict(run=_fwd_run, reference=_fwd_ref, make_inputs=make_inputs, cases=VALIDATE_CASES,
+                      bench_cases=BENCH_CASES, bytes_moved=_fwd_bytes, unfused=_fwd_ref, tolerance=TOLERANCE,
+                      describe=describe)
+BACKWARD_FAMILY = dict(run=_bwd_run, reference=_bwd_ref, make_inputs=make_inputs, cases=VALIDATE_CASES,
+                       bench_cases=BENCH_CASES, bytes_moved=_bwd_bytes, unfused=_bwd_ref, tolerance=TOLERANCE,
+                       describe=describe)

@@ -151,10 +151,19 @@ LAYERNORM_BACKWARD = Family(run=_ln_bwd_run, reference=_ln_bwd_ref, make_inputs=
 _LN_BWD = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",
            "reduce": "layernorm_backward_reduce"}
 
+# ----------------------------------------------------------------------------- attention family
+from kernels import attention as _attn  # noqa: E402  (its family, tiles and launchers live there)
+
+ATTENTION_FORWARD = Family(**_attn.FORWARD_FAMILY)
+ATTENTION_BACKWARD = Family(**_attn.BACKWARD_FAMILY)
+
 # ----------------------------------------------------------------------------- the table
 KERNELS = [
     Kernel("layernorm_forward", "layernorm.cu", {"forward": "layernorm_forward"}, LAYERNORM_FORWARD),
     Kernel("layernorm_backward", "layernorm.cu", _LN_BWD, LAYERNORM_BACKWARD),
+    Kernel("attention_forward", "attention.cu", _attn.FORWARD_ROLES, ATTENTION_FORWARD, _attn.templates(_attn.FORWARD_TILES)),
+    Kernel("attention_backward", "attention.cu", _attn.BACKWARD_ROLES, ATTENTION_BACKWARD,
+           _attn.templates(_attn.BACKWARD_TILES)),
 ]
 
 

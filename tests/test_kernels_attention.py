@@ -10,6 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from kernels import attention as A
 from kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
@@ -106,21 +107,20 @@ def _case_id(c):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_forward_backward_match_reference(case, device):
     B, H, Tq, Tk, d, dtype, causal, masked = case
-    q, k, v, do, km = _inputs(B, H, Tq, Tk, d, dtype, masked)
+    _check_against_reference(*_inputs(B, H, Tq, Tk, d, dtype, masked), causal, device)
+
+
+def _check_against_reference(q, k, v, do, km, causal, device="emulate"):
+    dtype = q.dtype.type
     f64 = [a.astype(np.float64) for a in (q, k, v, do)]
     ro, rlse = attention_forward_ref(f64[0], f64[1], f64[2], km, causal)
-
-    o, lse = A.attention_forward(*(_to(device, a) for a in (q, k, v, km)), is_causal=causal)
-    o, lse = _host(o), _host(lse)
-    assert o.dtype == dtype and lse.dtype == dtype and o.shape == q.shape and lse.shape == (B, H, Tq)
+    o, lse = (_host(a) for a in A.attention_forward(*(_to(device, a) for a in (q, k, v, km)), is_causal=causal))
+    assert o.dtype == dtype and lse.dtype == dtype and o.shape == q.shape and lse.shape == q.shape[:3]
     tol = TOL[dtype]
     assert _rel_err(o, ro) <= tol
     finite = np.isfinite(rlse)
-    assert np.array_equal(np.isfinite(lse), finite)
-    assert np.all(lse[~finite] == -np.inf)
+    assert np.array_equal(np.isfinite(lse), finite) and np.all(lse[~finite] == -np.inf)
     assert np.abs(lse[finite] - rlse[finite]).max(initial=0) <= tol * max(1.0, np.abs(rlse[finite]).max(initial=0))
-
-    # backward from the kernel's own o and lse, as autograd would call it
     grads = A.attention_backward(*(_to(device, a) for a in (q, k, v, o, lse, do, km)), is_causal=causal)
     refs = attention_backward_ref(f64[0], f64[1], f64[2], o.astype(np.float64), rlse, f64[3], km, causal)
     mags = _grad_magnitudes(f64[0], f64[1], f64[2], o.astype(np.float64), f64[3], km, causal)
@@ -128,6 +128,19 @@ def test_forward_backward_match_reference(case, device):
         g = _host(g)
         assert g.dtype == dtype and np.isfinite(g).all(), name
         assert _rel_err(g, r, m) <= tol, name
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 3), Tq=st.integers(1, 150), Tk=st.integers(1, 150),
+       d=st.integers(16, 128), double=st.booleans(), causal=st.booleans(), masked=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_drawn_shapes_match_reference(B, H, Tq, Tk, d, double, causal, masked, seed):
+    dtype = np.float64 if double else np.float32
+    rng = np.random.default_rng(seed)
+    q, k, v, do = (rng.standard_normal(s).astype(dtype) for s in
+                   ((B, H, Tq, d), (B, H, Tk, d), (B, H, Tk, d), (B, H, Tq, d)))
+    km = rng.random((B, Tk)) > 0.4 if masked else None   # may leave a batch without keys
+    _check_against_reference(q, k, v, do, km, causal)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -272,17 +285,20 @@ def test_backward_checks_o_lse_do_shapes(no_launch):
 
 
 def test_every_instantiation_fits_cuda_limits():
-    # the table the compile check, the emulator and CuPy all use: whole warps, <= 1024 threads,
-    # <= 48 KiB static shared memory (the kernel's __shared__ arrays, computed from the template).
-    for (ctype, D), cfg in A.CONFIGS.items():
-        size = 4 if ctype == "float" else 8
-        for kind, (rows, cols, g, r) in cfg.items():
-            nt = A.threads(kind, ctype, D)
-            assert nt % 32 == 0 and nt <= 1024 and rows % r == 0 and D % g == 0 and cols % g == 0
-            if kind == "dkdv":   # (BK, BQ): K, V, Q, dO tiles; P^T, dS^T; lse, Drow
-                smem = (2 * (rows + cols) * (D + 1) + 2 * rows * (cols + 1) + 2 * cols) * size
-            else:                # (BQ, BK): Q (+dO), K, V tiles; P or dS; key flags
-                qtiles = 1 if kind == "fwd" else 2
-                smem = ((qtiles * rows + 2 * cols) * (D + 1) + rows * (cols + 1)) * size + 4 * cols
-            assert smem <= 48 * 1024, (ctype, D, kind, smem)
-    assert len(A.name_expressions()) == 3 * 2 * len(A.HEAD_DIMS)
+    # Threads from the launcher's tile table, static shared memory as the emulator build measured
+    # the kernels' __shared__ arrays; the emulator would refuse a launch above 48 KiB, as CUDA does.
+    from kernels import registry
+    from kernels.emulate.build import normalize
+    from kernels.launch import get_module
+
+    smem = get_module("attention.cu", "emulate").lib.static_smem
+    role_of = {fn: role for roles in (A.FORWARD_ROLES, A.BACKWARD_ROLES) for role, fn in roles.items()}
+    names = []
+    for fn, tiles in A.TILES.items():
+        for ctype, D in tiles:
+            name, rows, nt = A._kernel(fn, role_of[fn], ctype, D)
+            names.append(name)
+            assert nt % 32 == 0 and 32 <= nt <= 1024, name
+            assert 0 < smem[normalize(name)] <= 48 * 1024, name
+    assert len(names) == 3 * 2 * len(A.HEAD_DIMS)
+    assert sorted(names) == sorted(registry.instantiations("attention.cu"))
