@@ -14,7 +14,8 @@ import numpy as np
 from ..autograd import Function, is_grad_enabled
 from .. import fused
 from ._util import saved, unbroadcast, xp_of
-from .special import erf, erf_array
+from .shape import sum_to_array
+from .special import erf, gelu_and_slope
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -36,8 +37,8 @@ class Gelu(Function):
             u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
             self.t = xp.tanh(u)
             return 0.5 * x * (1.0 + self.t)
-        self.cdf = 0.5 * (1.0 + erf_array(x * (1.0 / math.sqrt(2.0))))
-        return x * self.cdf
+        y, self.slope = gelu_and_slope(x)      # the slope dy/dx is computed with y, nearly for free
+        return y
 
     def backward(self, g):
         x = self.inputs[0]
@@ -45,7 +46,9 @@ class Gelu(Function):
             t = saved(self.t, lambda: (_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
             du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
             return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
-        cdf = saved(self.cdf, lambda: 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0)))))
+        if not is_grad_enabled():
+            return (g * _T(self.slope),)
+        cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))     # differentiable, for create_graph
         pdf = (x * x * -0.5).exp() * _INV_SQRT_2PI
         return (g * (cdf + x * pdf),)
 
@@ -157,12 +160,12 @@ class LayerNorm(Function):
                 xp.ascontiguousarray(x2), weight, bias, eps)
             return y.reshape(shape)
         mean = x2.mean(axis=1, keepdims=True)
-        xc = x2 - mean
-        var = (xc * xc).mean(axis=1, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + eps)
-        xhat = xc * rstd
+        xhat = x2 - mean                                       # (N, C), normalised in place below
+        var = xp.einsum("ij,ij->i", xhat, xhat)[:, None] * (1.0 / c)
+        rstd = 1.0 / xp.sqrt(var + eps)                        # (N, 1)
+        xhat *= rstd
         self.xhat, self.rstd = xhat, rstd
-        y = xhat * weight if weight is not None else xhat
+        y = xhat * weight if weight is not None else xhat.copy()
         if bias is not None:
             y += bias
         return y.reshape(shape)
@@ -181,14 +184,14 @@ class LayerNorm(Function):
             if self.has_b:
                 out.append(_T(db if db is not None else g.data.reshape(-1, c).sum(axis=0)))
             return tuple(out)
+        if not is_grad_enabled():
+            return self._backward_arrays(g.data.reshape(-1, c), w)
+        # create_graph: the same formula in Tensor ops, with xhat and rstd recomputed from x
         g2 = g.reshape((-1, c))
-        if is_grad_enabled() or self.kernel:
-            x2 = x.reshape((-1, c))
-            xc = x2 - x2.mean(axis=1, keepdims=True)
-            rstd = ((xc * xc).mean(axis=1, keepdims=True) + self.eps) ** -0.5
-            xhat = xc * rstd
-        else:
-            xhat, rstd = _T(self.xhat), _T(self.rstd)
+        x2 = x.reshape((-1, c))
+        xc = x2 - x2.mean(axis=1, keepdims=True)
+        rstd = ((xc * xc).mean(axis=1, keepdims=True) + self.eps) ** -0.5
+        xhat = xc * rstd
         gx = g2 * w if w is not None else g2
         dx = rstd * (gx - gx.mean(axis=1, keepdims=True) - xhat * (gx * xhat).mean(axis=1, keepdims=True))
         out = [dx.reshape(x.shape)]
@@ -198,21 +201,43 @@ class LayerNorm(Function):
             out.append(g2.sum(axis=0) if self.inputs[-1].requires_grad else None)
         return tuple(out)
 
+    def _backward_arrays(self, g2, w):
+        """dx = rstd (gx - mean(gx) - xhat mean(gx xhat)), gx = g w; dw = Σ g xhat; db = Σ g (rows)."""
+        xp = xp_of(g2)
+        x = self.inputs[0]
+        xhat, rstd, c = self.xhat, self.rstd, g2.shape[1]
+        gx = g2 * w.data if w is not None else g2.copy()
+        m2 = xp.einsum("ij,ij->i", gx, xhat)[:, None] * (1.0 / c)
+        gx -= gx.mean(axis=1, keepdims=True)
+        gx -= xhat * m2
+        gx *= rstd
+        out = [_T(gx.reshape(x.shape))]
+        if self.has_w:
+            out.append(_T(xp.einsum("ij,ij->j", g2, xhat)) if w.requires_grad else None)
+        if self.has_b:
+            out.append(_T(g2.sum(axis=0)) if self.inputs[-1].requires_grad else None)
+        return tuple(out)
+
 
 # ---------------------------------------------------------------- attention
 def attention_reference(q, k, v, mask, scale):
     """softmax(q kᵀ scale, masked) v on arrays. mask: bool (…, Tq, Tk), True = may attend, or None.
-    A query row with no attendable key gets a zero output row. Returns (o, p)."""
+    A query row with no attendable key gets a zero output row. Returns (o, p), p (…, Tq, Tk)."""
     xp = xp_of(q)
-    s = (q @ k.swapaxes(-1, -2)) * scale                      # (…, Tq, Tk)
+    s = q @ k.swapaxes(-1, -2)                                # (…, Tq, Tk), scaled and softmaxed in place
+    s *= scale
     if mask is not None:
-        s = xp.where(mask, s, -xp.inf)
+        s += xp.where(mask, 0.0, -xp.inf).astype(s.dtype)      # an additive bias: one broadcast pass
     m = s.max(axis=-1, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0).astype(q.dtype, copy=False)
-    e = xp.exp(s - m)
-    den = e.sum(axis=-1, keepdims=True)
-    p = e / xp.where(den > 0, den, 1)
-    return p @ v, p
+    if mask is not None:
+        m = xp.where(xp.isfinite(m), m, 0).astype(s.dtype, copy=False)
+    s -= m
+    xp.exp(s, out=s)
+    den = s.sum(axis=-1, keepdims=True)
+    if mask is not None:
+        den[den == 0] = 1
+    s /= den
+    return s @ v, s
 
 
 def causal_mask(xp, tq, tk):
@@ -258,17 +283,29 @@ class Attention(Function):
                 self.o, self.lse, xp.ascontiguousarray(g.data),
                 key_mask=self.key_mask, is_causal=self.is_causal, scale=self.scale)
             return _T(dq), _T(dk), _T(dv)
-        full = self._full_mask(xp_of(q.data), q.data, k.data)
-        if is_grad_enabled() or self.kernel:
-            p = _attention_probs(q, k, full, self.scale)
-        else:
-            p = _T(self.p)
+        if not is_grad_enabled():
+            return self._backward_arrays(g.data)
+        # create_graph: the same formulas in Tensor ops, with p recomputed from q and k
+        p = _attention_probs(q, k, self._full_mask(xp_of(q.data), q.data, k.data), self.scale)
         dv = unbroadcast(p.swapaxes(-1, -2) @ g, v.shape)
         dp = g @ v.swapaxes(-1, -2)
         ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
         dq = unbroadcast((ds @ k) * self.scale, q.shape)
         dk = unbroadcast((ds.swapaxes(-1, -2) @ q) * self.scale, k.shape)
         return dq, dk, dv
+
+    def _backward_arrays(self, g):
+        """dv = pᵀ g; ds = p ∘ (g vᵀ - rowsum(g vᵀ ∘ p)); dq = ds k · scale; dk = dsᵀ q · scale."""
+        q, k, v = (t.data for t in self.inputs)
+        p = self.p
+        dv = p.swapaxes(-1, -2) @ g
+        ds = g @ v.swapaxes(-1, -2)                           # dp, turned into ds in place
+        rows = (ds * p).sum(axis=-1, keepdims=True)
+        ds -= rows
+        ds *= p
+        ds *= self.scale
+        dq, dk = ds @ k, ds.swapaxes(-1, -2) @ q
+        return tuple(_T(sum_to_array(d, t.shape)) for d, t in zip((dq, dk, dv), self.inputs))
 
 
 def _attention_probs(q, k, mask, scale):

@@ -42,15 +42,23 @@ class BroadcastTo(Function):
         return (SumTo.apply(g, shape=self.src),)
 
 
+def sum_to_array(a, shape):
+    """Sum an array that was broadcast from ``shape`` back to ``shape``."""
+    shape = tuple(shape)
+    if a.shape == shape:
+        return a
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and a.shape[lead + i] != 1)
+    out = a.sum(axis=axes, keepdims=True) if axes else a
+    return out.reshape(shape)
+
+
 class SumTo(Function):
     """Sum a broadcast result back to ``shape`` (the adjoint of broadcast_to)."""
 
     def forward(self, a, shape):
         self.src = a.shape
-        lead = a.ndim - len(shape)
-        axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and a.shape[lead + i] != 1)
-        out = a.sum(axis=axes, keepdims=True) if axes else a
-        return out.reshape(shape)
+        return sum_to_array(a, shape)
 
     def backward(self, g):
         return (g.broadcast_to(self.src),)
