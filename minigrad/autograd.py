@@ -258,10 +258,13 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
         t = keep[k]
         if t._ctx is not None or not t.requires_grad:
             continue   # only leaves keep .grad
-        if t.grad is None:
-            t.grad = g if (create_graph or k in owned) else Tensor._make(g.data.copy(), False)
-        elif create_graph:
-            t.grad = t.grad + g
+        if create_graph:
+            # a fresh array either way: g itself may be shared with another leaf or be a read-only
+            # broadcast view, and a later first-order backward adds into .grad in place
+            with _GradMode(True):
+                t.grad = g * 1.0 if t.grad is None else t.grad + g
+        elif t.grad is None:
+            t.grad = g if k in owned else Tensor._make(g.data.copy(), False)
         else:
             t.grad.data += g.data
     return None
