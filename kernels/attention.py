@@ -34,7 +34,7 @@ FORWARD_TILES = {
 BACKWARD_TILES = {   # shared by the two backward kernels
     ("float", 16): (32, 64, 4, 2), ("float", 32): (32, 64, 4, 2),
     ("float", 64): (32, 32, 8, 2), ("float", 128): (16, 16, 8, 1),
-    ("double", 16): (32, 32, 8, 2), ("double", 32): (16, 32, 8, 2),
+    ("double", 16): (32, 32, 8, 2), ("double", 32): (16, 32, 8, 1),
     ("double", 64): (16, 16, 8, 1), ("double", 128): (8, 8, 8, 1),
 }
 # The __global__ functions each launcher role uses by default (kernels= selects another version)
@@ -199,10 +199,11 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
 # The workbench family (kernels/registry.py builds Family(**FORWARD_FAMILY) and
 # Family(**BACKWARD_FAMILY)): validate cases, references and bench configuration.
 # A case is (B, H, Tq, Tk, d, is_causal, masked). Validate cases leave every query row at least
-# one key (validate compares max|out - ref|, and an empty row's lse is -inf on both sides).
+# one key (validate compares max|out - ref|, and an empty row's lse is -inf on both sides), and
+# Tk > 1 (with one key dq = dk = 0 exactly, so a relative error means nothing).
 
 VALIDATE_CASES = (
-    (1, 1, 1, 1, 16, False, False), (2, 2, 7, 7, 40, True, True), (1, 2, 64, 65, 64, True, False),
+    (1, 1, 1, 7, 16, False, False), (2, 2, 7, 7, 40, True, True), (1, 2, 64, 65, 64, True, False),
     (1, 2, 65, 64, 128, False, True), (1, 1, 7, 200, 32, True, True), (1, 1, 200, 200, 64, True, True),
 )
 BENCH_CASES = (
