@@ -371,6 +371,21 @@ inline bool run_block() {
     }
     if (!ran) {
       char st[512];
+      // A warp operation that waits for a lane which exited or sits at a barrier: say which.
+      for (unsigned i = 0; i < g_nthreads; ++i) {
+        Fiber* f = g_pool[i];
+        if (f->state != AT_WARP) continue;
+        for (unsigned l = 0; l < 32; ++l) {
+          Fiber* o = (f->mask >> l & 1u) ? lane_fiber(f->warp, l) : nullptr;
+          if (!o || (o->state != DONE && o->state != AT_BARRIER)) continue;
+          snprintf(g_msg, sizeof g_msg, "kernel %s, block (%u,%u,%u): %s in warp %u: lane %u waits with mask 0x%08x "
+                   "naming lane %u, which %s", g_kernel->name.c_str(), g_blockIdx.x, g_blockIdx.y, g_blockIdx.z,
+                   op_name(f->op), f->warp, f->lane, f->mask, l,
+                   o->state == DONE ? "has exited" : "waits at __syncthreads");
+          g_error = true;
+          return false;
+        }
+      }
       describe_states(st, sizeof st);
       snprintf(g_msg, sizeof g_msg, "kernel %s, block (%u,%u,%u): deadlock, no thread can proceed (%s)",
                g_kernel->name.c_str(), g_blockIdx.x, g_blockIdx.y, g_blockIdx.z, st);
