@@ -97,7 +97,8 @@ def _nonfinite(a) -> bool:
 
 
 # ---------------------------------------------------------------- profiler hook
-# minigrad.profiler sets this to an object with .record(name, phase, t0, t1, fn, inputs, out_array)
+# minigrad.profiler sets this to an object with .clock() -> a timestamp (a host time, or on a GPU a
+# (host time, CUDA event) pair) and .record(name, phase, t0, t1, fn, inputs, out_array), t0/t1 from clock().
 _profiler = None
 
 
@@ -131,7 +132,7 @@ class Function:
             arrays.append(t.data)
         prof = _profiler
         if prof is not None:
-            t0 = time.perf_counter()
+            t0 = prof.clock()
         try:
             out = fn.forward(*arrays, **kwargs)
         except ValueError as e:
@@ -140,7 +141,7 @@ class Function:
             shapes = " and ".join(str(tuple(a.shape)) for a in arrays)
             raise ValueError(f"{cls.__name__}: shapes {shapes} do not broadcast together") from None
         if prof is not None:
-            prof.record(cls.__name__, "forward", t0, time.perf_counter(), fn, arrays, out)
+            prof.record(cls.__name__, "forward", t0, prof.clock(), fn, arrays, out)
         requires = cls.differentiable and is_grad_enabled() and any(t.requires_grad for t in inputs)
         result = Tensor._make(out, requires)
         if requires:
@@ -230,7 +231,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                     fn.release()
                 continue
             if prof is not None:
-                t0 = time.perf_counter()
+                t0 = prof.clock()
             try:
                 in_grads = fn.backward(out_grad)
             except AnomalyError as e:   # an op inside this backward made the NaN: blame this op
@@ -239,7 +240,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                     f"was created at\n  {getattr(fn, '_where', '<unknown: enable detect_anomaly before the forward>')}"
                 ) from None
             if prof is not None:
-                prof.record(type(fn).__name__, "backward", t0, time.perf_counter(), fn, None, None)
+                prof.record(type(fn).__name__, "backward", t0, prof.clock(), fn, None, None)
             if _anomaly:
                 for ig in in_grads:
                     if ig is not None and _nonfinite(ig.data):
