@@ -243,17 +243,24 @@ def _fwd_ref(i):
     return {"o": o, "lse": lse}
 
 
+def backward_inputs(xp, rng, case, dtype):
+    """make_inputs plus the forward's saved o and lse (from the reference, so the backward is
+    validated on its own and its bench times the backward alone)."""
+    i = make_inputs(xp, rng, case, dtype)
+    saved = _fwd_ref(i)
+    i.update(o=saved["o"], lse=saved["lse"])
+    return i
+
+
 def _bwd_run(kernel, i):
-    saved = _fwd_ref(i)   # the backward is validated on its own, from the reference's o and lse
-    dq, dk, dv = attention_backward(i["q"], i["k"], i["v"], saved["o"], saved["lse"], i["do"], i["key_mask"],
+    dq, dk, dv = attention_backward(i["q"], i["k"], i["v"], i["o"], i["lse"], i["do"], i["key_mask"],
                                     i["is_causal"], kernels=kernel.roles)
     return {"dq": dq, "dk": dk, "dv": dv}
 
 
 def _bwd_ref(i):
     from kernels.attention_ref import attention_backward_ref
-    saved = _fwd_ref(i)
-    dq, dk, dv = attention_backward_ref(i["q"], i["k"], i["v"], saved["o"], saved["lse"], i["do"], i["key_mask"],
+    dq, dk, dv = attention_backward_ref(i["q"], i["k"], i["v"], i["o"], i["lse"], i["do"], i["key_mask"],
                                         i["is_causal"])
     return {"dq": dq, "dk": dk, "dv": dv}
 
@@ -271,6 +278,6 @@ def _bwd_bytes(case, dtype):
 FORWARD_FAMILY = dict(run=_fwd_run, reference=_fwd_ref, make_inputs=make_inputs, cases=VALIDATE_CASES,
                       bench_cases=BENCH_CASES, bytes_moved=_fwd_bytes, unfused=_fwd_ref, tolerance=TOLERANCE,
                       describe=describe)
-BACKWARD_FAMILY = dict(run=_bwd_run, reference=_bwd_ref, make_inputs=make_inputs, cases=VALIDATE_CASES,
+BACKWARD_FAMILY = dict(run=_bwd_run, reference=_bwd_ref, make_inputs=backward_inputs, cases=VALIDATE_CASES,
                        bench_cases=BENCH_CASES, bytes_moved=_bwd_bytes, unfused=_bwd_ref, tolerance=TOLERANCE,
                        describe=describe)

@@ -302,3 +302,27 @@ def test_every_instantiation_fits_cuda_limits():
             assert 0 < smem[normalize(name)] <= 48 * 1024, name
     assert len(names) == 3 * 2 * len(A.HEAD_DIMS)
     assert sorted(names) == sorted(registry.instantiations("attention.cu"))
+
+
+def test_bench_harness_runs_on_the_emulator_and_counts_flops():
+    from kernels import attention_bench as AB
+
+    for Tq, Tk in ((5, 5), (3, 8), (8, 3), (1, 1)):
+        brute = sum(1 for i in range(Tq) for j in range(Tk) if j <= i + Tk - Tq)
+        assert AB.attended_pairs(Tq, Tk, True) == brute and AB.attended_pairs(Tq, Tk, False) == Tq * Tk
+    assert AB.flops((2, 3, 4, 4, 16, False, False)) == 4 * 16 * 16 * 6
+    lines = []
+    rows = AB.run(np, [(1, 2, 20, 33, 16, True, True)], warmup=0, repeat=1, out=lines.append)
+    assert [r["pass_"] for r in rows] == ["fwd", "fwd+bwd"] and len(lines) == 3
+    assert all(r["fused_s"] > 0 and r["unfused_s"] > 0 and r["tflops"] > 0 for r in rows)
+
+
+def test_bench_without_gpu_says_so_and_succeeds():
+    from kernels import attention_bench as AB
+    from kernels.validate import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present: the no-GPU message does not apply")
+    lines = []
+    assert AB.main(out=lines.append) == 0
+    assert "no GPU" in lines[0] and "unmeasured" in lines[0]
