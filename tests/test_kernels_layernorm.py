@@ -106,6 +106,21 @@ def test_fixed_shapes_including_uncached_rows(device, N, C, dtype):
     _check_case(_xp(device), N, C, dtype, True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_not_16_byte_aligned_take_the_scalar_path(dtype):
+    from kernels import launch, reference
+
+    N, C = 3, 64  # C is a multiple of the vector width, but the rows start 4 bytes off alignment
+    item = np.dtype(dtype).itemsize
+    buf = np.zeros(N * C * item + 4, np.uint8)
+    x = buf[4:].view(dtype).reshape(N, C)
+    x[...] = np.random.default_rng(2).standard_normal((N, C))
+    assert x.ctypes.data % 16 != 0 and x.flags.c_contiguous
+    y, mean, rstd = launch.layernorm_forward(x, None, None, 1e-5)
+    yr, _, _ = reference.layernorm_forward(x.astype(np.float64), None, None, 1e-5)
+    assert _rel(y, yr) <= TOL[np.dtype(dtype)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_dweight_dbias_are_bit_identical_on_repeat(device):
     from kernels import launch

@@ -16,8 +16,9 @@
 //
 // What is emulated:
 //   * threadIdx/blockIdx/blockDim/gridDim (uint3/dim3), warpSize, float2/float4/double2/int2/int4.
-//   * Each CUDA thread of a block is a fiber (own 64 KiB stack + guard page, entered once with
-//     makecontext, then switched with _setjmp/_longjmp). Blocks run one after another.
+//   * Each CUDA thread of a block is a fiber: its own stack (64 KiB, or $MINIGRAD_EMU_STACK_KB) above
+//     a guard page, entered once with makecontext, then switched with _setjmp/_longjmp. Blocks run
+//     one after another; fibers are reused across blocks and launches.
 //   * __shared__ expands to thread_local: one instance per OS thread, shared by every fiber of the
 //     block (launches are serialised by a mutex). `extern __shared__ T name[]` (dynamic shared
 //     memory) is defined by build.py in a generated unit as a 227 KiB buffer; it is filled with
@@ -139,7 +140,15 @@ inline const KernelInfo* g_kernel = nullptr;
 inline void** g_args = nullptr;
 inline bool g_error = false;
 inline char g_msg[1024];
-inline const size_t kStack = 64 * 1024;
+// Fiber stack size: $MINIGRAD_EMU_STACK_KB KiB (default 64), read when the first fiber is made.
+inline size_t stack_bytes() {
+  static size_t n = [] {
+    const char* e = getenv("MINIGRAD_EMU_STACK_KB");
+    long kb = e ? atol(e) : 64;
+    return (size_t)(kb >= 16 ? kb : 64) * 1024;
+  }();
+  return n;
+}
 
 inline size_t page_size() { static size_t p = (size_t)sysconf(_SC_PAGESIZE); return p; }
 
@@ -173,7 +182,7 @@ inline void trampoline() {
 inline void enter_fresh(Fiber* f) {
   getcontext(&f->uc);
   f->uc.uc_stack.ss_sp = f->stack + page_size();
-  f->uc.uc_stack.ss_size = kStack;
+  f->uc.uc_stack.ss_size = stack_bytes();
   f->uc.uc_link = nullptr;
   makecontext(&f->uc, (void (*)())trampoline, 0);
   g_init_fiber = f;
@@ -184,7 +193,7 @@ inline void enter_fresh(Fiber* f) {
 inline bool ensure_pool(unsigned n) {
   while (g_pool.size() < n) {
     Fiber* f = new Fiber();
-    size_t len = kStack + page_size();
+    size_t len = stack_bytes() + page_size();
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { delete f; return false; }
     mprotect(p, page_size(), PROT_NONE);  // guard page below the stack
