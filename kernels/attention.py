@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.launch import array_module, is_cupy_array
-
 SOURCE = Path(__file__).with_name("attention.cu")
 HEAD_DIMS = (16, 32, 64, 128)  # compile-time D; a runtime d runs in the smallest D >= d
 
@@ -76,8 +74,19 @@ def padded_head_dim(d):
 # ---------------------------------------------------------------------------------------------
 # Input checks: everything is validated before any launch.
 
+def _is_cupy(x):
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
 def _is_array(x):
-    return isinstance(x, np.ndarray) or is_cupy_array(x)
+    return isinstance(x, np.ndarray) or _is_cupy(x)
+
+
+def _array_module(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
 
 
 def _check_inputs(q, k, v, key_mask, extra=()):
@@ -156,7 +165,7 @@ def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None, kerne
     kernels: {"forward": __global__ name} to run another registered version (default FORWARD_ROLES).
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask)
-    xp = array_module(q)
+    xp = _array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     o = _alloc(xp, "o", (B, H, Tq, d), q.dtype)
@@ -177,7 +186,7 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
     kernels: {"dq": name, "dkdv": name} to run another registered version (default BACKWARD_ROLES).
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask, extra=(("o", o), ("lse", lse), ("do", do)))
-    xp = array_module(q)
+    xp = _array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     dq = _alloc(xp, "dq", (B, H, Tq, d), q.dtype)
