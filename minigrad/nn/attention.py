@@ -5,6 +5,7 @@ import numpy as np
 
 from . import functional as F
 from .layers import Linear
+from ..tensor import Tensor
 from .module import Module
 
 
@@ -49,7 +50,8 @@ class MultiheadAttention(Module):
         k, v = self._heads(k), self._heads(v)
         mask = None
         if key_padding_mask is not None:
-            kpm = key_padding_mask.data if hasattr(key_padding_mask, "data") else q._xp.asarray(key_padding_mask)
+            # a numpy array has a .data attribute too (a memoryview): test for Tensor explicitly
+            kpm = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else q._xp.asarray(key_padding_mask)
             if kpm.shape != (b, key.shape[1]):
                 raise ValueError(f"MultiheadAttention: key_padding_mask shape {kpm.shape} != (batch, key length) "
                                  f"{(b, key.shape[1])}")

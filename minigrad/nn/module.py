@@ -131,7 +131,7 @@ class Module:
             if tuple(v.shape) != t.shape:
                 raise ValueError(f"load_state_dict: size mismatch for {k}: the checkpoint has shape {tuple(v.shape)}, "
                                  f"the model has shape {t.shape}")
-            t.data = t._xp.asarray(v.astype(t.dtype, copy=False))
+            t.data = t._xp.array(v, dtype=t.dtype, copy=True)    # never alias the caller's arrays
         return missing, unexpected
 
     def num_parameters(self):
