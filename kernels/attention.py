@@ -284,9 +284,8 @@ def _bwd_bytes(case, dtype):
     return np.dtype(dtype).itemsize * B * H * (4 * Tq * d + 4 * Tk * d + 3 * Tq) + (B * Tk if masked else 0)
 
 
-FORWARD_FAMILY = dict(run=_fwd_run, reference=_fwd_ref, make_inputs=make_inputs, cases=VALIDATE_CASES,
-                      bench_cases=BENCH_CASES, bytes_moved=_fwd_bytes, unfused=_fwd_ref, tolerance=TOLERANCE,
-                      describe=describe)
-BACKWARD_FAMILY = dict(run=_bwd_run, reference=_bwd_ref, make_inputs=backward_inputs, cases=VALIDATE_CASES,
-                       bench_cases=BENCH_CASES, bytes_moved=_bwd_bytes, unfused=_bwd_ref, tolerance=TOLERANCE,
-                       describe=describe)
+_COMMON = {"cases": VALIDATE_CASES, "bench_cases": BENCH_CASES, "tolerance": TOLERANCE, "describe": describe}
+FORWARD_FAMILY = {"run": _fwd_run, "reference": _fwd_ref, "make_inputs": make_inputs, "bytes_moved": _fwd_bytes,
+                  "unfused": _fwd_ref, **_COMMON}
+BACKWARD_FAMILY = {"run": _bwd_run, "reference": _bwd_ref, "make_inputs": backward_inputs,
+                   "bytes_moved": _bwd_bytes, "unfused": _bwd_ref, **_COMMON}

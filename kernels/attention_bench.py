@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def _peak_flops(cupy, dtype):
             return None
         per_sm = lanes[0] if np.dtype(dtype) == np.float32 else lanes[1]
         return 2.0 * per_sm * props["multiProcessorCount"] * props["clockRate"] * 1e3
-    except Exception:
+    except (KeyError, AttributeError, RuntimeError):   # attributes missing or the runtime refuses
         return None
 
 
@@ -143,6 +144,31 @@ def _torch_sdpa(xp, i):
     return fwd, fwd_bwd
 
 
+def _passes(i):
+    """(label, fused, unfused, torch index) callables for one set of inputs."""
+    q, k, v, do, args = i["q"], i["k"], i["v"], i["do"], (i["key_mask"], i["is_causal"])
+
+    def fused_fwd():
+        A.attention_forward(q, k, v, *args)
+
+    def fused_fwd_bwd():
+        o, lse = A.attention_forward(q, k, v, *args)
+        A.attention_backward(q, k, v, o, lse, do, *args)
+
+    def unfused_fwd():
+        attention_forward_ref(q, k, v, *args)
+
+    def unfused_fwd_bwd():
+        o, lse = attention_forward_ref(q, k, v, *args)
+        attention_backward_ref(q, k, v, o, lse, do, *args)
+
+    return (("fwd", fused_fwd, unfused_fwd, 0), ("fwd+bwd", fused_fwd_bwd, unfused_fwd_bwd, 1))
+
+
+def _fmt(x, spec, scale=1.0, none="-"):
+    return none if x is None else format(x * scale, spec)
+
+
 def run(xp, cases, dtype=np.float32, warmup=3, repeat=20, timer=None, out=print):
     """Time every case and print one table; returns the rows (dicts) for tests."""
     dtype = np.dtype(dtype)
@@ -154,45 +180,22 @@ def run(xp, cases, dtype=np.float32, warmup=3, repeat=20, timer=None, out=print)
     rows = []
     for case in cases:
         i = A.make_inputs(xp, np.random.default_rng(0), case, dtype)
-        args = (i["key_mask"], i["is_causal"])
-        saved = {}
-
-        def fused_fwd():
-            saved["o"], saved["lse"] = A.attention_forward(i["q"], i["k"], i["v"], *args)
-
-        def fused_fwd_bwd():
-            o, lse = A.attention_forward(i["q"], i["k"], i["v"], *args)
-            A.attention_backward(i["q"], i["k"], i["v"], o, lse, i["do"], *args)
-
-        def unfused_fwd():
-            attention_forward_ref(i["q"], i["k"], i["v"], *args)
-
-        def unfused_fwd_bwd():
-            o, lse = attention_forward_ref(i["q"], i["k"], i["v"], *args)
-            attention_backward_ref(i["q"], i["k"], i["v"], o, lse, i["do"], *args)
-
         torch_fns = _torch_sdpa(xp, i)
-        for label, fused, unfused, n_flops, t_idx in (
-                ("fwd", fused_fwd, unfused_fwd, flops(case), 0),
-                ("fwd+bwd", fused_fwd_bwd, unfused_fwd_bwd, flops(case) + flops(case, True), 1)):
+        for label, fused, unfused, t_idx in _passes(i):
+            n_flops = flops(case) + (flops(case, True) if label == "fwd+bwd" else 0)
             t_f = timer(fused, warmup, repeat)
-            t_u = _unless_oom(xp, lambda: timer(unfused, warmup, repeat))
-            t_t = timer(torch_fns[t_idx], warmup, repeat) if torch_fns else None
-            tflops = n_flops / t_f / 1e12
-            row = dict(case=A.describe(case), pass_=label, fused_s=t_f, tflops=tflops,
-                       pct_peak=None if peak is None else 100 * n_flops / t_f / peak, unfused_s=t_u,
-                       speedup=None if t_u is None else t_u / t_f, torch_s=t_t,
-                       fused_extra=_pool_growth(xp, fused),
-                       unfused_extra=None if t_u is None else _unless_oom(xp, lambda: _pool_growth(xp, unfused)))
+            t_u = _unless_oom(xp, partial(timer, unfused, warmup, repeat))
+            row = {"case": A.describe(case), "pass_": label, "fused_s": t_f, "tflops": n_flops / t_f / 1e12,
+                   "pct_peak": None if peak is None else 100 * n_flops / t_f / peak, "unfused_s": t_u,
+                   "speedup": None if t_u is None else t_u / t_f,
+                   "torch_s": timer(torch_fns[t_idx], warmup, repeat) if torch_fns else None,
+                   "fused_extra": _pool_growth(xp, fused),
+                   "unfused_extra": None if t_u is None else _unless_oom(xp, partial(_pool_growth, xp, unfused))}
             rows.append(row)
-
-            def fmt(x, spec):
-                return "-" if x is None else format(x, spec)
-            out(" | ".join([row["case"], label, fmt(t_f * 1e3, ".3f"), fmt(tflops, ".2f"), fmt(row["pct_peak"], ".0f"),
-                            "out of memory" if t_u is None else fmt(t_u * 1e3, ".3f"), fmt(row["speedup"], ".2f"),
-                            fmt(None if t_t is None else t_t * 1e3, ".3f"),
-                            fmt(None if row["fused_extra"] is None else row["fused_extra"] / 2 ** 20, ".1f"),
-                            fmt(None if row["unfused_extra"] is None else row["unfused_extra"] / 2 ** 20, ".1f")]))
+            out(" | ".join([row["case"], label, _fmt(t_f, ".3f", 1e3), _fmt(row["tflops"], ".2f"),
+                            _fmt(row["pct_peak"], ".0f"), _fmt(t_u, ".3f", 1e3, "out of memory"),
+                            _fmt(row["speedup"], ".2f"), _fmt(row["torch_s"], ".3f", 1e3),
+                            _fmt(row["fused_extra"], ".1f", 2.0 ** -20), _fmt(row["unfused_extra"], ".1f", 2.0 ** -20)]))
     return rows
 
 

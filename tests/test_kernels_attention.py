@@ -7,10 +7,12 @@ the reference is evaluated in float64 from the same inputs.
 """
 import shutil
 import tracemalloc
+from functools import partial
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels import attention as A
 from kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
@@ -22,12 +24,10 @@ if shutil.which("g++") is None:
 
 
 def _cupy_or_none():
-    try:
+    from kernels.validate import gpu_available
+    if gpu_available():
         import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-    except Exception:
-        pass
+        return cupy
     return None
 
 
@@ -230,7 +230,7 @@ def test_gradcheck_float64_through_the_emulated_kernels():
     km[0, 3] = False
     ts = [minigrad.Tensor(a, requires_grad=True) for a in (q, k, v)]
     for causal in (False, True):
-        assert minigrad.gradcheck(lambda *t: FusedAttention.apply(*t, key_mask=km, is_causal=causal), ts)
+        assert minigrad.gradcheck(partial(FusedAttention.apply, key_mask=km, is_causal=causal), ts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def _good():
 ])
 def test_bad_input_raises_before_launch(no_launch, mutate, err, words):
     q, k, v, _, km = _good()
-    args = dict(q=q, k=k, v=v, key_mask=km, scale=None)
+    args = {"q": q, "k": k, "v": v, "key_mask": km, "scale": None}
     mutate(args)
     with pytest.raises(err, match=words):
         A.attention_forward(args["q"], args["k"], args["v"], args["key_mask"], True, args["scale"])
@@ -296,7 +296,7 @@ def test_every_instantiation_fits_cuda_limits():
     names = []
     for fn, tiles in A.TILES.items():
         for ctype, D in tiles:
-            name, rows, nt = A._kernel(fn, role_of[fn], ctype, D)
+            name, _, nt = A._kernel(fn, role_of[fn], ctype, D)
             names.append(name)
             assert nt % 32 == 0 and 32 <= nt <= 1024, name
             assert 0 < smem[normalize(name)] <= 48 * 1024, name
