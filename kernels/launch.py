@@ -211,6 +211,7 @@ def launch(cu, name, grid, block, args, shared_mem=0, max_shared=None):
 # cached in dynamic shared memory when R * C * itemsize * buffers fits the budget below.
 LAYERNORM_CU = "layernorm.cu"
 _SMEM_BUDGET = DEFAULT_SHARED_LIMIT - 2048  # leave room for the kernels' static shared memory
+_LN_MAX_PARTIALS = 512  # blocks of the fused backward = rows of dweight/dbias partials
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -280,6 +281,11 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None):
     rows) is computed when bias=True (the default, whether or not the forward had a bias) and is
     None when bias=False. dweight/dbias come from a fixed-order two-stage reduction: repeated
     calls give bit-identical results.
+
+    Kernels: layernorm_backward_fused (dx + per-block column partials) then
+    layernorm_backward_reduce; when the fused kernel's accumulators do not fit in shared memory
+    (or a version without a "fused" role is requested through `kernels`), layernorm_backward_dx
+    then layernorm_backward_partials and layernorm_backward_reduce.
     """
     _float_array("x", x, 2)
     N, C = x.shape
@@ -295,7 +301,9 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None):
         raise TypeError("dy, x, weight, mean and rstd must all be numpy or all be cupy arrays")
     xp = array_module(x)
     names = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",
-             "reduce": "layernorm_backward_reduce", **(kernels or {})}
+             "reduce": "layernorm_backward_reduce", "fused": "layernorm_backward_fused"}
+    if kernels is not None:  # a registered version: exactly the roles it lists
+        names = dict(kernels)
     ct = _CTYPE[x.dtype]
     dx = xp.empty_like(x)
     dweight = xp.zeros((C,), dtype=x.dtype) if weight is not None else None
@@ -303,16 +311,26 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None):
     if N == 0 or C == 0:
         return dx, dweight, dbias
     grid, block, smem, cache = _rows_config(N, C, x.itemsize, 2)
-    launch(LAYERNORM_CU, f"{names['dx']}<{ct}>", grid, block,
-           (dy, x, weight, mean, rstd, dx, np.int32(N), np.int32(C), np.int32(cache)), shared_mem=smem)
-    if dweight is None and dbias is None:
-        return dx, None, None
-    rows_per_chunk = max(32, -(-N // 256))
-    P = -(-N // rows_per_chunk)
-    pw = xp.empty((P, C), dtype=x.dtype) if dweight is not None else None
-    pb = xp.empty((P, C), dtype=x.dtype) if dbias is not None else None
-    launch(LAYERNORM_CU, f"{names['partials']}<{ct}>", (-(-C // 32), P), (32, 8),
-           (dy, x, mean, rstd, pw, pb, np.int32(N), np.int32(C), np.int32(rows_per_chunk)))
+    need_params = dweight is not None or dbias is not None
+    if need_params and "fused" in names and block[1] * C * x.itemsize * 2 <= _SMEM_BUDGET:
+        # dx and per-block column partials in one kernel, then the fixed-order reduction
+        G, R = block
+        P = min(-(-N // R), _LN_MAX_PARTIALS)
+        pw = xp.empty((P, C), dtype=x.dtype) if dweight is not None else None
+        pb = xp.empty((P, C), dtype=x.dtype) if dbias is not None else None
+        launch(LAYERNORM_CU, f"{names['fused']}<{ct}>", (P,), (G, R),
+               (dy, x, weight, mean, rstd, dx, pw, pb, np.int32(N), np.int32(C)), shared_mem=2 * R * C * x.itemsize)
+    else:
+        launch(LAYERNORM_CU, f"{names['dx']}<{ct}>", grid, block,
+               (dy, x, weight, mean, rstd, dx, np.int32(N), np.int32(C), np.int32(cache)), shared_mem=smem)
+        if not need_params:
+            return dx, None, None
+        rows_per_chunk = max(32, -(-N // 256))
+        P = -(-N // rows_per_chunk)
+        pw = xp.empty((P, C), dtype=x.dtype) if dweight is not None else None
+        pb = xp.empty((P, C), dtype=x.dtype) if dbias is not None else None
+        launch(LAYERNORM_CU, f"{names['partials']}<{ct}>", (-(-C // 32), P), (32, 8),
+               (dy, x, mean, rstd, pw, pb, np.int32(N), np.int32(C), np.int32(rows_per_chunk)))
     launch(LAYERNORM_CU, f"{names['reduce']}<{ct}>", (-(-C // 256),), (256,),
            (pw, pb, dweight, dbias, np.int32(P), np.int32(C)))
     return dx, dweight, dbias

@@ -34,6 +34,11 @@
 //   layernorm_backward_reduce<T>(pw, pb, dw, db, P, C)
 //       stage 2: dw[j] = sum_{p=0..P-1} pw[p*C+j] in increasing p (same for db); block 256 threads,
 //       grid ceil(C/256). No atomics anywhere: the same input gives bit-identical output.
+//   layernorm_backward_fused<T>(dy, x, w, mean, rstd, dx, pw, pb, N, C)
+//       dx and stage 1 in one kernel (the default backward; see its comment below): reads dy, x
+//       (twice per row, the second time from cache), writes dx and P*C partials. Used when its
+//       2 * R * C * sizeof(T) bytes of accumulators fit in shared memory; otherwise the launcher
+//       runs layernorm_backward_dx + layernorm_backward_partials.
 
 template <typename T> struct Vec16;
 template <> struct Vec16<float> { typedef float4 type; static const int n = 4; };
@@ -221,4 +226,58 @@ __global__ void layernorm_backward_reduce(const T* __restrict__ pw, const T* __r
   }
   if (dw) dw[j] = tw;
   if (db) db[j] = tb;
+}
+
+// Fused backward: dx and the per-block column partials of dweight/dbias in one pass over the rows.
+// Grid P blocks of (G, R) threads; row group gy = blockIdx.x * R + threadIdx.y takes rows
+// gy, gy + P*R, gy + 2*P*R, ... in increasing order. Each row group accumulates dy * xhat and dy per
+// column in its own slice of dynamic shared memory (2 * R * C * sizeof(T) bytes: accw[R][C] then
+// accb[R][C]; each column of a slice is only touched by the thread that owns it), then the block
+// adds its R slices in fixed order and writes pw/pb[blockIdx.x * C + j] (pw or pb may be null).
+// x and dy are read from global memory once per pass over a row; the second pass re-reads the row
+// the same warp/block just read (cache hits on a GPU). layernorm_backward_reduce finishes.
+template <typename T>
+__global__ void layernorm_backward_fused(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                                         const T* __restrict__ mean, const T* __restrict__ rstd, T* __restrict__ dx,
+                                         T* __restrict__ pw, T* __restrict__ pb, int N, int C) {
+  __shared__ T red[32];
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, G = blockDim.x, R = blockDim.y;
+  T* accw = reinterpret_cast<T*>(smem) + (long long)threadIdx.y * C;
+  T* accb = accw + (long long)R * C;
+  for (int i = tid; i < C; i += G) { accw[i] = T(0); accb[i] = T(0); }
+
+  const int stride = gridDim.x * R;
+  // in block-per-row mode (R == 1) every thread of the block runs the same iterations, so the
+  // barriers inside group_sum are reached by all of them
+  for (int row = blockIdx.x * R + threadIdx.y; row < N; row += stride) {
+    const long long off = (long long)row * C;
+    const T mu = mean[row], rs = rstd[row];
+    T sg = T(0), sgx = T(0);
+    for (int i = tid; i < C; i += G) {
+      const T d = dy[off + i];
+      const T g = w ? d * w[i] : d;
+      const T xh = (x[off + i] - mu) * rs;
+      sg += g;
+      sgx += g * xh;
+    }
+    const T mg = group_sum(sg, red) / T(C);
+    const T mgx = group_sum(sgx, red) / T(C);
+    for (int i = tid; i < C; i += G) {
+      const T d = dy[off + i];
+      const T g = w ? d * w[i] : d;
+      const T xh = (x[off + i] - mu) * rs;
+      dx[off + i] = rs * (g - mg - xh * mgx);
+      accw[i] += d * xh;
+      accb[i] += d;
+    }
+  }
+  __syncthreads();
+  const T* base = reinterpret_cast<const T*>(smem);
+  for (int j = threadIdx.y * G + tid; j < C; j += G * R) {
+    T tw = T(0), tb = T(0);
+    for (int k = 0; k < R; ++k) { tw += base[(long long)k * C + j]; tb += base[(long long)(R + k) * C + j]; }
+    if (pw) pw[(long long)blockIdx.x * C + j] = tw;
+    if (pb) pb[(long long)blockIdx.x * C + j] = tb;
+  }
 }
