@@ -133,7 +133,7 @@ def _ln_bwd_bytes(case, dtype):
 
 
 _LN_CASES = ((1, 1, True), (7, 5, False), (5, 31, True), (4, 64, True), (3, 100, False), (16, 768, True),
-             (2, 1025, True), (2, 4097, True))
+             (2, 1025, True), (2, 4097, True), (600, 40, True), (3, 6000, True))
 _LN_BENCH = tuple((8192, C, True) for C in (768, 1024, 2048, 4096))
 
 
@@ -148,8 +148,9 @@ LAYERNORM_FORWARD = Family(run=_ln_fwd_run, reference=_ln_fwd_ref, make_inputs=_
 LAYERNORM_BACKWARD = Family(run=_ln_bwd_run, reference=_ln_bwd_ref, make_inputs=_ln_bwd_inputs, cases=_LN_CASES,
                             bench_cases=_LN_BENCH, bytes_moved=_ln_bwd_bytes, unfused=_ln_bwd_ref,
                             describe=_ln_describe)
-_LN_BWD = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",
-           "reduce": "layernorm_backward_reduce"}
+_LN_BWD_TWOPASS = {"dx": "layernorm_backward_dx", "partials": "layernorm_backward_partials",
+                   "reduce": "layernorm_backward_reduce"}
+_LN_BWD = {"fused": "layernorm_backward_fused", **_LN_BWD_TWOPASS}  # fused, two-pass for wide rows
 
 # ----------------------------------------------------------------------------- attention family
 from kernels import attention as _attn  # noqa: E402  (its family, tiles and launchers live there)
@@ -161,6 +162,7 @@ ATTENTION_BACKWARD = Family(**_attn.BACKWARD_FAMILY)
 KERNELS = [
     Kernel("layernorm_forward", "layernorm.cu", {"forward": "layernorm_forward"}, LAYERNORM_FORWARD),
     Kernel("layernorm_backward", "layernorm.cu", _LN_BWD, LAYERNORM_BACKWARD),
+    Kernel("layernorm_backward_twopass", "layernorm.cu", _LN_BWD_TWOPASS, LAYERNORM_BACKWARD),
     Kernel("attention_forward", "attention.cu", _attn.FORWARD_ROLES, ATTENTION_FORWARD, _attn.templates(_attn.FORWARD_TILES)),
     Kernel("attention_backward", "attention.cu", _attn.BACKWARD_ROLES, ATTENTION_BACKWARD,
            _attn.templates(_attn.BACKWARD_TILES)),
