@@ -136,6 +136,9 @@ def run_train(args) -> int:
         result = train_gpt.main(args)
     except train_gpt.USER_ERRORS as e:
         return _fail("train", str(e))
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
+        print("\nminigrad train: interrupted; nothing saved (the last checkpoint, if any, is kept)", file=sys.stderr)
+        return 130
     if result.get("interrupted"):
         return 130
     print(f"val_loss={result['val_loss']:.4f}")

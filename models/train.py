@@ -420,6 +420,8 @@ def main(args) -> dict:
         data_opts = dict(DEFAULT_DATA, **given_data)
         train_opts = given_train
         model_opts = given_model
+    if given_data.get("data") is not None:
+        data_opts["data"] = str(Path(given_data["data"]).resolve())  # resumable from any directory
     if data_opts["tokenizer"] == "char" and data_opts.get("vocab_size") is not None:
         raise TrainError("--vocab-size applies to --tokenizer bpe only")
     cfg = TrainConfig(**train_opts)
