@@ -20,6 +20,9 @@
 //   G   lanes that share one row (a power of two dividing 32, so a group never straddles a warp);
 //   R   rows each lane owns (register blocking: R rows x (tile/G) columns per lane).
 //   Threads per block NT = (rows per tile / R) * G, a multiple of 32.
+// The shipped instantiations (float and double, D in {16, 32, 64, 128}) are the tile tables
+// FORWARD_TILES and BACKWARD_TILES in kernels/attention.py (both backward kernels of one call use
+// the same template arguments); all keep static shared memory under 48 KiB.
 // Lane g of a group owns key (or query) columns g, g+G, g+2G, ... of the score tile and head
 // columns g, g+G, ... of its accumulators, so lanes of a group read consecutive shared words.
 // Shared rows are padded to D+1 (and BK+1 / BQ+1) so rows that lanes read in parallel fall in
@@ -44,6 +47,7 @@
 //     One block per (batch*head, key tile), launched after attention_bwd_dq (it reads Drow).
 //     K and V tiles stay in shared memory; for each query tile that can see the key tile,
 //     recompute P^T and dS^T (keys x queries) and accumulate dV += P^T dO, dK += dS^T Q.
+//     Under causal masking the query loop starts at the first tile that can see key k0.
 //     Writes dk = scale * dK, dv. Reads q, k, v, do, lse, Drow, key_mask.
 //     Shared: 2(BK + BQ)(D+1) + 2 BK(BQ+1) + 2 BQ of T.
 // Every output element is written by exactly one thread and every sum runs in a fixed order:
