@@ -104,6 +104,10 @@ class StrictArray:
     T = property(lambda self: StrictArray(self._a.T))
 
     def __getattr__(self, name):
+        if name.startswith("__"):
+            # no __array_interface__ / __array_struct__ forwarding: numpy would use them to convert
+            # silently, which is exactly what CuPy arrays refuse
+            raise AttributeError(f"StrictArray has no attribute {name!r}")
         attr = getattr(self._a, name)
         if callable(attr):
             return lambda *a, **k: _wrap(attr(*_unwrap(a), **_unwrap(k)))
