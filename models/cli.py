@@ -63,6 +63,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seeds init, batches and eval (default 1337)")
     g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--profile", action="store_true",
+                   help="print the phase breakdown, tokens/s and achieved FLOP/s against this machine's matmul peak")
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +76,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token")
+    p.add_argument("--profile", action="store_true", help="print prefill and per-token decode times (stderr)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 
 

@@ -154,9 +154,15 @@ def main(args) -> None:
         out.flush()
 
     write(args.prompt)
+    on_token = TextStream(tok, write)
+    if getattr(args, "profile", False):  # prefill and per-token decode times (minigrad/profiler.py)
+        from minigrad.profiler import TokenTimer
+        on_token = TokenTimer(len(prompt), window=model.config.block_size, cached=not args.no_cache, on_token=on_token)
     generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-             use_cache=not args.no_cache, on_token=TextStream(tok, write))
+             use_cache=not args.no_cache, on_token=on_token)
     write("\n")
+    if getattr(args, "profile", False):
+        print(on_token.report(), file=sys.stderr)
 
 
 def _user_errors():

@@ -338,7 +338,8 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
                     if self.step % cfg.eval_interval == 0 or final:
-                        self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
+                        with self.timer.phase("eval"):
+                            self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
                         rec.update(self.last_eval)
                         progress.write(f"step {self.step}: train loss {self.last_eval['train_loss']:.4f}, "
                                        f"val loss {self.last_eval['val_loss']:.4f}")
@@ -449,8 +450,12 @@ def main(args) -> dict:
     def loss_fn(model, batch):
         return model(batch[0], batch[1])[1]
 
+    timer = None
+    if getattr(args, "profile", False):  # phase breakdown, tokens/s, FLOP/s (minigrad/profiler.py)
+        from minigrad.profiler import PhaseTimer
+        timer = PhaseTimer.for_device(args.device)
     trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, tokens_per_batch=B * T,
-                      quiet=getattr(args, "quiet", False))
+                      quiet=getattr(args, "quiet", False), timer=timer)
     if ckpt is not None:
         trainer.load(ckpt)
         if trainer.step >= cfg.max_iters:
@@ -460,4 +465,7 @@ def main(args) -> dict:
         print(f"GPT {model.num_params() / 1e6:.2f}M parameters, vocab {data.vocab_size} ({data.source}), "
               f"train {len(data.train):,} / val {len(data.val):,} tokens, {'resuming at step ' + str(trainer.step) if ckpt else 'from scratch'}",
               file=sys.stderr)
-    return trainer.run()
+    result = trainer.run()
+    if timer is not None:
+        print(timer.summary(tokens_per_step=B * T * cfg.grad_accum, device=args.device), flush=True)
+    return result
