@@ -1,0 +1,172 @@
+"""Parity with PyTorch (optional; torch is never a dependency): forward values and gradients of a
+sample of ops, nn.functional and modules, in float64, with the same upstream gradient."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is optional: pip install torch==2.13.0 for the parity tests")
+TF = torch.nn.functional
+
+import minigrad as mg  # noqa: E402
+from minigrad import Tensor, nn  # noqa: E402
+from minigrad.nn import functional as F  # noqa: E402
+
+from conftest import assert_close  # noqa: E402
+
+ULPS = 512   # float64: different summation orders (BLAS, pairwise sums) differ by some hundred ulps
+
+
+def normal(*s):
+    return lambda r: r.standard_normal(s)
+
+
+def positive(*s):
+    return lambda r: r.uniform(0.5, 2.0, s)
+
+
+def distinct(*s):
+    return lambda r: (r.permutation(int(np.prod(s))).reshape(s) - np.prod(s) / 2) * 0.1
+
+
+TGT = np.array([3, 0, -100, 1, 2])
+IDX = np.array([[1, 4, 1], [0, 0, 3]])
+
+# name, minigrad fn, torch fn, input makers
+CASES = [
+    ("add_broadcast", lambda a, b: a + b, lambda a, b: a + b, [normal(2, 3, 4), normal(3, 1)]),
+    ("sub_mul_div", lambda a, b: (a - b) * a / b, lambda a, b: (a - b) * a / b, [normal(3, 4), positive(4)]),
+    ("pow", lambda a, b: a ** b, torch.pow, [positive(3, 4), normal(3, 4)]),
+    ("pow_scalar", lambda a: a ** 2.5, lambda a: a ** 2.5, [positive(5)]),
+    ("exp_log_sqrt", lambda a: a.exp() + a.log() * a.sqrt(), lambda a: a.exp() + a.log() * a.sqrt(), [positive(6)]),
+    ("tanh_sigmoid", lambda a: a.tanh() * F.sigmoid(a), lambda a: a.tanh() * torch.sigmoid(a), [normal(4, 3)]),
+    ("relu_abs_clip", lambda a: F.relu(a) + a.abs() + a.clip(-0.5, 0.7),
+     lambda a: torch.relu(a) + a.abs() + a.clamp(-0.5, 0.7), [distinct(4, 5)]),
+    ("maximum_minimum", lambda a, b: mg.maximum(a, b) * mg.minimum(a, b),
+     lambda a, b: torch.maximum(a, b) * torch.minimum(a, b), [distinct(3, 4), normal(3, 4)]),
+    ("where", lambda a, b: mg.where(a.numpy() > 0, a, b), lambda a, b: torch.where(a > 0, a, b),
+     [normal(3, 4), normal(4)]),
+    ("sum_mean", lambda a: a.sum(axis=(0, 2)) * a.mean(axis=1).sum(),
+     lambda a: a.sum(dim=(0, 2)) * a.mean(dim=1).sum(), [normal(2, 3, 4)]),
+    ("max_min", lambda a: a.max(axis=1) - a.min(axis=0).sum(), lambda a: a.amax(dim=1) - a.amin(dim=0).sum(),
+     [distinct(4, 5)]),
+    ("var", lambda a: a.var(axis=0, ddof=1), lambda a: a.var(dim=0, unbiased=True), [normal(5, 3)]),
+    ("logsumexp", lambda a: F.logsumexp(a, axis=-1), lambda a: torch.logsumexp(a, dim=-1), [normal(3, 7)]),
+    ("matmul_batched", lambda a, b: a @ b, torch.matmul, [normal(2, 1, 3, 4), normal(3, 4, 5)]),
+    ("matmul_vec", lambda a, b: a @ b, torch.matmul, [normal(4), normal(2, 4, 3)]),
+    ("getitem", lambda a: a[np.array([0, 2, 0]), 1:] * a[:, None, -1],
+     lambda a: a[torch.tensor([0, 2, 0]), 1:] * a[:, None, -1], [normal(3, 4)]),
+    ("reshape_transpose", lambda a: a.reshape(4, 6).T.swapaxes(0, 1).transpose(1, 0) @ a.reshape(4, 6),
+     lambda a: a.reshape(4, 6).T.transpose(0, 1).permute(1, 0) @ a.reshape(4, 6), [normal(2, 3, 4)]),
+    ("concat_stack", lambda a, b: mg.concatenate([a, mg.stack([b, b], axis=1).reshape(2, 6)], axis=1),
+     lambda a, b: torch.cat([a, torch.stack([b, b], dim=1).reshape(2, 6)], dim=1), [normal(2, 3), normal(2, 3)]),
+    ("gelu", F.gelu, TF.gelu, [normal(4, 5)]),
+    ("gelu_tanh", lambda a: F.gelu(a, approximate="tanh"), lambda a: TF.gelu(a, approximate="tanh"), [normal(4, 5)]),
+    ("softmax", lambda a: F.softmax(a, axis=1), lambda a: torch.softmax(a, dim=1), [normal(3, 4, 2)]),
+    ("log_softmax", lambda a: F.log_softmax(a), lambda a: torch.log_softmax(a, dim=-1), [normal(3, 5)]),
+    ("cross_entropy", lambda a: F.cross_entropy(a, TGT), lambda a: TF.cross_entropy(a, torch.from_numpy(TGT)),
+     [normal(5, 4)]),
+    ("cross_entropy_sum", lambda a: F.cross_entropy(a, TGT, reduction="sum"),
+     lambda a: TF.cross_entropy(a, torch.from_numpy(TGT), reduction="sum"), [normal(5, 4)]),
+    ("mse_loss", F.mse_loss, TF.mse_loss, [normal(3, 4), normal(3, 4)]),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, 6, w, b), lambda x, w, b: TF.layer_norm(x, (6,), w, b),
+     [lambda r: r.standard_normal((2, 3, 6)) * 3 + 1, normal(6), normal(6)]),
+    ("embedding", lambda w: F.embedding(IDX, w), lambda w: TF.embedding(torch.from_numpy(IDX), w), [normal(5, 3)]),
+    ("linear", F.linear, TF.linear, [normal(2, 3, 4), normal(5, 4), normal(5)]),
+    ("sdpa", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+     lambda q, k, v: TF.scaled_dot_product_attention(q, k, v), [normal(2, 2, 3, 8), normal(2, 2, 5, 8),
+                                                                 normal(2, 2, 5, 8)]),
+    ("sdpa_scale", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=0.3),
+     lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, scale=0.3), [normal(1, 4, 8), normal(1, 4, 8),
+                                                                           normal(1, 4, 8)]),
+]
+
+
+def _run_torch(fn, arrays, go):
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    out.backward(torch.from_numpy(go))
+    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
+
+
+def _run_minigrad(fn, arrays, go):
+    ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    out.backward(Tensor(go))
+    return out, [t.grad if t.grad is not None else Tensor(np.zeros(t.shape)) for t in ts]
+
+
+@pytest.mark.parametrize("name,fn,tfn,makers", CASES, ids=[c[0] for c in CASES])
+def test_forward_and_gradients_match_torch(name, fn, tfn, makers):
+    rng = np.random.default_rng(0)
+    arrays = [m(rng) for m in makers]
+    probe = fn(*[Tensor(a.copy()) for a in arrays])
+    go = rng.standard_normal(probe.shape)
+    out, grads = _run_minigrad(fn, arrays, go)
+    tout, tgrads = _run_torch(tfn, arrays, go)
+    assert_close(out, tout, ulps=ULPS, err_msg=f"{name} forward")
+    for i, (g, tg) in enumerate(zip(grads, tgrads)):
+        assert_close(g, tg, ulps=ULPS, err_msg=f"{name} grad of input {i}")
+
+
+def test_causal_and_masked_attention_match_torch_with_an_explicit_bottom_right_mask():
+    rng = np.random.default_rng(1)
+    q, k, v = rng.standard_normal((2, 2, 3, 4)), rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 5, 4))
+    keep = np.ones((2, 1, 1, 5), bool)
+    keep[1, ..., 3:] = False
+    # minigrad's is_causal is bottom-right aligned (query i sees keys j <= i + Tk - Tq); torch's is
+    # top-left, so torch gets the same mask spelled out
+    allowed = np.tril(np.ones((3, 5), bool), k=5 - 3) & keep
+    go = rng.standard_normal((2, 2, 3, 4))
+    out, grads = _run_minigrad(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                                                              is_causal=True), [q, k, v], go)
+    tout, tgrads = _run_torch(lambda q, k, v: TF.scaled_dot_product_attention(
+        q, k, v, attn_mask=torch.from_numpy(allowed)), [q, k, v], go)
+    assert_close(out, tout, ulps=ULPS)
+    for g, tg in zip(grads, tgrads):
+        assert_close(g, tg, ulps=ULPS)
+
+
+def test_multihead_attention_matches_torch_module():
+    rng = np.random.default_rng(2)
+    e, h = 8, 2
+    m = nn.MultiheadAttention(e, h, dtype=np.float64, rng=rng)
+    tm = torch.nn.MultiheadAttention(e, h, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        tm.in_proj_weight.copy_(torch.from_numpy(np.concatenate([m.q_proj.weight.numpy(), m.kv_proj.weight.numpy()])))
+        tm.in_proj_bias.copy_(torch.from_numpy(np.concatenate([m.q_proj.bias.numpy(), m.kv_proj.bias.numpy()])))
+        tm.out_proj.weight.copy_(torch.from_numpy(m.out_proj.weight.numpy()))
+        tm.out_proj.bias.copy_(torch.from_numpy(m.out_proj.bias.numpy()))
+    q, kv = rng.standard_normal((2, 3, e)), rng.standard_normal((2, 6, e))
+    pad = np.zeros((2, 6), bool)
+    pad[0, 4:] = True
+    go = rng.standard_normal((2, 3, e))
+    xq, xkv = Tensor(q, requires_grad=True), Tensor(kv, requires_grad=True)
+    out = m(xq, xkv, key_padding_mask=pad)
+    out.backward(Tensor(go))
+    tq, tkv = (torch.tensor(a, requires_grad=True) for a in (q, kv))
+    tout, _ = tm(tq, tkv, tkv, key_padding_mask=torch.from_numpy(pad), need_weights=False)
+    tout.backward(torch.from_numpy(go))
+    assert_close(out, tout.detach().numpy(), ulps=ULPS)
+    assert_close(xq.grad, tq.grad.numpy(), ulps=ULPS)
+    assert_close(xkv.grad, tkv.grad.numpy(), ulps=ULPS)
+    tw = tm.in_proj_weight.grad.numpy()
+    assert_close(m.q_proj.weight.grad, tw[:e], ulps=ULPS)
+    assert_close(m.kv_proj.weight.grad, tw[e:], ulps=ULPS)
+
+
+def test_layer_norm_and_linear_modules_match_torch():
+    rng = np.random.default_rng(3)
+    ln, lin = nn.LayerNorm(6, eps=1e-5, dtype=np.float64), nn.Linear(6, 4, dtype=np.float64, rng=rng)
+    tln, tlin = torch.nn.LayerNorm(6, dtype=torch.float64), torch.nn.Linear(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        tlin.weight.copy_(torch.from_numpy(lin.weight.numpy()))
+        tlin.bias.copy_(torch.from_numpy(lin.bias.numpy()))
+    x = rng.standard_normal((3, 6)) * 4
+    y = lin(ln(Tensor(x))).tanh().sum()
+    y.backward()
+    ty = tlin(tln(torch.from_numpy(x))).tanh().sum()
+    ty.backward()
+    assert math.isclose(y.item(), ty.item(), rel_tol=ULPS * np.finfo(np.float64).eps)
+    for p, tp in [(ln.weight, tln.weight), (ln.bias, tln.bias), (lin.weight, tlin.weight), (lin.bias, tlin.bias)]:
+        assert_close(p.grad, tp.grad.numpy(), ulps=ULPS)
