@@ -469,6 +469,32 @@ class PhaseTimer:
         self._prof = None
         self.t_first = None
 
+    @classmethod
+    def for_device(cls, device: str = "cpu", profile_step: int | None = 2) -> "PhaseTimer":
+        """A timer that synchronizes the GPU before each clock read when ``device`` is "cuda"."""
+        sync = None
+        if device == "cuda":
+            import cupy
+            sync = cupy.cuda.Device().synchronize
+        return cls(sync=sync, profile_step=profile_step)
+
+    def summary(self, tokens_per_step: int, device: str = "cpu", top: int = 12) -> str:
+        """What `minigrad train --profile` prints: the op table of the profiled step, the phase
+        breakdown, tokens/s and achieved FLOP/s beside the GEMM probe's peak."""
+        xp = None
+        if device == "cuda":
+            import cupy as xp
+        peak, note = matmul_peak(xp=xp)
+        parts = []
+        if self.op_profile is not None:
+            parts.append(f"ops of step {self.profile_step} (under minigrad.profile):")
+            parts.append(self.op_profile.table(top=top))
+        else:
+            parts.append(f"(no op profile: the run ended before step {self.profile_step})")
+        parts.append(self.report(tokens_per_step, peak, note))
+        parts.append(f"matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s {note}")
+        return "\n".join(parts)
+
     def _now(self):
         if self.sync is not None:
             self.sync()
