@@ -98,6 +98,8 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
     p = subparsers.add_parser("train", help="train a GPT (default: Shakespeare, nanoGPT's CPU config)",
                               description="Train a character-level (or BPE) GPT. Last line: val_loss=<float>.")
     _add_train_args(p)
+    from models.seq2seq_train import add_train_args as add_seq2seq_args  # stdlib-only import
+    add_seq2seq_args(p)
     p.set_defaults(func=run_train)
     p = subparsers.add_parser("generate", help="sample text from a trained GPT checkpoint",
                               description="Stream text sampled from a checkpoint, with a KV cache.")
@@ -130,7 +132,12 @@ def _check_device(device: str) -> str | None:
 
 
 def run_train(args) -> int:
+    from models import seq2seq_train
     from models import train as train_gpt
+
+    code = seq2seq_train.dispatch(args)  # --model seq2seq runs there; None means the GPT job
+    if code is not None:
+        return code
 
     problem = _check_device(args.device)
     if problem:

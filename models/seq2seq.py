@@ -1,0 +1,314 @@
+"""An encoder-decoder transformer (pre-LayerNorm), greedy decoding and beam search, with a KV cache.
+
+Encoder: self-attention over the source with a key padding mask, then a GELU MLP.
+Decoder: causal self-attention, cross-attention to the encoder output (Tq != Tk, the same
+padding mask), then a GELU MLP. Every attention goes through F.scaled_dot_product_attention.
+Token embeddings are shared by source, target and the output head (one character vocabulary).
+
+Shapes: B batch, S source tokens, T decoder tokens in this call, Tk decoder tokens attended to
+(T, or cached + T), C = n_embd, nh = n_head, hs = C // nh, V = vocab_size. Residual streams are
+kept 2-D, (B*S, C) and (B*T, C), so each Linear is one GEMM.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+import minigrad
+import minigrad.nn as nn
+import minigrad.nn.functional as F
+from models.tasks import BOS, EOS, IGNORE, PAD
+
+
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int = 40
+    max_len: int = 32          # positions, for the source and for the decoder input
+    n_layer: int = 2           # encoder layers, and as many decoder layers
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_len", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Seq2SeqConfig.{name} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Seq2SeqConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown Seq2SeqConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class DecoderCache:
+    """Decoder state for incremental decoding.
+
+    self_kv[l]: (k, v) of the tokens decoded so far, each (B, nh, Tk, hs) arrays.
+    cross_kv[l]: (k, v) of the encoder output, each (B, nh, S, hs), computed on first use.
+    """
+
+    def __init__(self, n_layer: int):
+        self.self_kv = [None] * n_layer
+        self.cross_kv = [None] * n_layer
+        self.length = 0
+
+    def extend(self, layer: int, k, v):
+        """Append k, v (B, nh, T, hs) Tensors; return all keys and values (B, nh, Tk, hs) as Tensors."""
+        old = self.self_kv[layer]
+        if old is not None:
+            xp = k._xp
+            k, v = minigrad.Tensor(xp.concatenate([old[0], k.data], 2)), minigrad.Tensor(xp.concatenate([old[1], v.data], 2))
+        self.self_kv[layer] = (k.data, v.data)
+        return k, v
+
+    def reorder(self, rows) -> None:
+        """Keep hypotheses `rows` (beam search): index the batch axis of every cached array."""
+        self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
+        self.cross_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.cross_kv]
+
+
+class Attention(nn.Module):
+    """Multi-head attention on 2-D residual streams; self (kv from x) or cross (kv from memory)."""
+
+    def __init__(self, cfg: Seq2SeqConfig, rng: np.random.Generator):
+        super().__init__()
+        C = cfg.n_embd
+        self.nh = cfg.n_head
+        self.q_proj = nn.Linear(C, C, bias=cfg.bias)
+        self.kv_proj = nn.Linear(C, 2 * C, bias=cfg.bias)            # fused k, v
+        self.out_proj = nn.Linear(C, C, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout, generator=rng)
+
+    def kv(self, src, B: int, Tk: int):
+        """src (B*Tk, C) -> k, v each (B, nh, Tk, hs)."""
+        C = src.shape[1]
+        kv = self.kv_proj(src).reshape(B, Tk, 2, self.nh, C // self.nh).transpose(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(self, x, B: int, T: int, k, v, mask=None, is_causal=False):
+        """x (B*T, C) queries; k, v (B, nh, Tk, hs); mask (B, 1, 1, Tk) bool True = attend -> (B*T, C)."""
+        C = x.shape[1]
+        q = self.q_proj(x).reshape(B, T, self.nh, C // self.nh).transpose(0, 2, 1, 3)   # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hs)
+        return self.drop(self.out_proj(y.transpose(0, 2, 1, 3).reshape(B * T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Seq2SeqConfig, rng: np.random.Generator):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout, generator=rng)
+
+    def forward(self, x):  # (N, C) -> (N, C)
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = Attention(cfg, rng)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg, rng)
+
+    def forward(self, x, B, S, mask):
+        h = self.ln_1(x)
+        k, v = self.attn.kv(h, B, S)
+        x = x + self.attn(h, B, S, k, v, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.self_attn = Attention(cfg, rng)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.cross_attn = Attention(cfg, rng)
+        self.ln_3 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg, rng)
+
+    def forward(self, x, B, T, memory, S, mask, cache: DecoderCache | None = None, layer: int = 0):
+        """x (B*T, C), memory (B*S, C) the encoder output, mask (B, 1, 1, S)."""
+        h = self.ln_1(x)
+        k, v = self.self_attn.kv(h, B, T)                     # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)                  # (B, nh, Tk, hs)
+        # causal, bottom-right aligned: with a cache the new queries see every cached key
+        x = x + self.self_attn(h, B, T, k, v, is_causal=True)
+        if cache is not None and cache.cross_kv[layer] is not None:
+            ck, cv = (minigrad.Tensor(a) for a in cache.cross_kv[layer])
+        else:
+            ck, cv = self.cross_attn.kv(memory, B, S)         # (B, nh, S, hs)
+            if cache is not None:
+                cache.cross_kv[layer] = (ck.data, cv.data)
+        x = x + self.cross_attn(self.ln_2(x), B, T, ck, cv, mask)   # Tq = T, Tk = S
+        return x + self.mlp(self.ln_3(x))
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: Seq2SeqConfig, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.dropout_rng = np.random.default_rng([seed, 0xD50])       # every Dropout; checkpointed
+        C = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, C)             # (V, C), tied to the head
+        self.src_pos = nn.Embedding(config.max_len, C)
+        self.tgt_pos = nn.Embedding(config.max_len, C)
+        self.drop = nn.Dropout(config.dropout, generator=self.dropout_rng)
+        self.encoder = nn.ModuleList([EncoderLayer(config, self.dropout_rng) for _ in range(config.n_layer)])
+        self.ln_enc = nn.LayerNorm(C)
+        self.decoder = nn.ModuleList([DecoderLayer(config, self.dropout_rng) for _ in range(config.n_layer)])
+        self.ln_dec = nn.LayerNorm(C)
+        self.init_weights(seed)
+
+    def init_weights(self, seed: int) -> None:
+        """N(0, 0.02) weights, zero biases, residual output projections / sqrt(2 * layers per stack)."""
+        rng = np.random.default_rng(seed)
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if ".ln_" in name or name.startswith("ln_"):
+                continue
+            if name.endswith("bias"):
+                std = 0.0
+            elif name.endswith(("out_proj.weight", "mlp.proj.weight")):
+                std = proj_std
+            else:
+                std = 0.02
+            p.data[...] = p._xp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * np.float32(std))
+
+    def num_params(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+    def _ids(self, ids, what: str):
+        xp = self.tok_emb.weight._xp
+        a = xp.asarray(ids.data if isinstance(ids, minigrad.Tensor) else ids)
+        if a.ndim != 2 or a.dtype.kind not in "iu":
+            raise ValueError(f"Seq2Seq: {what} must be a (batch, tokens) integer array, got {a.dtype} {tuple(a.shape)}")
+        return a
+
+    def encode(self, src):
+        """src (B, S) ids, PAD = padding -> (memory (B*S, C), mask (B, 1, 1, S) bool True = real token)."""
+        src = self._ids(src, "src")
+        B, S = src.shape
+        if S > self.config.max_len:
+            raise ValueError(f"Seq2Seq: source of {S} tokens exceeds max_len {self.config.max_len}")
+        xp = self.tok_emb.weight._xp
+        mask = (src != PAD)[:, None, None, :]
+        x = self.drop((self.tok_emb(src) + self.src_pos(xp.arange(S))).reshape(B * S, -1))
+        for layer in self.encoder:
+            x = layer(x, B, S, mask)
+        return self.ln_enc(x), mask
+
+    def decode(self, dec_in, memory, mask, cache: DecoderCache | None = None):
+        """dec_in (B, T) ids continuing the cache (if any) -> logits (B*T, V)."""
+        dec_in = self._ids(dec_in, "decoder input")
+        B, T = dec_in.shape
+        S = mask.shape[-1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_len:
+            raise ValueError(f"Seq2Seq: decoder input of {start + T} tokens exceeds max_len {self.config.max_len}")
+        xp = self.tok_emb.weight._xp
+        x = self.drop((self.tok_emb(dec_in) + self.tgt_pos(xp.arange(start, start + T))).reshape(B * T, -1))
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, B, T, memory, S, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_dec(x) @ self.tok_emb.weight.T                # (B*T, V)
+
+    def forward(self, src, dec_in, targets=None):
+        """-> (logits (B, T, V), mean cross-entropy over targets != IGNORE, or None)."""
+        memory, mask = self.encode(src)
+        dec_in = self._ids(dec_in, "decoder input")
+        B, T = dec_in.shape
+        if mask.shape[0] != B:
+            raise ValueError(f"Seq2Seq: src has batch {mask.shape[0]} but the decoder input has batch {B}")
+        logits = self.decode(dec_in, memory, mask)
+        V = self.config.vocab_size
+        if targets is None:
+            return logits.reshape(B, T, V), None
+        tgt = self.tok_emb.weight._xp.asarray(targets).reshape(B * T)
+        return logits.reshape(B, T, V), F.cross_entropy(logits, tgt, ignore_index=IGNORE)
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _log_probs(logits) -> np.ndarray:
+    """(N, V) logits Tensor -> (N, V) float64 host log-probabilities (one definition for greedy and beam)."""
+    z = np.asarray(logits.numpy(), dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def greedy_decode(model: Seq2Seq, src, max_new: int, use_cache: bool = True) -> np.ndarray:
+    """src (B, S) -> (B, <= max_new) token ids, each row ending at its <eos> (then PAD)."""
+    return beam_search(model, src, 1, max_new, use_cache)[0]
+
+
+def beam_search(model: Seq2Seq, src, beam: int, max_new: int, use_cache: bool = True):
+    """Beam search of width `beam` scoring hypotheses by their summed log-probability.
+
+    Returns (tokens (B, L) of the best hypothesis per source, scores (B,)). A hypothesis that
+    emitted <eos> is extended only by PAD at no cost. With beam=1 this is greedy decoding: the
+    argmax token at each step (ties broken towards the lower id).
+    """
+    from minigrad import no_grad
+
+    if not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam width must be a positive integer, got {beam!r}")
+    V = model.config.vocab_size
+    if beam > V:
+        raise ValueError(f"beam width {beam} exceeds the vocabulary size {V}")
+    src = np.asarray(src)
+    B, N = src.shape[0], beam
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            memory, mask = model.encode(src)                         # (B*S, C), (B, 1, 1, S)
+            S, C = mask.shape[-1], memory.shape[1]
+            if N > 1:   # hypotheses of source b are rows b*N .. b*N+N-1
+                memory = minigrad.Tensor(np.repeat(memory.numpy().reshape(B, S, C), N, axis=0).reshape(B * N * S, C))
+                mask = np.repeat(mask, N, axis=0)
+            tokens = np.full((B * N, 1), BOS, np.int64)
+            scores = np.zeros((B, N))
+            scores[:, 1:] = -np.inf                                  # one live hypothesis to start
+            done = np.zeros(B * N, bool)
+            cache = DecoderCache(model.config.n_layer) if use_cache else None
+            for _ in range(max_new):
+                step_in = tokens[:, -1:] if use_cache else tokens
+                logits = model.decode(step_in, memory, mask, cache)      # (B*N*T, V)
+                T = step_in.shape[1]
+                logp = _log_probs(logits.reshape(B * N, T, V)[:, -1, :])  # (B*N, V)
+                logp[done] = -np.inf
+                logp[done, PAD] = 0.0
+                cand = (scores[:, :, None] + logp.reshape(B, N, V)).reshape(B, N * V)
+                top = np.argsort(-cand, axis=1, kind="stable")[:, :N]    # (B, N)
+                scores = np.take_along_axis(cand, top, axis=1)
+                rows = (np.arange(B)[:, None] * N + top // V).reshape(-1)  # (B*N,) parent hypotheses
+                new = (top % V).reshape(-1, 1)
+                tokens = np.concatenate([tokens[rows], new], axis=1)
+                done = done[rows] | (new[:, 0] == EOS)
+                if cache is not None and N > 1:
+                    cache.reorder(rows)
+                if done.all():
+                    break
+    finally:
+        model.train(was_training)
+    best = np.argmax(scores, axis=1)                                   # (B,)
+    pick = np.arange(B) * N + best
+    return tokens[pick, 1:], scores[np.arange(B), best]

@@ -1,0 +1,192 @@
+"""`minigrad train --model seq2seq --task NAME [--beam N]`: train the encoder-decoder on a synthetic task.
+
+Reuses the GPT's loop (models.train.Trainer): AdamW with warmup + cosine, progress bar,
+log.jsonl, loss.png, crash-safe checkpoints, --resume, Ctrl-C. After training it decodes the
+fixed held-out set (greedy, or beam search with --beam N) and prints `exact_match=<fraction>`
+as its last line. Resuming a run that already reached --max-iters only re-evaluates it (e.g. with
+another --beam).
+
+Only the standard library is imported at module level: models/cli.py imports this module to
+build its parser, and `minigrad --help` must stay instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Defaults for the seq2seq job (the GPT's flags are shared; these replace the GPT defaults).
+MODEL_DEFAULTS = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True}
+TRAIN_DEFAULTS = {"max_iters": 1500, "batch_size": 64, "lr": 2e-3, "min_lr": 1e-4, "warmup_iters": 100,
+                  "weight_decay": 0.01, "eval_interval": 250, "eval_iters": 5, "final_eval_iters": 20}
+MODEL_FLAGS = tuple(MODEL_DEFAULTS)
+GPT_ONLY_FLAGS = ("data", "tokenizer", "vocab_size", "block_size")
+EVAL_BATCH = 250
+SHOW_EXAMPLES = 3
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The flags `minigrad train` gains for the encoder-decoder."""
+    g = p.add_argument_group("encoder-decoder (--model seq2seq)")
+    g.add_argument("--model", choices=["gpt", "seq2seq"], default="gpt",
+                   help="gpt (default) or seq2seq, the encoder-decoder on a synthetic task")
+    g.add_argument("--task", choices=["reverse", "sort", "add"], default=None,
+                   help="seq2seq task (default reverse); --out-dir defaults to out-seq2seq-TASK")
+    g.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam width for the held-out evaluation (default 1 = greedy)")
+
+
+def dispatch(args) -> int | None:
+    """Run the seq2seq job if asked for (returns its exit code); None lets the GPT job run."""
+    if getattr(args, "model", "gpt") != "seq2seq":
+        wrong = [f"--{k}" for k in ("task", "beam") if getattr(args, k, None) is not None]
+        if wrong:
+            print(f"minigrad train: error: {' and '.join(wrong)} apply to --model seq2seq only", file=sys.stderr)
+            return 2
+        return None
+    return run(args)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"minigrad train: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args) -> int:
+    from models.checkpoint import CheckpointError
+    from models.cli import _check_device
+    from models.tasks import TaskError
+    from models.train import TrainError
+
+    problem = _check_device(args.device)
+    if problem:
+        return _fail(problem)
+    try:
+        result = main(args)
+    except (TrainError, CheckpointError, TaskError) as e:
+        return _fail(str(e))
+    if result.get("interrupted"):
+        return 130
+    print(f"exact_match={result['exact_match']:.4f}")
+    return 0
+
+
+def _given(args, names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def main(args) -> dict:
+    """Train (or resume), then evaluate; returns Trainer.run()'s summary plus exact_match."""
+    from models.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+    from models.cli import DEFAULT_OUT
+    from models.seq2seq import Seq2Seq, Seq2SeqConfig
+    from models.tasks import DEFAULT_TASK, TaskData, Vocab, expected_target_tokens, get_task
+    from models.train import TrainConfig, Trainer, TrainError
+
+    for k in GPT_ONLY_FLAGS:
+        if getattr(args, k, None) is not None:
+            raise TrainError(f"--{k.replace('_', '-')} applies to the GPT, not to --model seq2seq")
+    beam = args.beam if args.beam is not None else 1
+    if beam < 1:
+        raise TrainError(f"--beam must be at least 1, got {beam}")
+    train_flags = [f for f in TrainConfig.__dataclass_fields__]
+    given_train = _given(args, train_flags)
+    given_model = _given(args, MODEL_FLAGS)
+
+    task_name = args.task
+    out_dir = Path(args.out_dir if args.out_dir != DEFAULT_OUT else f"out-seq2seq-{task_name or DEFAULT_TASK}")
+    ckpt = None
+    if args.resume:
+        if args.force:
+            raise TrainError("--resume and --force contradict each other")
+        ckpt = load_checkpoint(out_dir)
+        meta = ckpt.meta
+        if meta.get("model") != "seq2seq":
+            raise TrainError(f"checkpoint {ckpt.path} holds a {meta.get('model')!r} model, not a seq2seq one "
+                             "(drop --model seq2seq, or choose another --out-dir)")
+        if task_name is not None and task_name != meta.get("task"):
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained on task {meta.get('task')!r}, "
+                                  f"but --task {task_name} was given")
+        task_name = meta["task"]
+        saved_model = meta["model_config"]
+        for k, v in given_model.items():
+            if saved_model.get(k) != v:
+                raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
+                                      f"--{k.replace('_', '-')} {v} was given")
+        train_opts = dict(meta["train_config"], **given_train)
+        try:
+            mcfg = Seq2SeqConfig.from_dict(saved_model)
+            vocab = Vocab.from_state(meta["vocab"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: model config or vocabulary is unusable ({e})") from None
+    else:
+        if has_checkpoint(out_dir) and not args.force:
+            raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+                             "or --force to start afresh (or choose another --out-dir)")
+        task_name = task_name or DEFAULT_TASK
+        train_opts = dict(TRAIN_DEFAULTS, **given_train)
+        vocab = Vocab()
+        mcfg = None
+    task = get_task(task_name)
+    data = TaskData(task, vocab)
+    if mcfg is None:
+        try:
+            mcfg = Seq2SeqConfig(vocab_size=len(vocab), max_len=data.max_len, **dict(MODEL_DEFAULTS, **given_model))
+        except (TypeError, ValueError) as e:
+            raise TrainError(str(e)) from None
+    if mcfg.vocab_size != len(vocab) or mcfg.max_len < data.max_len:
+        raise CheckpointError(f"checkpoint {ckpt.path if ckpt else out_dir}: model (vocab {mcfg.vocab_size}, "
+                              f"max_len {mcfg.max_len}) does not fit task {task_name!r} (vocab {len(vocab)}, "
+                              f"{data.max_len} positions)")
+    cfg = TrainConfig(**train_opts)
+    cfg.check()
+    model = Seq2Seq(mcfg, seed=cfg.seed)
+    if args.device != "cpu":
+        model.to(args.device)
+    B = cfg.batch_size
+    meta = {"model": "seq2seq", "task": task_name, "model_config": mcfg.to_dict(), "vocab": vocab.state()}
+
+    def batches(split, rng):
+        return data.batch(split, rng, B)
+
+    def loss_fn(model, batch):
+        return model(*batch)[1]
+
+    trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta,
+                      tokens_per_batch=int(B * expected_target_tokens(task)), quiet=getattr(args, "quiet", False))
+    if ckpt is not None:
+        trainer.load(ckpt)
+    if not trainer.quiet:
+        state = f"resuming at step {trainer.step}" if ckpt else "from scratch"
+        print(f"seq2seq {model.num_params() / 1e6:.2f}M parameters, task {task_name}, vocab {len(vocab)}, "
+              f"held-out {len(data.heldout)} examples, {state}", file=sys.stderr)
+    if trainer.step < cfg.max_iters:
+        result = trainer.run()
+        if result["interrupted"]:
+            return result
+    else:
+        result = {"step": trainer.step, "interrupted": False, **trainer.last_eval}
+        print(f"checkpoint is at step {trainer.step} = --max-iters: evaluating only", file=sys.stderr)
+    em, examples = exact_match(model, data, beam)
+    if not trainer.quiet:
+        for src, want, got in examples:
+            print(f"  {src!r} -> {got!r} ({'ok' if got == want else 'want ' + repr(want)})", file=sys.stderr)
+    result["exact_match"] = em
+    return result
+
+
+def exact_match(model, data, beam: int = 1, batch: int = EVAL_BATCH):
+    """Fraction of held-out examples decoded exactly, and a few (source, target, prediction)."""
+    from models.seq2seq import beam_search
+
+    hits, shown = 0, []
+    for i in range(0, len(data.heldout), batch):
+        pairs = data.heldout[i:i + batch]
+        src = data.encode_sources([s for s, _ in pairs])
+        tokens, _ = beam_search(model, src, beam, data.task.max_tgt_len + 1)
+        for (s, t), row in zip(pairs, tokens):
+            got = data.vocab.decode(row)
+            hits += got == t
+            if len(shown) < SHOW_EXAMPLES:
+                shown.append((s, t, got))
+    return hits / len(data.heldout), shown
