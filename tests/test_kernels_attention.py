@@ -333,11 +333,9 @@ def test_bench_without_gpu_says_so_and_succeeds():
 
 @pytest.fixture
 def emulate_kernels(monkeypatch):
-    """MINIGRAD_KERNELS=emulate, with kernels.launch exposing the attention launchers (until the
-    re-export exists there, they are provided from kernels.attention), counting kernel calls."""
+    """MINIGRAD_KERNELS=emulate, with minigrad.fused.launchers() wrapped so kernel calls are counted."""
     import types
 
-    from kernels import launch
     from minigrad import fused
 
     calls = []
@@ -348,7 +346,7 @@ def emulate_kernels(monkeypatch):
             return fn(*a, **k)
         return wrapper
 
-    ns = types.SimpleNamespace(**{n: getattr(launch, n) for n in dir(launch) if not n.startswith("_")})
+    ns = types.SimpleNamespace(**vars(fused.launchers()))
     ns.attention_forward = counted(A.attention_forward)
     ns.attention_backward = counted(A.attention_backward)
     monkeypatch.setattr(fused, "launchers", lambda: ns)
