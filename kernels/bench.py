@@ -21,7 +21,7 @@ def _device_peak_gbs(cupy):
         dev = cupy.cuda.Device().id
         clock_khz = rt.deviceGetAttribute(rt.cudaDevAttrMemoryClockRate, dev)
         bus_bits = rt.deviceGetAttribute(rt.cudaDevAttrGlobalMemoryBusWidth, dev)
-    except Exception:
+    except (AttributeError, RuntimeError):  # attribute missing in this CUDA/CuPy
         return None
     return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
 
@@ -66,8 +66,8 @@ def bench(names=None, dtype=np.float32, warmup=10, repeat=50, out=print) -> int:
             continue
         for case in fam.bench_cases:
             inputs = fam.make_inputs(cupy, np.random.default_rng(0), case, np.dtype(dtype))
-            t_fused = _time(cupy, lambda: fam.run(k, inputs), warmup, repeat)
-            t_unf = _time(cupy, lambda: fam.unfused(inputs), warmup, repeat) if fam.unfused else float("nan")
+            t_fused = _time(cupy, lambda fam=fam, k=k, inputs=inputs: fam.run(k, inputs), warmup, repeat)
+            t_unf = _time(cupy, lambda fam=fam, inputs=inputs: fam.unfused(inputs), warmup, repeat) if fam.unfused else float("nan")
             nbytes = fam.bytes_moved(case, dtype)
             gbs, gbs_u = nbytes / t_fused / 1e9, nbytes / t_unf / 1e9
             pct = f"{100 * gbs / peak:.0f}%" if peak else "-"

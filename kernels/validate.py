@@ -34,7 +34,7 @@ def gpu_available() -> bool:
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device
+    except (ImportError, OSError, RuntimeError):  # no cupy, no driver, no device
         return False
 
 

@@ -140,7 +140,7 @@ def build(cu_path, names, *, verbose: bool = False) -> EmuLibrary:
         cmd = [CXX, *CXXFLAGS, str(tmp / "wrapper.cpp"), str(tmp / "dynsmem.cpp"), "-o", str(tmp_so)]
         if verbose:
             print(" ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BuildError(f"emulator build of {cu_path.name} failed:\n{proc.stderr.strip()}")
         static = _static_smem(tmp_so, names)
