@@ -18,6 +18,7 @@ from models.gpt import GPT, GPTConfig
 from models.train import TrainConfig, Trainer
 
 VOCAB = 84  # the Shakespeare character vocabulary
+BENCH_CONFIG = GPTConfig(vocab_size=VOCAB)  # the `minigrad train` default
 
 
 def _minigrad_step(model, cfg, tokens):
@@ -85,7 +86,7 @@ def _torch_step(model, cfg, tokens):
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": tcfg.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(tcfg.seed)  # the same batches as the minigrad Trainer draws
 
     def step():
         ix = rng.integers(0, len(tokens) - cfg.block_size - 1, size=tcfg.batch_size)
@@ -131,7 +132,7 @@ def generation_speed(context: int, seed: int) -> dict:
 
 
 def main(args) -> int:
-    cfg = GPTConfig(vocab_size=VOCAB)
+    cfg = BENCH_CONFIG
     tokens = np.random.default_rng(args.seed).integers(0, VOCAB, 200_000)
     model = GPT(cfg, seed=args.seed)
     steps = {}

@@ -322,3 +322,36 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, corpus, capsys):
     code, out, err = _train(capsys, "--data", corpus, "--out-dir", tmp_path / "run", "--device", "cuda")
     assert code == 1 and "--device cuda" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- bench train
+
+def test_bench_torch_reference_is_the_same_model():
+    pytest.importorskip("torch", reason="the PyTorch reference is optional (pip install torch)")
+    from models.bench import VOCAB, _minigrad_step, _torch_step
+    from models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg, seed=0)
+    tokens = np.random.default_rng(0).integers(0, VOCAB, 5000)
+    torch_step, _ = _torch_step(model, cfg, tokens)  # copies the initial weights
+    ours = _minigrad_step(model, cfg, tokens)
+    for _ in range(3):  # same batches, same losses: forward, backward and AdamW agree
+        a, b = ours(), torch_step()
+        assert abs(a - b) <= 512 * np.finfo(np.float32).eps * abs(b), (a, b)
+
+
+def test_bench_train_last_line(capsys, monkeypatch):
+    from models import bench, cli
+    from models.gpt import GPTConfig
+
+    monkeypatch.setattr(bench, "BENCH_CONFIG", GPTConfig(vocab_size=bench.VOCAB, block_size=8, n_layer=1,
+                                                         n_head=2, n_embd=16))  # the format, not the speed
+
+    assert cli.main(["bench", "train", "--no-torch", "--no-gen", "--steps", "30", "--warmup", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("median_step_ms=") and float(last.split("=")[1]) > 0
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "train", "--steps", "x"])
+    assert cli.main(["bench", "train", "--steps", "5"]) == 1
+    assert "at least 30" in capsys.readouterr().err
