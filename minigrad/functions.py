@@ -5,7 +5,7 @@ import numpy as np
 
 from . import ops
 from .backend import xp_of
-from .tensor import Tensor, _lift
+from .tensor import Tensor, _axis, _lift
 
 
 def _pair(a, b):
@@ -37,7 +37,7 @@ def concatenate(tensors, axis=0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concatenate: need at least one tensor")
-    return ops.Concatenate.apply(*tensors, axis=axis)
+    return ops.Concatenate.apply(*tensors, axis=_axis(axis, tensors[0].ndim, "concatenate"))
 
 
 def stack(tensors, axis=0) -> Tensor:
@@ -47,11 +47,13 @@ def stack(tensors, axis=0) -> Tensor:
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    axis = _axis(axis, tensors[0].ndim + 1, "stack")
     return concatenate([t.expand_dims(axis) for t in tensors], axis=axis)
 
 
 def split(t: Tensor, indices_or_sections, axis=0) -> list[Tensor]:
     """NumPy's split: an int is a number of equal sections, a list gives the split points."""
+    axis = _axis(axis, t.ndim, "split")
     n = t.shape[axis]
     if isinstance(indices_or_sections, int):
         if indices_or_sections <= 0 or n % indices_or_sections:

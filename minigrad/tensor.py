@@ -225,7 +225,7 @@ class Tensor:
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        axes = tuple(range(self.ndim))[::-1] if not axes else tuple(a % self.ndim for a in axes)
+        axes = tuple(range(self.ndim))[::-1] if not axes else tuple(_axis(a, self.ndim, "transpose") for a in axes)
         if sorted(axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of {self.ndim} dimensions")
         return _ops.Transpose.apply(self, axes=axes)
@@ -235,7 +235,7 @@ class Tensor:
 
     def swapaxes(self, a, b):
         axes = list(range(self.ndim))
-        a, b = a % self.ndim, b % self.ndim
+        a, b = _axis(a, self.ndim, "swapaxes"), _axis(b, self.ndim, "swapaxes")
         axes[a], axes[b] = axes[b], axes[a]
         return _ops.Transpose.apply(self, axes=tuple(axes))
 
@@ -251,7 +251,7 @@ class Tensor:
     def expand_dims(self, axis):
         ax = (axis,) if isinstance(axis, int) else tuple(axis)
         nd = self.ndim + len(ax)
-        ax = sorted(a % nd for a in ax)
+        ax = sorted(_axis(a, nd, "expand_dims") for a in ax)
         shape = list(self.shape)
         for a in ax:
             shape.insert(a, 1)
@@ -307,6 +307,13 @@ def _lift(o, like: Tensor) -> Tensor:
         raise RuntimeError(f"an operand is on {backend.device_of(o)} but the tensor is on {like.device}")
     return Tensor._make(xp.asarray(o) if not hasattr(o, "shape") or backend.get_array_module(o) is not xp
                         else o)
+
+
+def _axis(a, ndim, op):
+    """One axis normalised to 0..ndim-1; out of range is a ValueError naming the op (never a silent wrap)."""
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
+    return a % ndim
 
 
 def _axes(axis, ndim):

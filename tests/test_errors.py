@@ -46,9 +46,25 @@ def test_broadcast_failure_names_the_op_and_both_shapes(op, name):
     (lambda: t(2, 3).squeeze(0), r"squeeze.*axis 0.*\(2, 3\)"),
     (lambda: t(2, 3).sum(axis=2), r"axis 2.*2 dimensions"),
     (lambda: t(2, 3).transpose(0, 0), r"transpose"),
+    (lambda: F.mse_loss(t(2), t(2), reduction="avg"), r"mse_loss: reduction"),
 ])
 def test_shape_errors_are_value_errors_naming_op_and_shapes(make, pattern):
     with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+@pytest.mark.parametrize("make,op,axis,ndim", [
+    (lambda: t(2, 3).transpose(0, 5), "transpose", 5, 2),
+    (lambda: t(2, 3).swapaxes(-3, 0), "swapaxes", -3, 2),
+    (lambda: t(2, 3).expand_dims(4), "expand_dims", 4, 3),
+    (lambda: mg.concatenate([t(2, 3), t(2, 3)], axis=2), "concatenate", 2, 2),
+    (lambda: mg.stack([t(2, 3), t(2, 3)], axis=-4), "stack", -4, 3),
+    (lambda: mg.split(t(2, 4), 2, axis=2), "split", 2, 2),
+    (lambda: F.softmax(t(2, 3), axis=2), "softmax", 2, 2),
+    (lambda: F.log_softmax(t(2, 3), axis=-3), "log_softmax", -3, 2),
+])
+def test_an_axis_out_of_range_is_refused_not_wrapped(make, op, axis, ndim):
+    with pytest.raises(ValueError, match=rf"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions"):
         make()
 
 

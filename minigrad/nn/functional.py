@@ -11,7 +11,7 @@ import numpy as np
 
 from ..ops import Relu, Sigmoid, Tanh
 from ..ops.nn_ops import Attention, CrossEntropy, Gelu, LayerNorm, LogSoftmax, LogSumExp, Softmax
-from ..tensor import Tensor, _axes
+from ..tensor import Tensor, _axes, _axis
 
 
 def relu(x: Tensor) -> Tensor:
@@ -33,11 +33,11 @@ def tanh(x: Tensor) -> Tensor:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return Softmax.apply(x, axis=axis % x.ndim)
+    return Softmax.apply(x, axis=_axis(axis, x.ndim, "softmax"))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return LogSoftmax.apply(x, axis=axis % x.ndim)
+    return LogSoftmax.apply(x, axis=_axis(axis, x.ndim, "log_softmax"))
 
 
 def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
@@ -64,6 +64,8 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     target = target if isinstance(target, Tensor) else Tensor(target, dtype=input.dtype, device=input.device)
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} != target shape {target.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     d = input - target
     sq = d * d
     return {"mean": sq.mean, "sum": sq.sum}[reduction]() if reduction != "none" else sq
