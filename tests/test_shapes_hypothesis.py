@@ -1,5 +1,5 @@
 """Hypothesis-drawn shapes for the registry's elementwise / binary / reduce / shape / linalg ops
-(entries with hypothesis=True), including broadcasting, size-1 and zero-size dimensions.
+(and the nn entries marked hypothesis=True), including broadcasting, size-1 and zero-size dimensions.
 
 Each drawn case checks: the forward against the op's NumPy reference (or the same error class
 when NumPy refuses the shape), and the gradients against central differences (gradcheck; its
@@ -22,7 +22,7 @@ from minigrad.opinfo import OPS  # noqa: E402
 
 from conftest import assert_close  # noqa: E402
 
-KINDS = ("elementwise", "binary", "reduce", "shape", "linalg")
+KINDS = ("elementwise", "binary", "reduce", "shape", "linalg", "nn")
 SIDE = dict(min_side=0, max_side=4)
 
 
@@ -68,6 +68,13 @@ SPECIAL = {
     "concatenate": st.builds(lambda s, n: (s, _set(s, 1, n)), _any(2, 3), st.integers(0, 3)),
     "stack": _any(0, 3).map(lambda s: (s, s)),
     "split": _one(_any(2, 3)),
+    # nn entries drawn too when they are elementwise or reduce along one axis
+    "gelu": _one(_any()),
+    "gelu_tanh": _one(_any()),
+    "softmax": _one(_any(1, 3)),
+    "log_softmax": _one(_any(1, 3)),
+    "logsumexp": _one(_any(1, 3)),
+    "mse_loss": _any(0, 3).map(lambda s: (s, s)),
 }
 
 
