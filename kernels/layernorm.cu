@@ -124,14 +124,17 @@ __global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__
   if (vec) {
     for (int i = tid; i < C / VN; i += G) {
       V v = reinterpret_cast<const V*>(src)[i];
-      V o;
+      V wv, bv, o;
+      if (w) wv = reinterpret_cast<const V*>(w)[i];
+      if (b) bv = reinterpret_cast<const V*>(b)[i];
       const T* e = reinterpret_cast<const T*>(&v);
+      const T* we = reinterpret_cast<const T*>(&wv);
+      const T* be = reinterpret_cast<const T*>(&bv);
       T* oe = reinterpret_cast<T*>(&o);
       for (int k = 0; k < VN; ++k) {
-        const int j = i * VN + k;
         T t = (e[k] - mu) * rs;
-        if (w) t *= w[j];
-        if (b) t += b[j];
+        if (w) t *= we[k];
+        if (b) t += be[k];
         oe[k] = t;
       }
       reinterpret_cast<V*>(yr)[i] = o;
