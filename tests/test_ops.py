@@ -159,3 +159,21 @@ def test_numerically_stable_softmax_family_on_huge_logits():
     assert_close(loss, 2000.0)
     loss.backward()
     assert_close(x.grad, [[1.0, 0.0, -1.0]])
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_float32_gradients_match_float64_gradients(op):
+    """Backward in float32 stays float32-accurate: compared with the float64 gradients of the same
+    (float32-representable) inputs, at a float32-derived tolerance."""
+    arrays = op.inputs(np.random.default_rng(4), np.float32)
+    go = np.random.default_rng(5).standard_normal(op.fn(*_tensors(arrays, False)).shape)
+    grads = {}
+    for dtype in (np.float32, np.float64):
+        ts = _tensors([a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays])
+        op.fn(*ts).backward(Tensor(go.astype(dtype)))
+        grads[dtype] = [t.grad.numpy() for t in ts if t.requires_grad]
+    for i, (g32, g64) in enumerate(zip(grads[np.float32], grads[np.float64])):
+        assert g32.dtype == np.float32
+        scale = max(1.0, float(np.abs(g64).max()))      # absolute error relative to the gradient's size
+        np.testing.assert_allclose(g32, g64, rtol=256 * np.finfo(np.float32).eps,
+                                   atol=256 * np.finfo(np.float32).eps * scale, err_msg=f"{op.name} input {i}")
