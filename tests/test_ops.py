@@ -177,3 +177,22 @@ def test_float32_gradients_match_float64_gradients(op):
         scale = max(1.0, float(np.abs(g64).max()))      # absolute error relative to the gradient's size
         np.testing.assert_allclose(g32, g64, rtol=256 * np.finfo(np.float32).eps,
                                    atol=256 * np.finfo(np.float32).eps * scale, err_msg=f"{op.name} input {i}")
+
+
+def test_tensor_basics():
+    x = Tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    assert (x.shape, x.ndim, x.dtype, x.device, x.requires_grad, x.grad) == ((2, 2), 2, np.float32, "cpu", True, None)
+    host = x.numpy()
+    host[0, 0] = 100.0                       # numpy() is a copy
+    assert x.numpy()[0, 0] == 1.0
+    assert x[1, 0].item() == 3.0 and isinstance(x[1, 0].item(), float)
+    assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert x.to("cpu") is x and x.astype(np.float32) is x
+    assert Tensor(x, dtype=np.float64).dtype == np.float64
+    d = x.detach()
+    assert not d.requires_grad and d.grad is None and np.array_equal(d.numpy(), x.numpy())
+    assert mg.zeros(2, 3).shape == (2, 3) and mg.ones((2,), dtype=np.float64).dtype == np.float64
+    assert mg.tensor([1, 2]).dtype == np.int64
+    s = Tensor(np.array(2.0), requires_grad=True)
+    s.backward()                             # backward on a scalar leaf: d s / d s = 1
+    assert s.grad.item() == 1.0
