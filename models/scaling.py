@@ -15,7 +15,10 @@ are not counted; activations, gradients and temporaries are). On a GPU it is the
 CuPy's memory pool over one step instead, and the step-time study adds the fused-attention
 kernel curve (MINIGRAD_KERNELS=auto) next to the reference one (MINIGRAD_KERNELS=off).
 
-Writes scaling.csv, scaling_train.png and scaling_generate.png to --out-dir.
+Writes scaling.csv, scaling_train.png and scaling_generate.png to --out-dir. On a machine shared
+with other jobs, OpenBLAS's threads can spin against each other (a 14x slowdown of the batched
+attention matmuls was seen here); OPENBLAS_NUM_THREADS=1 gives steadier curves, and the header
+line and the plots say which setting ran.
 """
 from __future__ import annotations
 
@@ -173,9 +176,12 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
                     opt.zero_grad()
 
                 times = _time(step, args.steps, args.warmup, dev.sync)
-                with minigrad.profile() as prof:    # one step, to split off attention
-                    step()
-                att = sum(r["total_s"] for r in prof.key_averages() if r["name"] == "Attention")
+                atts = []
+                for _ in range(3):                  # profiled steps, to split off attention
+                    with minigrad.profile() as prof:
+                        step()
+                    atts.append(sum(r["total_s"] for r in prof.key_averages() if r["name"] == "Attention"))
+                att = float(np.median(atts))
                 mem: dict = {}
                 with dev.peak(mem):
                     step()
@@ -185,7 +191,7 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
                    "tokens_per_s": args.batch_size * T / med}
             rows.append(row)
             log(f"train  {variant:<14} T={T:>5}: step {row['median_ms']:9.2f} ms (median of {len(times)}), "
-                f"attention {row['attention_ms']:8.2f} ms in a profiled step, peak {row['peak_mib']:8.1f} MiB, "
+                f"attention {row['attention_ms']:8.2f} ms (median of 3 profiled steps), peak {row['peak_mib']:8.1f} MiB, "
                 f"{row['tokens_per_s']:10,.0f} tok/s")
             del model, opt
     return rows
@@ -339,8 +345,10 @@ def run(args) -> int:
     except OSError as e:
         return _fail(f"cannot create --out-dir {out_dir}: {e.strerror}")
     dev = _Device(args.device)
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
     print(f"GPT n_layer={args.n_layer} n_head={args.n_head} n_embd={args.n_embd} batch={args.batch_size}, "
-          f"device {args.device}; medians of {args.steps} after {args.warmup} warm-up", flush=True)
+          f"device {args.device}; medians of {args.steps} after {args.warmup} warm-up; BLAS threads: {threads}",
+          flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     rows = train_study(args, dev, log) + generate_study(args, dev, log)
     csv_path = out_dir / "scaling.csv"
@@ -358,7 +366,8 @@ def run(args) -> int:
               f"{c[0]['median_ms']:.3f} -> {c[-1]['median_ms']:.3f} ms, no cache {n[0]['median_ms']:.3f} -> "
               f"{n[-1]['median_ms']:.3f} ms")
     note = (f"minigrad GPT {args.n_layer}x{args.n_embd}, {args.n_head} heads, batch {args.batch_size}, {args.device}; "
-            f"medians of {args.steps}; memory: {'CuPy pool growth' if args.device == 'cuda' else 'tracemalloc peak'}")
+            f"medians of {args.steps}; BLAS threads {threads}; "
+            f"memory: {'CuPy pool growth' if args.device == 'cuda' else 'tracemalloc peak'}")
     try:
         written = plot(rows, out_dir, note)
     except ImportError:
