@@ -142,6 +142,7 @@ def run_train(args) -> int:
     problem = _check_device(args.device)
     if problem:
         return _fail("train", problem)
+    train_gpt.tune_malloc()
     try:
         result = train_gpt.main(args)
     except train_gpt.USER_ERRORS as e:
@@ -173,9 +174,11 @@ def run_generate(args) -> int:
 
 def run_bench_train(args) -> int:
     from models import bench
+    from models.train import tune_malloc
 
     if args.steps < 30:
         return _fail("bench train", f"--steps must be at least 30, got {args.steps}")
+    tune_malloc()  # for both minigrad and torch: they share this process
     return bench.main(args)
 
 

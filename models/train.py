@@ -365,6 +365,29 @@ class Trainer:
         return {"step": self.step, "interrupted": interrupted, **self.last_eval}
 
 
+def tune_malloc() -> bool:
+    """Keep freed step temporaries in glibc's heap instead of returning them to the kernel.
+
+    A training step allocates and frees the same ~MB-sized arrays every time; by default glibc
+    serves them with fresh mmaps, so each step pays ~9,000 page faults (measured at the default
+    GPT config). Raising the mmap and trim thresholds makes the heap reuse them. A no-op where
+    glibc's mallopt is not available. Returns whether it applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1
+    ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    ok &= mallopt(M_TOP_PAD, 128 << 20) == 1
+    return bool(ok)
+
+
 def _in_main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
