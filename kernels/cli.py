@@ -40,6 +40,10 @@ def _validate(args) -> int:
 def _bench(args) -> int:
     import numpy as np
 
+    if args.name == "attention":   # attention reports TFLOP/s, vs the unfused composition and torch SDPA
+        from kernels.attention_bench import main as attention_bench
+        return attention_bench(dtype=np.dtype(args.dtype), warmup=args.warmup, repeat=args.repeat)
+
     from kernels.bench import bench
 
     return bench(names=[args.name] if args.name else None, dtype=np.dtype(args.dtype),

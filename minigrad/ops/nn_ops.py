@@ -177,7 +177,7 @@ class LayerNorm(Function):
             xp = xp_of(g.data)
             dx, dw, db = fused.launchers().layernorm_backward(
                 xp.ascontiguousarray(g.data.reshape(-1, c)), xp.ascontiguousarray(x.data.reshape(-1, c)),
-                w.data if w is not None else None, self.mean, self.rstd)
+                w.data if w is not None else None, self.mean, self.rstd, bias=self.has_b)
             out = [_T(dx.reshape(x.shape))]
             if self.has_w:
                 out.append(_T(dw))
