@@ -115,6 +115,8 @@ class Tensor:
         dtype = np.dtype(dtype)
         if dtype == self.dtype:
             return self
+        if dtype.kind not in _FLOAT_KINDS:   # integer/bool tensors carry no grad (casting is not differentiable)
+            return Tensor._make(self.data.astype(dtype), False)
         return _ops.AsType.apply(self, dtype=dtype)
 
     def float(self):

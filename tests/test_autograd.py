@@ -290,3 +290,11 @@ def test_create_graph_grads_are_not_shared_and_accept_a_later_first_order_backwa
     (x ** 3).sum().backward(create_graph=True)
     (h,) = mg.grad(x.grad.sum(), x)
     assert_close(h, 12 * x.numpy())
+
+
+def test_casting_to_an_integer_dtype_cuts_the_graph():
+    x = leaf([1.7, -2.2])
+    i = x.astype(np.int64)
+    assert i.dtype == np.int64 and not i.requires_grad and i.numpy().tolist() == [1, -2]
+    (x.astype(np.float32) * 2.0).sum().backward()   # a float cast stays differentiable
+    assert_close(x.grad, [2.0, 2.0])
