@@ -492,7 +492,8 @@ class PhaseTimer:
         else:
             parts.append(f"(no op profile: the run ended before step {self.profile_step})")
         parts.append(self.report(tokens_per_step, peak, note))
-        parts.append(f"matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s {note}")
+        if self.op_profile is None:
+            parts.append(f"matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s {note}")
         return "\n".join(parts)
 
     def _now(self):
