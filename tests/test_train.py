@@ -364,12 +364,15 @@ def test_tune_malloc_stops_per_step_page_faults():
 
     if not sys.platform.startswith("linux") or not tune_malloc():
         pytest.skip("glibc's mallopt is not available here")
-    np.ones(1 << 21, dtype=np.float32)  # first touch of the heap may fault
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):  # a step's pattern: allocate temporaries, free them, again
+    def step():  # a training step's pattern: allocate MB-sized temporaries, free them
         a = np.ones(1 << 21, dtype=np.float32)
         b = np.ones(1 << 20, dtype=np.float32)
         del a, b
+
+    step()  # the first touch of fresh heap pages faults in any case
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     # glibc's defaults trim and re-fault these pages: about 1,000 faults here; tuned, the heap keeps them
     assert faults < 200, faults
