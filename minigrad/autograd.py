@@ -193,6 +193,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     is touched.
     """
     from .tensor import Tensor
+    prof = _profiler
     order = _topo_order(roots)
     grads: dict[int, Tensor] = {}     # id(tensor) -> its gradient so far
     owned: set[int] = set()           # grads whose array we allocated (safe to add into in place)
@@ -210,16 +211,20 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             keep[k] = t
         elif create_graph:
             grads[k] = cur + g
-        elif k in owned:
-            cur.data += g.data
-        else:
-            grads[k] = Tensor._make(cur.data + g.data, False)
-            owned.add(k)
+        else:   # array sums outside any op: the profiler sees them as "AccumulateGrad"
+            if prof is not None:
+                t0 = prof.clock()
+            if k in owned:
+                cur.data += g.data
+            else:
+                grads[k] = Tensor._make(cur.data + g.data, False)
+                owned.add(k)
+            if prof is not None:
+                prof.record("AccumulateGrad", "backward", t0, prof.clock(), None, (cur.data, g.data), grads[k].data)
 
     for r, g in zip(roots, root_grads):
         accumulate(r, g)
     want = set() if inputs is None else {key(t) for t in inputs}
-    prof = _profiler
 
     with _GradMode(create_graph):
         for fn in reversed(order):
@@ -255,6 +260,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
 
     if inputs is not None:
         return [grads.get(key(t)) for t in inputs]
+    if prof is not None:
+        t0 = prof.clock()
     for k, g in grads.items():
         t = keep[k]
         if t._ctx is not None or not t.requires_grad:
@@ -268,6 +275,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             t.grad = g if k in owned else Tensor._make(g.data.copy(), False)
         else:
             t.grad.data += g.data
+    if prof is not None:
+        prof.record("AccumulateGrad", "backward", t0, prof.clock(), None, None, None)
     return None
 
 

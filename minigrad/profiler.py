@@ -17,6 +17,10 @@ records are folded into it: the table's "MatMul backward" row is the whole backw
 of the table add up without double counting. The nested ops still appear in the Chrome trace,
 drawn inside their parent.
 
+The backward engine's own array work is recorded too, as "AccumulateGrad": summing the gradients
+of a tensor used twice, and writing the leaves' ``.grad`` at the end (what the engine does
+between ops that is not an op).
+
 Regions (``prof.region(name)``) time work that is not an op (an optimizer step, a data batch).
 A region's row is its *self* time: its duration minus the ops and inner regions run inside it.
 
@@ -100,6 +104,11 @@ def estimate(name: str, phase: str, in_shapes, out_shape, itemsize: int, needs=N
     forward output's shape (None if unknown); ``needs``: per input, whether backward computes
     its gradient (default: all); ``kernel``: the op ran the fused kernel (no (Tq, Tk) buffer in
     memory; the backward recomputes the scores)."""
+    if name == "AccumulateGrad":                # the engine's gradient sums: g_total += g
+        if not in_shapes:
+            return None, None
+        n = _size(in_shapes[0])
+        return n, 3 * n * itemsize
     fwd = phase == "forward"
     n_in = len(in_shapes)
     needs = tuple(needs) if needs is not None else (True,) * n_in
@@ -196,9 +205,10 @@ class profile:
         if inputs is not None:                  # forward: shapes from the arrays
             ev.shapes = tuple(a.shape for a in inputs)
             ev.out_shape, ev.dtype = out.shape, out.dtype
-            fn._prof_out = (out.shape, out.dtype)   # for this op's backward record
+            if fn is not None:
+                fn._prof_out = (out.shape, out.dtype)   # for this op's backward record
         else:                                   # backward: the op's input Tensors are still there
-            ins = fn.inputs or ()
+            ins = (fn.inputs or ()) if fn is not None else ()
             ev.shapes = tuple(t.shape for t in ins)
             ev.needs = tuple(t.requires_grad for t in ins)
             ev.out_shape, ev.dtype = getattr(fn, "_prof_out", (None, ins[0].dtype if ins else None))

@@ -26,7 +26,7 @@ def _gpt_step_parts():
     rng = np.random.default_rng(0)
 
     def batch():
-        x = rng.integers(0, 84, (4, 64))
+        x = rng.integers(0, 84, (12, 64))     # the default batch of 12
         return x, np.roll(x, -1, axis=1)
     return model, opt, batch
 
@@ -220,3 +220,13 @@ def test_gpu_times_come_from_cuda_events():
     with profile() as prof:
         (a @ a).sum().backward()
     assert prof.use_cuda and prof.op_time > 0 and prof.op_time <= prof.wall_time * 1.01
+
+
+def test_engine_gradient_sums_are_recorded_as_accumulate_grad():
+    x = minigrad.Tensor(np.ones((5, 6), np.float32), requires_grad=True)
+    with profile() as prof:
+        (x.exp() + x.tanh()).sum().backward()      # x feeds two ops: its two gradients are summed
+    acc = [e for e in prof.events if e.name == "AccumulateGrad"]
+    sums = [e for e in acc if e.shapes]                 # the sum; the other is the final .grad write
+    assert len(sums) == 1 and len(acc) == 2 and all(e.top for e in acc)
+    assert estimate("AccumulateGrad", "backward", sums[0].shapes, sums[0].out_shape, 4)[0] == 30
