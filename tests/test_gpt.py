@@ -158,3 +158,39 @@ def test_dropout_uses_the_models_seeded_generator():
     assert np.array_equal(ya1, yb1)  # same seed, same masks
     a.eval()
     assert np.array_equal(a(x)[0].numpy(), a(x)[0].numpy())  # eval mode: deterministic
+
+
+def test_fused_kernel_path_matches_the_reference(monkeypatch):
+    """The CUDA kernels' path (through the CPU emulator) gives the model the same logits, grads and cache."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("the CUDA-kernel emulator needs g++")
+    from minigrad import fused
+
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=32)  # head size 32
+    x, y = _ids((2, 8), 11), _ids((2, 8), 11, seed=1)
+    calls = []
+    real = fused.launchers()
+    spy = type(real)(**{name: (lambda f, name=name: lambda *a, **k: calls.append(name) or f(*a, **k))(fn)
+                        for name, fn in vars(real).items()})
+    monkeypatch.setattr(fused, "launchers", lambda: spy)
+    runs = {}
+    for mode in ("off", "emulate"):
+        monkeypatch.setenv("MINIGRAD_KERNELS", mode)
+        assert fused.use_kernels("cpu") == (mode == "emulate")
+        m = GPT(cfg, seed=0)
+        logits, loss = m(x, y)
+        loss.backward()
+        m.eval()
+        with minigrad.no_grad():
+            cache = KVCache(cfg, 2)
+            m(x[:, :5], cache=cache)
+            step = m(x[:, 5:6], cache=cache)[0].numpy()
+        runs[mode] = (logits.numpy(), m.h[0].attn.c_attn.weight.grad.numpy(), step)
+        if mode == "off":
+            assert calls == []
+    assert {"layernorm_forward", "layernorm_backward", "attention_forward", "attention_backward"} <= set(calls)
+    scale = np.abs(runs["off"][0]).max()
+    for a, b in zip(runs["off"], runs["emulate"]):
+        assert np.allclose(a, b, rtol=0, atol=64 * EPS32 * max(scale, np.abs(a).max()))
