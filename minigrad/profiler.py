@@ -526,6 +526,11 @@ class PhaseTimer:
         try:
             with region:
                 yield
+        except BaseException:
+            if self._prof is not None:          # never leave the hook installed behind an error
+                self._prof.__exit__(None, None, None)
+                self._prof = None
+            raise
         finally:
             dt = self._now() - t0
             self.totals[name] = self.totals.get(name, 0.0) + dt

@@ -119,7 +119,7 @@ def _collect(tensor, names):
     return leaves + order, index[id(tensor._ctx)]
 
 
-def _repeats(sigs, min_period=2, min_copies=2):
+def _repeats(sigs, min_period=3, min_copies=2):
     """Non-overlapping tandem repeats in ``sigs``: [(start, period, copies)], largest savings first."""
     n = len(sigs)
     taken = [False] * n

@@ -230,3 +230,12 @@ def test_engine_gradient_sums_are_recorded_as_accumulate_grad():
     sums = [e for e in acc if e.shapes]                 # the sum; the other is the final .grad write
     assert len(sums) == 1 and len(acc) == 2 and all(e.top for e in acc)
     assert estimate("AccumulateGrad", "backward", sums[0].shapes, sums[0].out_shape, 4)[0] == 30
+
+
+def test_phase_timer_detaches_the_profiler_when_a_step_fails():
+    timer = PhaseTimer(profile_step=1)
+    with pytest.raises(KeyboardInterrupt):
+        with timer.phase("data"):
+            assert autograd._profiler is not None
+            raise KeyboardInterrupt
+    assert autograd._profiler is None
