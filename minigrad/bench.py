@@ -9,6 +9,7 @@ Medians: the tiny op over 7 blocks of ``--repeat`` ops, the MLP over 30 steps af
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -138,6 +139,8 @@ def main(args) -> int:
     versions = f"numpy {np.__version__}" + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
                                             if torch is not None else ", torch not installed")
     print(f"minigrad bench ops: CPU, float32; {versions}")
+    if hasattr(os, "getloadavg"):   # other work on the machine skews every figure below
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"\ntiny op: add of two (1,) tensors, µs per op (median of {BLOCKS} blocks of {repeat})")
     print(f"{'':<26}{'minigrad':>10}{'torch':>10}{'numpy':>10}")
     mf, mb = tiny_op_minigrad(repeat)
