@@ -255,8 +255,32 @@ def _log_probs(logits) -> np.ndarray:
 
 
 def greedy_decode(model: Seq2Seq, src, max_new: int, use_cache: bool = True) -> np.ndarray:
-    """src (B, S) -> (B, <= max_new) token ids, each row ending at its <eos> (then PAD)."""
-    return beam_search(model, src, 1, max_new, use_cache)[0]
+    """src (B, S) -> (B, <= max_new) token ids: the argmax token at each step (ties towards the
+    lower id); after its <eos> a row continues with PAD. Stops when every row has ended."""
+    from minigrad import no_grad
+
+    src = np.asarray(src)
+    B, V = src.shape[0], model.config.vocab_size
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            memory, mask = model.encode(src)
+            tokens = np.full((B, 1), BOS, np.int64)
+            done = np.zeros(B, bool)
+            cache = DecoderCache(model.config.n_layer) if use_cache else None
+            for _ in range(max_new):
+                step_in = tokens[:, -1:] if use_cache else tokens
+                logits = model.decode(step_in, memory, mask, cache)          # (B*T, V)
+                nxt = np.argmax(_log_probs(logits.reshape(B, -1, V)[:, -1, :]), axis=1)
+                nxt[done] = PAD
+                tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+                done |= nxt == EOS
+                if done.all():
+                    break
+    finally:
+        model.train(was_training)
+    return tokens[:, 1:]
 
 
 def beam_search(model: Seq2Seq, src, beam: int, max_new: int, use_cache: bool = True):
