@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:        # `pytest` (not only `python -m pytest`) from the repo root finds minigrad/
     sys.path.insert(0, ROOT)
 
-from minigrad import strict  # noqa: E402
+from minigrad import strict
 
 try:
     from hypothesis import HealthCheck, settings

@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minigrad as mg
 from minigrad import Tensor, nn
 from minigrad.autograd import AnomalyError
-
-from conftest import assert_close
 
 
 def leaf(values, dtype=np.float64):
@@ -185,9 +184,8 @@ def test_no_grad_context_and_decorator():
 
 
 def test_no_grad_is_restored_after_an_exception():
-    with pytest.raises(ZeroDivisionError):
-        with mg.no_grad():
-            1 / 0
+    with pytest.raises(ZeroDivisionError), mg.no_grad():
+        1 / 0
     assert mg.is_grad_enabled()
 
 
@@ -203,9 +201,8 @@ def _line_of(marker):
 
 def test_detect_anomaly_names_the_op_and_user_line_in_forward():
     x = leaf([1.0, -1.0])
-    with mg.detect_anomaly():
-        with pytest.raises(AnomalyError) as e:
-            x.log()  # ANOMALY-FORWARD
+    with mg.detect_anomaly(), pytest.raises(AnomalyError) as e:
+        x.log()  # ANOMALY-FORWARD
     msg = str(e.value)
     assert "Log" in msg and "forward" in msg
     assert f'{os.path.basename(__file__)}", line {_line_of("# ANOMALY-FORWARD")}' in msg

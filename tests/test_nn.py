@@ -3,12 +3,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minigrad as mg
 from minigrad import Tensor, backend, nn
 from minigrad.nn import functional as F
-
-from conftest import assert_close
 
 
 class Block(nn.Module):

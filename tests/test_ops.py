@@ -3,12 +3,11 @@ float32, gradcheck and gradgradcheck in float64. Plus op semantics the registry 
 (ties, scalar dtypes, scatter-add of repeated indices)."""
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minigrad as mg
 from minigrad import Tensor
 from minigrad.opinfo import OPS
-
-from conftest import assert_close
 
 IDS = [op.name for op in OPS]
 

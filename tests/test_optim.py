@@ -5,12 +5,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minigrad as mg
 from minigrad import Tensor, optim
 from minigrad.nn import Parameter
-
-from conftest import assert_close
 
 STEPS = 6
 

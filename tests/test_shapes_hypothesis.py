@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="the shape tests need the 'hypothesis' dev dependency")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
+from conftest import assert_close
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-import minigrad as mg  # noqa: E402
-from minigrad import Tensor  # noqa: E402
-from minigrad.opinfo import OPS  # noqa: E402
-
-from conftest import assert_close  # noqa: E402
+import minigrad as mg
+from minigrad import Tensor
+from minigrad.opinfo import OPS
 
 KINDS = ("elementwise", "binary", "reduce", "shape", "linalg", "nn")
 SIDE = dict(min_side=0, max_side=4)

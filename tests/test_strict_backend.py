@@ -3,14 +3,12 @@ registry plus a small nn training step run on it (enabled around each test, insi
 test run; the full suite can also run on it with MINIGRAD_STRICT=1)."""
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minigrad as mg
 from minigrad import Tensor, backend, nn, optim, strict, sweep
 from minigrad.opinfo import OPS
 from minigrad.strict import StrictArray, StrictConversionError
-
-from conftest import assert_close
-
 
 # ------------------------------------------------------------------ the backend's refusals
 

@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is optional: pip install torch==2.13.0 for the parity tests")
 TF = torch.nn.functional
 
-import minigrad as mg  # noqa: E402
-from minigrad import Tensor, nn  # noqa: E402
-from minigrad.nn import functional as F  # noqa: E402
+from conftest import assert_close
 
-from conftest import assert_close  # noqa: E402
+import minigrad as mg
+from minigrad import Tensor, nn
+from minigrad.nn import functional as F
 
 ULPS = 512   # float64: different summation orders (BLAS, pairwise sums) differ by some hundred ulps
 
