@@ -46,7 +46,7 @@ import numpy as np
 
 from . import autograd
 
-__all__ = ["profile", "PhaseTimer", "TokenTimer", "matmul_peak", "estimate", "hook_overhead"]
+__all__ = ["PhaseTimer", "TokenTimer", "estimate", "hook_overhead", "matmul_peak", "profile"]
 
 
 # ---------------------------------------------------------------- clocks
@@ -57,7 +57,7 @@ def _cuda_visible() -> bool:
         return False
     try:
         return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+    except Exception:   # noqa: BLE001  (any CUDA runtime failure means: no usable GPU)
         return False
 
 
@@ -170,8 +170,22 @@ def estimate(name: str, phase: str, in_shapes, out_shape, itemsize: int, needs=N
 
 # ---------------------------------------------------------------- the profile
 class _Event:
-    __slots__ = ("name", "phase", "t0", "t1", "shapes", "out_shape", "itemsize", "dtype", "needs", "kernel",
-                 "top", "self_s", "ev0", "ev1")
+    __slots__ = (
+        "dtype",
+        "ev0",
+        "ev1",
+        "itemsize",
+        "kernel",
+        "name",
+        "needs",
+        "out_shape",
+        "phase",
+        "self_s",
+        "shapes",
+        "t0",
+        "t1",
+        "top",
+    )
 
     def __init__(self, name, phase, t0, t1):
         self.name, self.phase, self.t0, self.t1 = name, phase, t0, t1
@@ -480,7 +494,7 @@ class PhaseTimer:
         self.t_first = None
 
     @classmethod
-    def for_device(cls, device: str = "cpu", profile_step: int | None = 2) -> "PhaseTimer":
+    def for_device(cls, device: str = "cpu", profile_step: int | None = 2) -> PhaseTimer:
         """A timer that synchronizes the GPU before each clock read when ``device`` is "cuda"."""
         sync = None
         if device == "cuda":
@@ -557,8 +571,8 @@ class PhaseTimer:
         wall = wall if wall is not None else (time.perf_counter() - self.t_first)
         step_s = np.array([sum(s.values()) for s in self.steps])
         med = float(np.median(step_s))
-        lines = [f"phase breakdown: {len(self.steps)} steps (the profiled step excluded), "
-                 f"{wall:.2f} s wall", f"  {'phase':<10} {'total s':>9} {'calls':>6} {'mean ms':>9} {'share':>6}"]
+        lines = [(f"phase breakdown: {len(self.steps)} steps (the profiled step excluded), "
+                  f"{wall:.2f} s wall"), f"  {'phase':<10} {'total s':>9} {'calls':>6} {'mean ms':>9} {'share':>6}"]
         named = ("data", "forward", "backward", "optimizer", "eval")
         accounted = 0.0
         for name in list(named) + sorted(set(self.totals) - set(named)):
@@ -630,8 +644,8 @@ class TokenTimer:
         if not self.times:
             return "profile: no token was generated"
         prefill = self.times[0] - self.t_start
-        lines = [f"prefill: {prefill * 1e3:.2f} ms for a {self.prompt_tokens}-token prompt "
-                 f"({'KV cache' if self.cached else 'no cache'}), first token included"]
+        lines = [(f"prefill: {prefill * 1e3:.2f} ms for a {self.prompt_tokens}-token prompt "
+                  f"({'KV cache' if self.cached else 'no cache'}), first token included")]
         gaps = np.diff(self.times)
         # gaps[i] produced token i+1, whose forward read a context of prompt + i + 1 tokens
         ctx = self.prompt_tokens + 1 + np.arange(len(gaps))

@@ -30,7 +30,7 @@ _IMAGE_FORMATS = ("svg", "png", "pdf")
 
 
 class _Node:
-    __slots__ = ("id", "kind", "label", "sig", "inputs", "fn", "tensor")
+    __slots__ = ("fn", "id", "inputs", "kind", "label", "sig", "tensor")
 
     def __init__(self, id, kind, label):
         self.id, self.kind, self.label = id, kind, label
@@ -178,8 +178,8 @@ def graph_to_dot(tensor, collapse: bool = False, params=None) -> str:
                 rep[n.id] = cid
             n_leaf = len({i for n in hidden for i in n.inputs if i.startswith("t")})
             clusters.append((f"block repeated {k}x ({p} ops each); copy 1 of {k}", [n.id for n in first]))
-            extra.append((cid, f"copies 2..{k} of the block above\n{(k - 1) * p} ops, "
-                               f"{n_leaf} leaf inputs, hidden"))
+            extra.append((cid, (f"copies 2..{k} of the block above\n{(k - 1) * p} ops, "
+                                f"{n_leaf} leaf inputs, hidden")))
     # leaves only used by hidden ops are hidden with them
     used = {}
     for n in ops:
@@ -250,7 +250,8 @@ def draw_graph(tensor, path, collapse: bool = False, params=None) -> dict:
             warnings.warn(f"draw_graph: Graphviz's `dot` is not installed (e.g. apt-get install graphviz), "
                           f"so only {dot_path} was written, not {path}", RuntimeWarning, stacklevel=2)
         else:
-            r = subprocess.run([exe, f"-T{fmt}", dot_path, "-o", path], capture_output=True, text=True, timeout=120)
+            r = subprocess.run([exe, f"-T{fmt}", dot_path, "-o", path], capture_output=True, text=True, timeout=120,
+                               check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"draw_graph: dot failed on {dot_path}: {r.stderr.strip()}")
             image = path

@@ -155,7 +155,7 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
     import numpy as np
 
     import minigrad
-    import minigrad.optim as optim
+    from minigrad import optim
 
     variants = [("reference", "off")]
     if dev.name == "cuda":
@@ -168,7 +168,7 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
                 model = _model(args, T, dev)
                 opt = optim.AdamW(model.parameters(), lr=1e-3)
 
-                def step():
+                def step(model=model, opt=opt, T=T):
                     x = rng.integers(0, args.vocab_size, (args.batch_size, T))
                     loss = model(x, np.roll(x, -1, axis=1))[1]
                     loss.backward()
@@ -193,7 +193,6 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
             log(f"train  {variant:<14} T={T:>5}: step {row['median_ms']:9.2f} ms (median of {len(times)}), "
                 f"attention {row['attention_ms']:8.2f} ms (median of 3 profiled steps), peak {row['peak_mib']:8.1f} MiB, "
                 f"{row['tokens_per_s']:10,.0f} tok/s")
-            del model, opt
     return rows
 
 
@@ -213,13 +212,14 @@ def generate_study(args, dev: _Device, log=print) -> list[dict]:
         for L in args.contexts:
             # with the cache: L-1 tokens already in it, then one token attends to all L
             cache = KVCache(model.config, 1, xp=dev.xp)
-            model(ids[:, :L - 1], cache=cache, last_only=True) if L > 1 else None
+            if L > 1:
+                model(ids[:, :L - 1], cache=cache, last_only=True)
 
-            def cached():
+            def cached(cache=cache, L=L):
                 cache.length = L - 1               # rewrite the same slot each repetition
                 model(ids[:, L - 1:L], cache=cache, last_only=True)
 
-            def uncached():
+            def uncached(L=L):
                 model(ids[:, :L], last_only=True)
 
             for variant, fn in (("kv_cache", cached), ("no_cache", uncached)):
@@ -349,7 +349,8 @@ def run(args) -> int:
     print(f"GPT n_layer={args.n_layer} n_head={args.n_head} n_embd={args.n_embd} batch={args.batch_size}, "
           f"device {args.device}; medians of {args.steps} after {args.warmup} warm-up; BLAS threads: {threads}",
           flush=True)
-    log = lambda line: print(line, flush=True)  # noqa: E731
+    def log(line):
+        print(line, flush=True)
     rows = train_study(args, dev, log) + generate_study(args, dev, log)
     csv_path = out_dir / "scaling.csv"
     write_csv(rows, csv_path)

@@ -15,11 +15,11 @@ from minigrad.nn import Parameter
 
 def _nodes(dot):
     """{node id: label} for the node statements of a DOT text."""
-    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*(\w+) \[label="((?:[^"\\]|\\.)*)"', dot, re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*(\w+) \[label="((?:[^"\\]|\\.)*)"', dot, re.MULTILINE)}
 
 
 def _edges(dot):
-    return set(re.findall(r"^\s*(\w+) -> (\w+);", dot, re.M))
+    return set(re.findall(r"^\s*(\w+) -> (\w+);", dot, re.MULTILINE))
 
 
 def test_dot_has_one_node_per_op_and_leaf_with_shapes_and_dtype(tmp_path):
@@ -38,7 +38,7 @@ def test_dot_has_one_node_per_op_and_leaf_with_shapes_and_dtype(tmp_path):
     assert nodes[by_head["fc.weight"]] == "fc.weight\\n(3, 4) float32"
     assert nodes[by_head["Sum"]] == "Sum\\n() float32"
     # leaves are drawn apart: a parameter, an input that needs grad, a constant each look different
-    styles = {h: re.search(rf"^\s*{by_head[h]} \[label=\"[^\"]*\" (.*)\];", dot, re.M).group(1)
+    styles = {h: re.search(rf"^\s*{by_head[h]} \[label=\"[^\"]*\" (.*)\];", dot, re.MULTILINE).group(1)
               for h in ("MatMul", "fc.weight", "input", "constant")}
     assert len(set(styles.values())) == 4
     edges = _edges(dot)
