@@ -33,30 +33,47 @@ def _gpt_step_parts():
 
 def test_op_times_cover_a_training_step():
     """Forward + backward: op times >= 90% of the profiled wall time. The whole step (the
-    optimizer as a region, since it is not an op): ops + regions >= 90% as well."""
+    optimizer as a region, since it is not an op): ops + regions >= 90% as well.
+
+    The machine is shared: another process can take the CPU between two ops, which no profiler
+    can attribute. So each claim is checked on the best of three steps; a systematic gap (an op,
+    or engine work, that the profiler does not see) fails all three."""
     model, opt, batch = _gpt_step_parts()
     for _ in range(2):                       # warm-up: first-touch allocations, BLAS thread start
         x, y = batch()
         model(x, y)[1].backward()
         opt.step()
         opt.zero_grad()
-    x, y = batch()
-    with profile() as prof:
-        model(x, y)[1].backward()
-    assert prof.op_time >= 0.90 * prof.wall_time, prof.table(top=10)
-    opt.zero_grad()
 
-    x, y = batch()
-    with profile() as prof:
-        model(x, y)[1].backward()
-        with prof.region("optimizer"):
-            minigrad.optim.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
+    def fwd_bwd():
+        x, y = batch()
+        with profile() as prof:
+            model(x, y)[1].backward()
+        opt.zero_grad()
+        return prof
+
+    def whole_step():
+        x, y = batch()
+        with profile() as prof:
+            model(x, y)[1].backward()
+            with prof.region("optimizer"):
+                minigrad.optim.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+        return prof
+
+    for run, covered in ((fwd_bwd, lambda p: p.op_time), (whole_step, lambda p: p.total_time)):
+        tries = []
+        for _ in range(3):
+            prof = run()
+            tries.append(covered(prof) / prof.wall_time)
+            assert prof.total_time <= prof.wall_time * (1 + 1e-9)      # nothing counted twice
+            if tries[-1] >= 0.90:
+                break
+        assert max(tries) >= 0.90, f"{run.__name__}: coverage {tries}\n{prof.table(top=10)}"
     rows = _rows(prof)
     assert ("optimizer", "region") in rows and ("MatMul", "forward") in rows and ("MatMul", "backward") in rows
-    assert prof.total_time >= 0.90 * prof.wall_time, prof.table(top=10)
-    assert prof.total_time <= prof.wall_time * (1 + 1e-9)      # nothing counted twice
+    assert ("AccumulateGrad", "backward") in rows
     assert abs(sum(r["share"] for r in rows.values()) - 1.0) < 1e-9
 
 
