@@ -5,6 +5,7 @@ imported lazily, so `minigrad --help` is instant.
   minigrad bench ops            per-op overhead and a small MLP step (next to PyTorch if installed)
   minigrad train / generate     the GPT (models/)
   minigrad bench train          GPT train-step time (models/)
+  minigrad bench scaling        step time, memory and decode latency vs sequence length (models/)
   minigrad kernels check|validate|bench   the CUDA kernel workbench (kernels/)
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _optional(module: str, *args) -> None:
+def _optional(module: str, *args, register: str = "add_subcommands") -> None:
     """Let a package register its subcommands; a package that is absent simply adds none."""
     try:
         mod = importlib.import_module(module)
@@ -29,7 +30,7 @@ def _optional(module: str, *args) -> None:
         if e.name and module.startswith(e.name):
             return
         raise
-    mod.add_subcommands(*args)
+    getattr(mod, register)(*args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=lambda a: __import__("minigrad.bench", fromlist=["main"]).main(a))
 
     _optional("models.cli", sub, bsub)
+    _optional("models.scaling", bsub, register="add_bench_subcommands")
     _optional("kernels.cli", sub)
     return p
 
