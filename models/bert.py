@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import minigrad
-import minigrad.nn as nn
 import minigrad.nn.functional as F
+from minigrad import nn
 
 # Tensors a BertModel checkpoint may hold that this encoder does not use.
 IGNORED_PREFIXES = ("pooler.", "embeddings.position_ids", "cls.")
@@ -56,7 +56,7 @@ class BertConfig:
             raise ValueError(f"BertConfig: layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
     @classmethod
-    def from_json(cls, path) -> "BertConfig":
+    def from_json(cls, path) -> BertConfig:
         """Read a transformers config.json; fields this encoder does not model are ignored, but a
         position_embedding_type other than "absolute" is refused."""
         d = json.loads(Path(path).read_text())

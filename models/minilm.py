@@ -55,7 +55,7 @@ class MiniLM:
         self.dim = model.config.hidden_size
 
     @classmethod
-    def from_pretrained(cls, path=None, config: BertConfig | None = None) -> "MiniLM":
+    def from_pretrained(cls, path=None, config: BertConfig | None = None) -> MiniLM:
         """Load a sentence-transformers folder (None: the bundled all-MiniLM-L6-v2).
 
         `config` overrides the folder's config.json; weights that do not fit it raise WeightsError
@@ -135,7 +135,7 @@ def _load_tokenizer(path: Path, max_len: int):
         raise PretrainedError(f"{path} is missing")
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises its own exception type
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type
         raise PretrainedError(f"{path} is not a valid tokenizer file ({e})") from None
     pad = tok.padding or {}
     pad_token = pad.get("pad_token", "[PAD]")

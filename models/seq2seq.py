@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 import minigrad
-import minigrad.nn as nn
 import minigrad.nn.functional as F
+from minigrad import nn
 from models.tasks import BOS, EOS, IGNORE, PAD
 
 
@@ -46,7 +46,7 @@ class Seq2SeqConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Seq2SeqConfig":
+    def from_dict(cls, d: dict) -> Seq2SeqConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown Seq2SeqConfig field(s): {', '.join(sorted(unknown))}")

@@ -29,7 +29,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The flags `minigrad train` gains for the encoder-decoder."""
     g = p.add_argument_group("encoder-decoder (--model seq2seq)")
     g.add_argument("--model", choices=["gpt", "seq2seq"], default="gpt",
-                   help="gpt (default) or seq2seq, the encoder-decoder on a synthetic task")
+                   help="gpt (default) or seq2seq, the encoder-decoder on a synthetic task; its defaults: "
+                        "2 encoder + 2 decoder layers, 4 heads, n_embd 128, batch 64, lr 2e-3 -> 1e-4, "
+                        "weight decay 0.01, 1500 steps")
     g.add_argument("--task", choices=["reverse", "sort", "add"], default=None,
                    help="seq2seq task (default reverse); --out-dir defaults to out-seq2seq-TASK")
     g.add_argument("--beam", type=int, default=None, metavar="N",

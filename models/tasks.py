@@ -58,7 +58,7 @@ class Vocab:
         return {"specials": list(SPECIALS), "chars": self.chars}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Vocab":
+    def from_state(cls, state: dict) -> Vocab:
         if list(state.get("specials", [])) != list(SPECIALS):
             raise TaskError(f"vocabulary specials {state.get('specials')} differ from {list(SPECIALS)}")
         return cls(state["chars"])
@@ -119,7 +119,7 @@ class Add(Task):
         return f"{a}+{b}", str(a + b), (da, db)
 
     def n_sources(self, key):
-        count = lambda d: 10 if d == 1 else 9 * 10 ** (d - 1)  # noqa: E731
+        count = lambda d: 10 if d == 1 else 9 * 10 ** (d - 1)
         return count(key[0]) * count(key[1])
 
 
@@ -203,5 +203,16 @@ def expected_target_tokens(task: Task) -> float:
     return (task.max_tgt_len + 1) / 2 + 1 if task.name != "add" else 6.0
 
 
-__all__ = ["PAD", "BOS", "EOS", "IGNORE", "Vocab", "Task", "TASKS", "DEFAULT_TASK", "get_task", "TaskData",
-           "TaskError"]
+__all__ = [
+    "BOS",
+    "DEFAULT_TASK",
+    "EOS",
+    "IGNORE",
+    "PAD",
+    "TASKS",
+    "Task",
+    "TaskData",
+    "TaskError",
+    "Vocab",
+    "get_task",
+]

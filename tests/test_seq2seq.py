@@ -21,7 +21,7 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "8"
 
 
 def _model(vocab=40, max_len=20, seed=0, **kw):
-    cfg = dict(n_layer=2, n_head=2, n_embd=16)
+    cfg = {"n_layer": 2, "n_head": 2, "n_embd": 16}
     cfg.update(kw)
     m = Seq2Seq(Seq2SeqConfig(vocab_size=vocab, max_len=max_len, **cfg), seed=seed)
     # random (not tiny) weights, so that any leak through a mask shows up clearly
@@ -229,7 +229,6 @@ class ShortReverse(Task):
 
 def test_a_tiny_model_learns_a_trivial_task_quickly():
     from minigrad.optim import AdamW
-
     from models.seq2seq_train import exact_match
 
     d = TaskData(ShortReverse(), heldout_size=50)
@@ -306,7 +305,7 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
         (["--model", "seq2seq", "--n-embd", 30, "--n-head", 4, "--out-dir", tmp_path / "d"], 1, "not divisible"),
     ]
     for argv, want_code, text in cases:
-        code, out, err = _train(capsys, *argv)
+        code, _, err = _train(capsys, *argv)
         assert code == want_code and text in err and err.strip().count("\n") == 0, (argv, err)
     # a seq2seq checkpoint resumed with another task
     assert _train(capsys, "--model", "seq2seq", "--out-dir", tmp_path / "r", "--max-iters", 1, *TINY)[0] == 0
