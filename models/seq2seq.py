@@ -76,6 +76,11 @@ class DecoderCache:
 
     def reorder(self, rows) -> None:
         """Keep hypotheses `rows` (beam search): index the batch axis of every cached array."""
+        from minigrad.backend import get_array_module
+
+        arrays = [kv[0] for kv in self.self_kv + self.cross_kv if kv is not None]
+        if arrays:
+            rows = get_array_module(arrays[0]).asarray(rows)
         self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
         self.cross_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.cross_kv]
 
@@ -306,8 +311,9 @@ def beam_search(model: Seq2Seq, src, beam: int, max_new: int, use_cache: bool = 
             memory, mask = model.encode(src)                         # (B*S, C), (B, 1, 1, S)
             S, C = mask.shape[-1], memory.shape[1]
             if N > 1:   # hypotheses of source b are rows b*N .. b*N+N-1
-                memory = minigrad.Tensor(np.repeat(memory.numpy().reshape(B, S, C), N, axis=0).reshape(B * N * S, C))
-                mask = np.repeat(mask, N, axis=0)
+                xp = memory._xp
+                memory = minigrad.Tensor(xp.repeat(memory.data.reshape(B, S, C), N, axis=0).reshape(B * N * S, C))
+                mask = xp.repeat(mask, N, axis=0)
             tokens = np.full((B * N, 1), BOS, np.int64)
             scores = np.zeros((B, N))
             scores[:, 1:] = -np.inf                                  # one live hypothesis to start
