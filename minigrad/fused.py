@@ -25,19 +25,13 @@ def use_kernels(device: str) -> bool:
     return device == "cuda" or (device == "cpu" and mode == "emulate")
 
 
-_launchers = None
-
-
 def launchers():
-    """The kernels package's launcher functions, imported on first use:
-    layernorm_forward/backward and attention_forward/backward (see kernels/)."""
-    global _launchers
-    if _launchers is None:
-        from types import SimpleNamespace
+    """The kernels package's launcher functions (imported on first use; looked up on every call,
+    so a test can swap one): layernorm_forward/backward and attention_forward/backward."""
+    from types import SimpleNamespace
 
-        import kernels.attention as attention
-        import kernels.launch as launch
-        _launchers = SimpleNamespace(
-            layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
-            attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)
-    return _launchers
+    import kernels.attention as attention
+    import kernels.launch as launch
+    return SimpleNamespace(
+        layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
+        attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)

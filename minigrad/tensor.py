@@ -65,6 +65,12 @@ class Tensor:
     def __len__(self):
         return self.data.shape[0]
 
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous; "
+                             "use .any() on .numpy(), or compare .item()")
+        return bool(self.data.reshape(()).item())
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = "" if self.device == "cpu" else f", device='{self.device}'"

@@ -165,3 +165,16 @@ def test_mixing_devices_in_one_op_names_both_devices(monkeypatch):
     for op in (lambda a, b: a + b, lambda a, b: a @ b, lambda a, b: mg.concatenate([a, b])):
         with pytest.raises(RuntimeError, match="different devices.*(cuda and cpu|cpu and cuda)"):
             op(gpu, cpu)
+
+
+def test_truth_value_of_a_multi_element_tensor_is_an_error():
+    t = mg.Tensor([1.0, -1.0])
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(t > 0)
+    assert bool(mg.Tensor([2.0]) > 1.0) is True
+
+
+def test_cross_entropy_mean_over_only_ignored_targets_is_nan_as_in_pytorch():
+    logits = mg.Tensor(np.zeros((2, 3)), requires_grad=True)
+    loss = F.cross_entropy(logits, np.array([-100, -100]))
+    assert np.isnan(loss.item())

@@ -123,3 +123,20 @@ def test_fast_gradcheck_and_grad_on_the_strict_backend(strict_backend):
     assert isinstance(g.data, StrictArray)
     (h,) = mg.grad((g * g).sum(), x)
     assert isinstance(h.data, StrictArray)
+
+
+def test_the_op_and_nn_suites_pass_on_the_strict_backend():
+    """The whole op and nn test files, rerun in a subprocess with MINIGRAD_STRICT=1, so every
+    "cpu" tensor holds strict arrays: NumPy-only code anywhere in those paths fails here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).parent
+    files = ["test_ops.py", "test_shapes_hypothesis.py", "test_autograd.py", "test_nn.py", "test_optim.py",
+             "test_gradcheck.py", "test_errors.py"]
+    env = {**os.environ, "MINIGRAD_STRICT": "1", "MINIGRAD_KERNELS": "off"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *files],
+                       cwd=here, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout

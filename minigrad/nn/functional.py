@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..ops import Relu, Sigmoid, Tanh
-from ..ops.nn_ops import Attention, CrossEntropy, Gelu, LayerNorm, LogSoftmax, LogSumExp, Softmax
+from ..ops.nn_ops import Attention, CrossEntropy, Gelu, LayerNorm, Linear, LogSoftmax, LogSumExp, Softmax
 from ..tensor import Tensor, _axes, _axis
 
 
@@ -162,8 +162,9 @@ def embedding(idx, weight: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
-    """x @ weight.T + bias, weight (out, in) as in PyTorch."""
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input has {x.shape[-1]} features but weight {weight.shape} expects {weight.shape[1]}")
-    y = x @ weight.T
-    return y + bias if bias is not None else y
+    """x @ weight.T + bias, weight (out, in) as in PyTorch; one op (see ops.nn_ops.Linear)."""
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not fit weight {weight.shape} (out, in)")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias shape {bias.shape} != ({weight.shape[0]},)")
+    return Linear.apply(x, weight, bias) if bias is not None else Linear.apply(x, weight)

@@ -53,6 +53,31 @@ class Gelu(Function):
         return (g * (cdf + x * pdf),)
 
 
+class Linear(Function):
+    """y = x Wᵀ + b: x (…, in), W (out, in), b (out,).
+
+    One op rather than matmul + transpose + add, so the weight gradient gᵀx comes out as a
+    contiguous (out, in) array and no transposed view has to be copied into W.grad."""
+
+    def forward(self, x, w, b=None):
+        if x.dtype != w.dtype:
+            raise TypeError(f"linear: dtype mismatch, input {x.dtype} and weight {w.dtype}")
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, g):
+        x, w = self.inputs[0], self.inputs[1]
+        n_out, n_in = w.shape
+        g2 = g.reshape((-1, n_out))                                # (N, out)
+        gx = g @ w if x.requires_grad else None                   # (…, in)
+        gw = g2.swapaxes(0, 1) @ x.reshape((-1, n_in)) if w.requires_grad else None   # (out, in)
+        if len(self.inputs) == 2:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=0) if self.inputs[2].requires_grad else None)
+
+
 # ---------------------------------------------------------------- softmax family
 def _lse(x, axis):
     """logsumexp over ``axis`` with keepdims, max-subtracted; rows of all -inf give -inf."""
@@ -124,7 +149,9 @@ class CrossEntropy(Function):
         rows = xp.arange(n)
         nll = (lse - logits[rows, safe_t]) * valid
         self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
-        self.scale = 1.0 / max(int(valid.sum()), 1) if reduction == "mean" else 1.0
+        n_valid = int(valid.sum())
+        # a mean over no rows is NaN, as in PyTorch (every target == ignore_index)
+        self.scale = (1.0 / n_valid if n_valid else float("nan")) if reduction == "mean" else 1.0
         self.p = xp.exp(logits - lse[:, None])
         if reduction == "none":
             return nll
