@@ -1,13 +1,15 @@
 """`minigrad bench train`: the GPT training step (forward, backward, clip, AdamW) at the default config.
 
-Times minigrad and, when importable, the same model in PyTorch eager, in one process, alternating
-rounds so both see the same machine load. Prints medians, their ratio, generation tokens/s with
+Times minigrad, then (when importable) the same model in PyTorch eager in a child process: in one
+process, torch's OpenMP workers and OpenBLAS's threads spin against each other on a 2-core
+machine and both slow down several-fold. Prints medians, their ratio, generation tokens/s with
 and without the KV cache at a 256-token context, and last `median_step_ms=<float>` (minigrad's).
 Uses random tokens: the step's cost does not depend on the text.
 """
 from __future__ import annotations
 
-import math
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,20 +103,46 @@ def _torch_step(model, cfg, tokens):
     return step, torch.__version__
 
 
-def _time_rounds(steps: dict, warmup: int, total: int, rounds: int = 4) -> dict:
-    """Warm each step up, then run `total` timed steps each in alternating rounds: name -> ms list."""
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in steps}
-    per_round = math.ceil(total / rounds)
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+def _time(step, warmup: int, total: int) -> list[float]:
+    """Milliseconds of `total` calls of step() after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(total):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] | None:
+    """Run the torch reference in a child process; None (with a note) when torch is unavailable."""
+    cmd = [sys.executable, "-c", "import sys, models.bench as b; sys.exit(b._torch_child())",
+           str(warmup), str(total), str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"no PyTorch reference: {last}", file=sys.stderr)
+        return None
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["times"], out["version"]
+
+
+def _torch_child() -> int:
+    from models.train import tune_malloc
+
+    warmup, total, seed = (int(a) for a in sys.argv[1:4])
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch is not importable (pip install torch)", file=sys.stderr)
+        return 3
+    tune_malloc()  # the same allocator treatment as the minigrad side
+    cfg = BENCH_CONFIG
+    tokens = np.random.default_rng(seed).integers(0, VOCAB, 200_000)
+    step, version = _torch_step(GPT(cfg, seed=seed), cfg, tokens)  # the same initial weights
+    print(json.dumps({"times": _time(step, warmup, total), "version": version}))
+    return 0
 
 
 def generation_speed(context: int, seed: int) -> dict:
@@ -135,19 +163,16 @@ def main(args) -> int:
     cfg = BENCH_CONFIG
     tokens = np.random.default_rng(args.seed).integers(0, VOCAB, 200_000)
     model = GPT(cfg, seed=args.seed)
-    steps = {}
-    torch_version = None
-    if not args.no_torch:
-        try:
-            steps["torch"], torch_version = _torch_step(model, cfg, tokens)  # copies the initial weights
-        except ImportError:
-            print("torch is not importable: no PyTorch reference (pip install torch)", file=sys.stderr)
-    steps = {"minigrad": _minigrad_step(model, cfg, tokens), **steps}
     tc = TrainConfig()
     print(f"GPT train step: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, block {cfg.block_size}, "
           f"batch {tc.batch_size}, vocab {cfg.vocab_size}, AdamW + clip; {args.warmup} warm-up + {args.steps} "
-          f"timed steps each, alternating rounds")
-    times = _time_rounds(steps, args.warmup, args.steps)
+          f"timed steps each", flush=True)
+    times = {"minigrad": _time(_minigrad_step(model, cfg, tokens), args.warmup, args.steps)}
+    torch_version = None
+    if not args.no_torch:
+        ref = _torch_times(args.warmup, args.steps, args.seed)
+        if ref is not None:
+            times["torch"], torch_version = ref
     med = {}
     for name, ts in times.items():
         med[name] = float(np.median(ts))

@@ -160,10 +160,10 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         xp = self.wte.weight._xp
-        pos = xp.arange(start, start + T)  # (T,)
         C, V = self.config.n_embd, self.config.vocab_size
         tok = self.wte(minigrad.Tensor(xp.asarray(idx_data)))  # (B, T, C)
-        x = self.drop((tok + self.wpe(minigrad.Tensor(pos))).reshape(B * T, C))  # (B*T, C)
+        pos = self.wpe.weight[start:start + T]  # (T, C): rows start..start+T-1, a slice (cheap backward)
+        x = self.drop((tok + pos).reshape(B * T, C))  # (B*T, C)
         for i, block in enumerate(self.h):
             x = block(x, B, T, cache, i)
         if cache is not None:
