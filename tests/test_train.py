@@ -376,3 +376,22 @@ def test_tune_malloc_stops_per_step_page_faults():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     # glibc's defaults trim and re-fault these pages: about 1,000 faults here; tuned, the heap keeps them
     assert faults < 200, faults
+
+
+def test_progress_and_plot_fall_back_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
+    import io
+
+    from models.train import Progress, plot_log
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    stream = io.StringIO()
+    p = Progress(total=4, initial=0, every=2, stream=stream)
+    for step in range(1, 5):
+        p.update(step, 2.5, 1e-3, 1234.0)
+    p.write("step 4: eval")
+    p.close()
+    assert stream.getvalue().splitlines() == ["step 2: loss 2.5000, lr 1.00e-03, 1,234 tok/s",
+                                              "step 4: loss 2.5000, lr 1.00e-03, 1,234 tok/s", "step 4: eval"]
+    note = plot_log([{"step": 1, "loss": 1.0, "lr": 0.1}], tmp_path / "loss.png")
+    assert "matplotlib is not installed" in note and not (tmp_path / "loss.png").exists()
