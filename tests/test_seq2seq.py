@@ -233,10 +233,10 @@ def test_a_tiny_model_learns_a_trivial_task_quickly():
 
     d = TaskData(ShortReverse(), heldout_size=50)
     m = Seq2Seq(Seq2SeqConfig(vocab_size=len(d.vocab), max_len=d.max_len, n_layer=1, n_head=2, n_embd=32), seed=0)
-    opt = AdamW(m.parameters(), lr=5e-3, weight_decay=0.0)
+    opt = AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
     rng = np.random.default_rng(0)
     first = None
-    for _ in range(250):
+    for _ in range(400):     # seeds 0-3 all reach >= 0.98 held-out exact match here
         loss = m(*d.batch("train", rng, 32))[1]
         first = first if first is not None else loss.item()
         loss.backward()
