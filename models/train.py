@@ -485,9 +485,9 @@ def main(args) -> dict:
             raise TrainError(f"checkpoint {ckpt.path} is at step {trainer.step}, already at --max-iters "
                              f"{cfg.max_iters}; raise --max-iters to train further")
     if not trainer.quiet:
+        start = f"resuming at step {trainer.step}" if ckpt else "from scratch"
         print(f"GPT {model.num_params() / 1e6:.2f}M parameters, vocab {data.vocab_size} ({data.source}), "
-              f"train {len(data.train):,} / val {len(data.val):,} tokens, {'resuming at step ' + str(trainer.step) if ckpt else 'from scratch'}",
-              file=sys.stderr)
+              f"train {len(data.train):,} / val {len(data.val):,} tokens, {start}", file=sys.stderr)
     result = trainer.run()
     if timer is not None:
         print(timer.summary(tokens_per_step=B * T * cfg.grad_accum, device=args.device), flush=True)
