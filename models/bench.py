@@ -159,6 +159,14 @@ def generation_speed(context: int, seed: int) -> dict:
     return out
 
 
+def _print_load(when: str) -> None:
+    """Other processes' load skews the figures (threaded BLAS/OpenMP stall when oversubscribed)."""
+    import os
+
+    if hasattr(os, "getloadavg"):
+        print(f"  load average {when}: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+
+
 def main(args) -> int:
     cfg = BENCH_CONFIG
     tokens = np.random.default_rng(args.seed).integers(0, VOCAB, 200_000)
@@ -167,6 +175,7 @@ def main(args) -> int:
     print(f"GPT train step: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, block {cfg.block_size}, "
           f"batch {tc.batch_size}, vocab {cfg.vocab_size}, AdamW + clip; {args.warmup} warm-up + {args.steps} "
           f"timed steps each", flush=True)
+    _print_load("before")
     times = {"minigrad": _time(_minigrad_step(model, cfg, tokens), args.warmup, args.steps)}
     torch_version = None
     if not args.no_torch:
@@ -186,5 +195,6 @@ def main(args) -> int:
         print(f"generation to a {args.gen_context}-token context (block_size {args.gen_context}, batch 1): "
               f"{g['kv_cache']:.1f} tok/s with the KV cache, {g['no_cache']:.1f} tok/s without "
               f"({g['kv_cache'] / g['no_cache']:.2f}x)")
+    _print_load("after")
     print(f"median_step_ms={med['minigrad']:.3f}")
     return 0
