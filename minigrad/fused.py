@@ -3,6 +3,7 @@
 MINIGRAD_KERNELS=auto (default): kernels on "cuda", the NumPy reference on "cpu".
 MINIGRAD_KERNELS=emulate: "cpu" tensors also run the kernels, through the CPU emulator.
 MINIGRAD_KERNELS=off: the reference everywhere.
+MINIGRAD_CPU_NATIVE=0: turns off the native CPU loops (cpu_native) that the NumPy reference uses by default.
 """
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def launchers():
     return SimpleNamespace(
         layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
         attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)
+
+
+def cpu_native(*arrays):
+    """The native CPU library (kernels/cpu/native.py: compiled at first use), or None.
+
+    None when MINIGRAD_CPU_NATIVE=0 (read on every call), when the library cannot be built (one
+    warning says why), or when any of ``arrays`` (None entries ignored) is not a C-contiguous
+    numpy.ndarray of one dtype, float32 or float64: the caller then runs its NumPy code.
+    """
+    if os.environ.get("MINIGRAD_CPU_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    try:
+        from kernels.cpu import native
+    except ImportError:
+        return None
+    if arrays and not native.eligible(*arrays):
+        return None
+    return native.load()

@@ -1,0 +1,276 @@
+// Native CPU loops for minigrad's hot non-matmul ops (built and loaded by kernels/cpu/native.py).
+//
+// Every array is C-contiguous; T is float or double; sizes are int64. Plain loops that g++ -O3
+// vectorises; reductions use `omp simd reduction` (built with -fopenmp-simd, no threads) and
+// accumulate in double. Built with -ffp-contract=off so each expression rounds exactly as the
+// NumPy reference does (no fused multiply-adds).
+//
+//   gelu        x (n) -> y = x Φ(x), slope = Φ(x) + x φ(x)
+//   ln_fwd      x (n, c), w, b (c) or null -> y, xhat (n, c), rstd (n)
+//   ln_bwd      g, xhat (n, c), rstd (n), w (c) or null -> dx (n, c); dw, db (c) or null
+//   softmax     s (B, H, Tq, Tk) in place: softmax(s·scale) over allowed keys; empty rows -> 0
+//   attn_ds     ds (rows, Tk) holding dp, p (rows, Tk): ds = p ∘ (dp − rowsum(dp ∘ p)) · scale
+//   adam        w, g, m, v (n): one Adam/AdamW step, scalars precomputed by the caller
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+typedef int64_t i64;
+
+namespace {
+
+// exp for float32 without libm: Cody–Waite reduction by ln 2 and Cephes' degree-6 polynomial
+// (about 1 ulp). Branch-free, so loops calling it vectorise. exp(x) < 2^-126 flushes to 0.
+inline float exp32(float x) {
+    float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float kf = xc * 1.44269504088896341f + 12582912.0f;   // round to nearest via 1.5·2^23
+    kf = kf - 12582912.0f;
+    float r = xc - kf * 0.693359375f;
+    r = r - kf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)kf + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    y = y * scale;
+    y = x < -87.3f ? 0.0f : y;
+    return x != x ? x : y;
+}
+
+inline double exp_t(double x) { return std::exp(x); }
+inline float exp_t(float x) { return exp32(x); }
+
+// ---------------------------------------------------------------- GELU
+// float32: erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), as minigrad/ops/special.py.
+void gelu32(const float* x, float* y, float* slope, i64 n) {
+    const float p = 0.3275911f, a1 = 0.254829592f, a2 = -0.284496736f, a3 = 1.421413741f,
+                a4 = -1.453152027f, a5 = 1.061405429f;
+    const float inv_sqrt2 = 0.70710678118654752f, inv_sqrt_2pi = 0.39894228040143268f;
+#pragma omp simd
+    for (i64 i = 0; i < n; ++i) {
+        float xi = x[i];
+        float z = std::fabs(xi * inv_sqrt2);
+        float t = 1.0f / (1.0f + p * z);
+        float q = t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))));
+        float e = exp32(-(z * z));                 // exp(-x²/2) = sqrt(2π) φ(x)
+        float h = 0.5f - 0.5f * (q * e);           // erf(|z|) / 2
+        float cdf = 0.5f + (xi < 0.0f ? -h : (xi > 0.0f ? h : 0.0f));
+        y[i] = xi * cdf;
+        slope[i] = cdf + (xi * e) * inv_sqrt_2pi;
+    }
+}
+
+// float64: the exact erf from <cmath>, so float64 gradcheck sees the true derivative.
+void gelu64(const double* x, double* y, double* slope, i64 n) {
+    const double inv_sqrt2 = 1.0 / std::sqrt(2.0), inv_sqrt_2pi = 1.0 / std::sqrt(2.0 * M_PI);
+    for (i64 i = 0; i < n; ++i) {
+        double xi = x[i];
+        double cdf = 0.5 * (1.0 + std::erf(xi * inv_sqrt2));
+        y[i] = xi * cdf;
+        slope[i] = cdf + xi * std::exp(-0.5 * xi * xi) * inv_sqrt_2pi;
+    }
+}
+
+// ---------------------------------------------------------------- LayerNorm
+template <typename T>
+void ln_fwd(const T* x, const T* w, const T* b, T* y, T* xhat, T* rstd, i64 n, i64 c, double eps) {
+    for (i64 i = 0; i < n; ++i) {
+        const T* xr = x + i * c;
+        T* hr = xhat + i * c;
+        T* yr = y + i * c;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (i64 j = 0; j < c; ++j) s += (double)xr[j];
+        const T mean = (T)(s / (double)c);
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (i64 j = 0; j < c; ++j) {
+            T d = xr[j] - mean;
+            hr[j] = d;
+            ss += (double)d * (double)d;
+        }
+        const T r = (T)(1.0 / std::sqrt(ss / (double)c + eps));
+        rstd[i] = r;
+#pragma omp simd
+        for (i64 j = 0; j < c; ++j) {
+            T h = hr[j] * r;
+            hr[j] = h;
+            T v = w ? h * w[j] : h;
+            yr[j] = b ? v + b[j] : v;
+        }
+    }
+}
+
+// dw and db are column sums over all rows, accumulated in double in row order (deterministic).
+template <typename T>
+void ln_bwd(const T* g, const T* xhat, const T* rstd, const T* w, T* dx, T* dw, T* db, i64 n, i64 c) {
+    std::vector<double> acc_w(dw ? c : 0, 0.0), acc_b(db ? c : 0, 0.0);
+    double* aw = acc_w.data();
+    double* ab = acc_b.data();
+    for (i64 i = 0; i < n; ++i) {
+        const T* gr = g + i * c;
+        const T* hr = xhat + i * c;
+        T* dr = dx + i * c;
+        double sa = 0.0, sb = 0.0;
+#pragma omp simd reduction(+ : sa, sb)
+        for (i64 j = 0; j < c; ++j) {
+            T gx = w ? gr[j] * w[j] : gr[j];
+            sa += (double)gx;
+            sb += (double)gx * (double)hr[j];
+        }
+        const T ma = (T)(sa / (double)c), mb = (T)(sb / (double)c), r = rstd[i];
+#pragma omp simd
+        for (i64 j = 0; j < c; ++j) {
+            T gx = w ? gr[j] * w[j] : gr[j];
+            dr[j] = (gx - ma - hr[j] * mb) * r;
+        }
+        if (aw) {
+#pragma omp simd
+            for (i64 j = 0; j < c; ++j) aw[j] += (double)gr[j] * (double)hr[j];
+        }
+        if (ab) {
+#pragma omp simd
+            for (i64 j = 0; j < c; ++j) ab[j] += (double)gr[j];
+        }
+    }
+    if (dw) for (i64 j = 0; j < c; ++j) dw[j] = (T)aw[j];
+    if (db) for (i64 j = 0; j < c; ++j) db[j] = (T)ab[j];
+}
+
+// ---------------------------------------------------------------- attention rows
+// s (B, H, Tq, Tk). Key j is allowed for query i iff (!causal || j <= i + Tk - Tq) and
+// (!key_mask || key_mask[b, j]). Allowed entries become softmax(s·scale); the rest, and every
+// entry of a row with no allowed key, become 0.
+template <typename T>
+void softmax_rows(T* s, i64 B, i64 H, i64 tq, i64 tk, int causal, const uint8_t* key_mask, double scale) {
+    const T sc = (T)scale;
+    for (i64 bb = 0; bb < B; ++bb) {
+        const uint8_t* km = key_mask ? key_mask + bb * tk : nullptr;
+        for (i64 h = 0; h < H; ++h) {
+            for (i64 i = 0; i < tq; ++i) {
+                T* row = s + ((bb * H + h) * tq + i) * tk;
+                i64 end = tk;                                  // keys [0, end) pass the causal test
+                if (causal) {
+                    end = i + tk - tq + 1;
+                    end = end < 0 ? 0 : (end > tk ? tk : end);
+                }
+                T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+                for (i64 j = 0; j < end; ++j) {
+                    T t = row[j] * sc;
+                    row[j] = t;
+                    T cand = (!km || km[j]) ? t : (T)-INFINITY;
+                    m = cand > m ? cand : m;
+                }
+                if (!(m > -INFINITY)) {                        // no allowed key (or all -inf)
+                    if (m != m) m = 0;                         // NaN input: let it propagate below
+                    else { for (i64 j = 0; j < tk; ++j) row[j] = 0; continue; }
+                }
+                double den = 0.0;
+                if (km) {
+                    for (i64 j = 0; j < end; ++j) {
+                        T e = km[j] ? exp_t((T)(row[j] - m)) : (T)0;
+                        row[j] = e;
+                        den += (double)e;
+                    }
+                } else {
+#pragma omp simd reduction(+ : den)
+                    for (i64 j = 0; j < end; ++j) {
+                        T e = exp_t((T)(row[j] - m));
+                        row[j] = e;
+                        den += (double)e;
+                    }
+                }
+                const T inv = den > 0.0 ? (T)(1.0 / den) : (T)0;
+#pragma omp simd
+                for (i64 j = 0; j < end; ++j) row[j] = row[j] * inv;
+                for (i64 j = end; j < tk; ++j) row[j] = 0;
+            }
+        }
+    }
+}
+
+template <typename T>
+void attn_ds(T* ds, const T* p, i64 rows, i64 tk, double scale) {
+    const T sc = (T)scale;
+    for (i64 i = 0; i < rows; ++i) {
+        T* d = ds + i * tk;
+        const T* pr = p + i * tk;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (i64 j = 0; j < tk; ++j) s += (double)d[j] * (double)pr[j];
+        const T rs = (T)s;
+#pragma omp simd
+        for (i64 j = 0; j < tk; ++j) d[j] = ((d[j] - rs) * pr[j]) * sc;
+    }
+}
+
+// ---------------------------------------------------------------- Adam / AdamW
+// mode 0: no weight decay; 1: L2 (g + wd·w); 2: decoupled (w · decay first). Same operation
+// order and roundings as minigrad/optim.py's NumPy update.
+template <int MODE, typename T>
+void adam_loop(T* w, const T* g, T* m, T* v, i64 n, T tdecay, T twd, T tb1, T tc1, T tb2, T tc2, T tss, T tib,
+               T teps) {
+#pragma omp simd
+    for (i64 i = 0; i < n; ++i) {
+        T wi = w[i], gi = g[i];
+        if (MODE == 2) wi = wi * tdecay;
+        if (MODE == 1) gi = gi + twd * wi;
+        T mi = m[i] * tb1;
+        mi = mi + tc1 * gi;
+        T vi = v[i] * tb2;
+        vi = vi + tc2 * (gi * gi);
+        T den = std::sqrt(vi) * tib;
+        den = den + teps;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = wi - tss * (mi / den);
+    }
+}
+
+template <typename T>
+void adam(T* w, const T* g, T* m, T* v, i64 n, int mode, double decay, double wd, double b1, double c1,
+          double b2, double c2, double step_size, double inv_bc2_sqrt, double eps) {
+    const T a[9] = {(T)decay, (T)wd, (T)b1, (T)c1, (T)b2, (T)c2, (T)step_size, (T)inv_bc2_sqrt, (T)eps};
+    if (mode == 2) adam_loop<2>(w, g, m, v, n, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+    else if (mode == 1) adam_loop<1>(w, g, m, v, n, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+    else adam_loop<0>(w, g, m, v, n, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+}
+
+}  // namespace
+
+#define MG_API extern "C" __attribute__((visibility("default")))
+
+MG_API int mg_abi_version() { return 1; }
+MG_API void mg_gelu_f32(const float* x, float* y, float* s, i64 n) { gelu32(x, y, s, n); }
+MG_API void mg_gelu_f64(const double* x, double* y, double* s, i64 n) { gelu64(x, y, s, n); }
+MG_API void mg_ln_fwd_f32(const float* x, const float* w, const float* b, float* y, float* xh, float* r,
+                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, xh, r, n, c, eps); }
+MG_API void mg_ln_fwd_f64(const double* x, const double* w, const double* b, double* y, double* xh, double* r,
+                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, xh, r, n, c, eps); }
+MG_API void mg_ln_bwd_f32(const float* g, const float* xh, const float* r, const float* w, float* dx, float* dw,
+                          float* db, i64 n, i64 c) { ln_bwd(g, xh, r, w, dx, dw, db, n, c); }
+MG_API void mg_ln_bwd_f64(const double* g, const double* xh, const double* r, const double* w, double* dx,
+                          double* dw, double* db, i64 n, i64 c) { ln_bwd(g, xh, r, w, dx, dw, db, n, c); }
+MG_API void mg_softmax_f32(float* s, i64 B, i64 H, i64 tq, i64 tk, int causal, const uint8_t* km, double scale) {
+    softmax_rows(s, B, H, tq, tk, causal, km, scale);
+}
+MG_API void mg_softmax_f64(double* s, i64 B, i64 H, i64 tq, i64 tk, int causal, const uint8_t* km, double scale) {
+    softmax_rows(s, B, H, tq, tk, causal, km, scale);
+}
+MG_API void mg_attn_ds_f32(float* ds, const float* p, i64 rows, i64 tk, double scale) { attn_ds(ds, p, rows, tk, scale); }
+MG_API void mg_attn_ds_f64(double* ds, const double* p, i64 rows, i64 tk, double scale) { attn_ds(ds, p, rows, tk, scale); }
+MG_API void mg_adam_f32(float* w, const float* g, float* m, float* v, i64 n, int mode, double decay, double wd,
+                        double b1, double c1, double b2, double c2, double ss, double ib, double eps) {
+    adam(w, g, m, v, n, mode, decay, wd, b1, c1, b2, c2, ss, ib, eps);
+}
+MG_API void mg_adam_f64(double* w, const double* g, double* m, double* v, i64 n, int mode, double decay, double wd,
+                        double b1, double c1, double b2, double c2, double ss, double ib, double eps) {
+    adam(w, g, m, v, n, mode, decay, wd, b1, c1, b2, c2, ss, ib, eps);
+}

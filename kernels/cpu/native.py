@@ -1,0 +1,207 @@
+"""Build fast_cpu.cpp with the machine's C++ compiler at first use and call it through ctypes.
+
+    lib = load()          # a NativeCPU, or None (no compiler, build failure: one warning, then None)
+    y, slope = lib.gelu(x)
+
+The library is cached by the SHA-256 of (source, compiler flags, compiler version, CPU model and
+flags) in $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/cpu, written atomically. The compiler is $CXX
+(default g++). Every method takes NumPy arrays that the caller has checked are C-contiguous and
+of one dtype, float32 or float64 (see ``eligible``); outputs are fresh arrays or in-place updates.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("fast_cpu.cpp")
+CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno",
+            "-fPIC", "-shared", "-fvisibility=hidden", "-w"]
+ABI_VERSION = 1
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_lock = threading.Lock()
+_loaded = False
+_lib = None
+
+
+class NativeBuildError(RuntimeError):
+    """The compiler is missing or failed; the message says which and why."""
+
+
+def cache_dir() -> Path:
+    d = os.environ.get("MINIGRAD_CACHE_DIR")
+    return (Path(d) if d else Path.home() / ".cache" / "minigrad") / "cpu"
+
+
+def _cpu_id() -> str:
+    """The CPU model and feature flags (what -march=native depends on)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k in ("model name", "flags", "Features", "CPU part") and k not in fields:
+                fields[k] = v.strip()
+    except OSError:
+        pass
+    return platform.machine() + "|" + "|".join(f"{k}={v}" for k, v in sorted(fields.items()))
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise NativeBuildError(f"the C++ compiler {cxx!r} is not usable ({e})") from e
+    return out.splitlines()[0] if out else cxx
+
+
+def build() -> Path:
+    """Compile fast_cpu.cpp (or reuse the cached library); returns the .so path."""
+    cxx = os.environ.get("CXX", "g++")
+    source = SOURCE.read_text()
+    key = hashlib.sha256("\0".join([source, " ".join(CXXFLAGS), _compiler_id(cxx), _cpu_id()]).encode())
+    out_dir = cache_dir()
+    so = out_dir / f"fast_cpu-{key.hexdigest()[:20]}.so"
+    if so.exists():
+        return so
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+        tmp_so = Path(tmp) / "lib.so"
+        proc = subprocess.run([cxx, *CXXFLAGS, str(SOURCE), "-o", str(tmp_so)], capture_output=True, text=True,
+                              check=False, timeout=300)
+        if proc.returncode != 0:
+            raise NativeBuildError(f"{cxx} failed on {SOURCE.name}:\n{proc.stderr.strip()}")
+        os.replace(tmp_so, so)
+    return so
+
+
+def load():
+    """The NativeCPU library, built on first call; None (with one warning naming why) if it cannot be."""
+    global _loaded, _lib
+    if _loaded:
+        return _lib
+    with _lock:
+        if not _loaded:
+            try:
+                _lib = NativeCPU(ctypes.CDLL(str(build())))
+            except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
+                warnings.warn(f"minigrad: the native CPU path is off, NumPy is used instead: {e}",
+                              RuntimeWarning, stacklevel=2)
+                _lib = None
+            _loaded = True
+    return _lib
+
+
+def reset() -> None:
+    """Forget the loaded library (tests use it to retry with another compiler or cache)."""
+    global _loaded, _lib
+    with _lock:
+        _loaded, _lib = False, None
+
+
+def eligible(*arrays) -> bool:
+    """True if every non-None array is a C-contiguous numpy.ndarray of one dtype, float32 or float64."""
+    dt = None
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or not a.flags.c_contiguous or a.dtype not in _DTYPES:
+            return False
+        if dt is None:
+            dt = a.dtype
+        elif a.dtype != dt:
+            return False
+    return dt is not None
+
+
+def _p(a):
+    return None if a is None else a.ctypes.data
+
+
+class NativeCPU:
+    """Typed wrappers over the compiled functions. Sizes are int64; pointers are void*."""
+
+    def __init__(self, cdll):
+        if cdll.mg_abi_version() != ABI_VERSION:
+            raise OSError(f"fast_cpu library ABI {cdll.mg_abi_version()} != {ABI_VERSION}")
+        P, I, D, C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+        sigs = {
+            "gelu": [P, P, P, I],
+            "ln_fwd": [P, P, P, P, P, P, I, I, D],
+            "ln_bwd": [P, P, P, P, P, P, P, I, I],
+            "softmax": [P, I, I, I, I, C, P, D],
+            "attn_ds": [P, P, I, I, D],
+            "adam": [P, P, P, P, I, C, D, D, D, D, D, D, D, D, D],
+        }
+        self._fn = {}
+        for name, args in sigs.items():
+            for suffix, dt in (("f32", _DTYPES[0]), ("f64", _DTYPES[1])):
+                f = getattr(cdll, f"mg_{name}_{suffix}")
+                f.argtypes, f.restype = args, None
+                self._fn[name, dt] = f
+        self.cdll = cdll
+
+    def gelu(self, x):
+        """Exact GELU of x: (y, slope = dy/dx), both shaped like x."""
+        y, slope = np.empty_like(x), np.empty_like(x)
+        self._fn["gelu", x.dtype](_p(x), _p(y), _p(slope), x.size)
+        return y, slope
+
+    def layernorm_forward(self, x2, weight, bias, eps):
+        """x2 (N, C) -> y (N, C), xhat (N, C), rstd (N, 1)."""
+        n, c = x2.shape
+        y, xhat = np.empty_like(x2), np.empty_like(x2)
+        rstd = np.empty((n, 1), x2.dtype)
+        self._fn["ln_fwd", x2.dtype](_p(x2), _p(weight), _p(bias), _p(y), _p(xhat), _p(rstd), n, c, float(eps))
+        return y, xhat, rstd
+
+    def layernorm_backward(self, g2, xhat, rstd, weight, need_dw, need_db):
+        """g2, xhat (N, C), rstd (N, 1), weight (C,) or None -> dx (N, C), dw (C,) or None, db (C,) or None."""
+        n, c = g2.shape
+        dx = np.empty_like(g2)
+        dw = np.empty(c, g2.dtype) if need_dw else None
+        db = np.empty(c, g2.dtype) if need_db else None
+        self._fn["ln_bwd", g2.dtype](_p(g2), _p(xhat), _p(rstd), _p(weight), _p(dx), _p(dw), _p(db), n, c)
+        return dx, dw, db
+
+    def softmax_(self, s, scale, causal=False, key_mask=None):
+        """In place: s (…, Tq, Tk) <- softmax(s·scale) over allowed keys; returns s.
+        causal: key j allowed for query i iff j <= i + Tk - Tq. key_mask: bool (B, Tk) for s (B, H, Tq, Tk),
+        True = allowed. A row with no allowed key becomes zeros."""
+        tq, tk = s.shape[-2], s.shape[-1]
+        if key_mask is not None:
+            b, h = s.shape[0], s.shape[1]
+            km = np.ascontiguousarray(key_mask, dtype=np.bool_)
+            if s.ndim != 4 or km.shape != (b, tk):
+                raise ValueError(f"softmax_: key_mask of shape {km.shape} does not fit scores {s.shape}")
+        else:
+            b, h, km = 1, s.size // max(tq * tk, 1), None
+        if s.size:
+            self._fn["softmax", s.dtype](_p(s), b, h, tq, tk, int(bool(causal)), _p(km), float(scale))
+        return s
+
+    def attention_ds_(self, dp, p, scale):
+        """In place: dp (…, Tk) <- p ∘ (dp − rowsum(dp ∘ p)) · scale; returns dp (then ds)."""
+        tk = dp.shape[-1]
+        if dp.size:
+            self._fn["attn_ds", dp.dtype](_p(dp), _p(p), dp.size // tk, tk, float(scale))
+        return dp
+
+    def adam_(self, w, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+        """One Adam (L2 weight decay) or AdamW (decoupled) step in place on w, m, v."""
+        mode = (2 if decoupled else 1) if weight_decay else 0
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        self._fn["adam", w.dtype](_p(w), _p(grad), _p(m), _p(v), w.size, mode, 1.0 - lr * weight_decay,
+                                  weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / bc2_sqrt,
+                                  eps)
