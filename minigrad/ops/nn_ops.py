@@ -190,6 +190,10 @@ class LayerNorm(Function):
             y, self.mean, self.rstd = fused.launchers().layernorm_forward(
                 xp.ascontiguousarray(x2), weight, bias, eps)
             return y.reshape(shape)
+        lib = fused.cpu_native(x2, weight, bias)
+        if lib is not None:
+            y, self.xhat, self.rstd = lib.layernorm_forward(x2, weight, bias, eps)
+            return y.reshape(shape)
         mean = x2.mean(axis=1, keepdims=True)
         xhat = x2 - mean                                       # (N, C), normalised in place below
         var = xp.einsum("ij,ij->i", xhat, xhat)[:, None] * (1.0 / c)
@@ -237,6 +241,17 @@ class LayerNorm(Function):
         xp = xp_of(g2)
         x = self.inputs[0]
         xhat, rstd, c = self.xhat, self.rstd, g2.shape[1]
+        lib = fused.cpu_native(g2, xhat, rstd, w.data if w is not None else None)
+        if lib is not None:
+            need_dw = self.has_w and w.requires_grad
+            need_db = self.has_b and self.inputs[-1].requires_grad
+            dx, dw, db = lib.layernorm_backward(g2, xhat, rstd, w.data if w is not None else None, need_dw, need_db)
+            out = [_T(dx.reshape(x.shape))]
+            if self.has_w:
+                out.append(_T(dw) if need_dw else None)
+            if self.has_b:
+                out.append(_T(db) if need_db else None)
+            return tuple(out)
         gx = g2 * w.data if w is not None else g2.copy()
         m2 = xp.einsum("ij,ij->i", gx, xhat)[:, None] * (1.0 / c)
         gx -= gx.mean(axis=1, keepdims=True)
