@@ -309,9 +309,26 @@ class Attention(Function):
                 xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v),
                 key_mask=key_mask, is_causal=is_causal, scale=scale)
             return self.o
+        if xp is np and (mask is None or key_mask is not None):
+            o = self._forward_native(q, k, v)
+            if o is not None:
+                return o
         full = self._full_mask(xp, q, k)
         o, self.p = attention_reference(q, k, v, full, scale)
         return o
+
+    def _forward_native(self, q, k, v):
+        """attention_reference with the scale, causal/key mask and softmax fused into one native pass
+        over the scores; None when the native library cannot take these arrays."""
+        s = q @ k.swapaxes(-1, -2)                            # (…, Tq, Tk)
+        km = self.key_mask
+        if km is not None and (s.ndim != 4 or km.shape != (s.shape[0], s.shape[-1])):
+            return None
+        lib = fused.cpu_native(s, v)
+        if lib is None:
+            return None
+        self.p = lib.softmax_(s, self.scale, causal=self.is_causal, key_mask=km)
+        return s @ v
 
     def _full_mask(self, xp, q, k):
         m = self.mask
@@ -346,6 +363,11 @@ class Attention(Function):
         p = self.p
         dv = p.swapaxes(-1, -2) @ g
         ds = g @ v.swapaxes(-1, -2)                           # dp, turned into ds in place
+        lib = fused.cpu_native(ds, p) if ds.shape == p.shape else None
+        if lib is not None:
+            lib.attention_ds_(ds, p, self.scale)
+            dq, dk = ds @ k, ds.swapaxes(-1, -2) @ q
+            return tuple(_T(sum_to_array(d, t.shape)) for d, t in zip((dq, dk, dv), self.inputs))
         rows = (ds * p).sum(axis=-1, keepdims=True)
         ds -= rows
         ds *= p
