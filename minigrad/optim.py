@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .backend import get_array_module, to_host
 
 
@@ -120,14 +121,19 @@ class Adam(Optimizer):
         xp = get_array_module(w)
         b1, b2 = g["betas"]
         lr, wd, t = g["lr"], g["weight_decay"], st["step"]
-        if wd and self.decoupled:
-            w *= 1.0 - lr * wd
-        elif wd:
-            grad = grad + wd * w
         if "exp_avg" not in st:
             st["exp_avg"] = xp.zeros_like(w)
             st["exp_avg_sq"] = xp.zeros_like(w)
         m, v = st["exp_avg"], st["exp_avg_sq"]
+        lib = fused.cpu_native(w, grad, m, v)
+        if lib is not None:   # the same math in one native pass over w, grad, m, v
+            lib.adam_(w, grad, m, v, lr=lr, beta1=b1, beta2=b2, eps=g["eps"], weight_decay=wd,
+                      decoupled=self.decoupled, step=t)
+            return
+        if wd and self.decoupled:
+            w *= 1.0 - lr * wd
+        elif wd:
+            grad = grad + wd * w
         m *= b1
         m += (1.0 - b1) * grad
         v *= b2

@@ -199,6 +199,7 @@ class NativeCPU:
 
     def adam_(self, w, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
         """One Adam (L2 weight decay) or AdamW (decoupled) step in place on w, m, v."""
+        lr, beta1, beta2, eps, weight_decay = (float(a) for a in (lr, beta1, beta2, eps, weight_decay))
         mode = (2 if decoupled else 1) if weight_decay else 0
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
