@@ -1,0 +1,311 @@
+"""The native CPU loops (kernels/cpu/fast_cpu.cpp) against the NumPy paths they replace.
+
+Each native function is compared with the NumPy code on odd sizes and masks; gradcheck runs in
+float64 with the native path on and off; the optimizers match the NumPy update bit for bit; a
+missing compiler gives one warning and the NumPy path.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+import minigrad.nn.functional as F
+import minigrad.optim as optim
+from minigrad import fused
+from minigrad.ops.nn_ops import attention_reference, causal_mask
+from minigrad.ops.special import gelu_and_slope
+from kernels.cpu import native
+
+DTYPES = (np.float32, np.float64)
+
+
+@pytest.fixture
+def lib(monkeypatch):
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib = fused.cpu_native()
+    if lib is None:
+        pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
+    return lib
+
+
+@pytest.fixture(params=["native", "numpy"])
+def mode(request, monkeypatch, lib):
+    """Run a test with the native path on, then with MINIGRAD_CPU_NATIVE=0."""
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
+def close(actual, expected, dtype, ulps=64, err_msg=""):
+    """|actual - expected| <= ulps·eps·max(1, |expected|max) + ulps·eps·|expected|, eps of ``dtype``."""
+    e = float(np.finfo(dtype).eps) * ulps
+    expected = np.asarray(expected)
+    scale = max(1.0, float(np.nanmax(np.abs(expected)))) if expected.size and np.isfinite(expected).any() else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=e, atol=e * scale, err_msg=err_msg)
+
+
+def numpy_path(monkeypatch, fn):
+    """fn() computed with the native path off."""
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "0")
+    try:
+        return fn()
+    finally:
+        monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
+
+
+# ---------------------------------------------------------------- eligibility
+def test_eligible_only_contiguous_float_ndarrays():
+    a = np.zeros((4, 6), np.float32)
+    assert native.eligible(a, None, a)
+    assert not native.eligible(a[:, ::2])                       # not C-contiguous
+    assert not native.eligible(a.astype(np.int32))
+    assert not native.eligible(a, a.astype(np.float64))        # mixed dtypes
+    assert not native.eligible(np.zeros(3, np.float16))
+    class Sub(np.ndarray):
+        pass
+    assert not native.eligible(np.zeros(3, np.float32).view(Sub))   # a subclass is not numpy.ndarray
+    assert not native.eligible(None)
+
+
+def test_env_switch_turns_native_off(monkeypatch, lib):
+    x = np.zeros(3, np.float32)
+    assert fused.cpu_native(x) is lib
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "0")
+    assert fused.cpu_native(x) is None
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
+    assert fused.cpu_native(np.zeros((3, 3), np.float32).T[:2]) is None
+
+
+# ---------------------------------------------------------------- GELU
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 33, 1000003])
+def test_gelu_matches_numpy(lib, dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    x[:3] = np.array([0.0, -30.0, 12.0])[: min(3, n)]
+    y, slope = lib.gelu(x)
+    y0, s0 = gelu_and_slope(x)
+    assert y.dtype == slope.dtype == dtype
+    close(y, y0, dtype, ulps=16 if dtype == np.float32 else 64)
+    close(slope, s0, dtype, ulps=16 if dtype == np.float32 else 64)
+
+
+def test_gelu_float64_is_the_exact_formula(lib):
+    x = np.linspace(-9, 9, 1001)
+    y, slope = lib.gelu(x)
+    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(y, x * cdf, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(slope, cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi), rtol=1e-14, atol=1e-15)
+
+
+def test_gelu_non_finite_like_numpy(lib):
+    x = np.array([np.inf, -np.inf, np.nan, 0.0], np.float32)
+    y, slope = lib.gelu(x)
+    with np.errstate(invalid="ignore"):
+        y0, s0 = gelu_and_slope(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y0))
+    np.testing.assert_array_equal(y[~np.isnan(y)], y0[~np.isnan(y0)])
+    np.testing.assert_array_equal(np.isnan(slope), np.isnan(s0))
+
+
+def test_gelu_op_uses_native_and_falls_back_for_views(monkeypatch, lib):
+    calls = []
+    orig = native.NativeCPU.gelu
+    monkeypatch.setattr(native.NativeCPU, "gelu", lambda self, x: calls.append(x.shape) or orig(self, x))
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    F.gelu(mg.Tensor(x))
+    assert calls == [(6, 8)]
+    y = F.gelu(mg.Tensor(x)[:, ::2])          # a strided view: the NumPy path
+    assert calls == [(6, 8)]
+    close(y.numpy(), gelu_and_slope(np.ascontiguousarray(x[:, ::2]))[0], np.float32, ulps=4)
+
+
+# ---------------------------------------------------------------- LayerNorm
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", [1, 2, 7, 33, 128, 4097])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_numpy(monkeypatch, lib, dtype, c, affine):
+    rng = np.random.default_rng(c)
+    n = 3 if c > 1000 else 17
+    x = (rng.standard_normal((n, c)) * 3 + 1).astype(dtype)
+    w = rng.standard_normal(c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if affine else None
+    g = rng.standard_normal((n, c)).astype(dtype)
+
+    def run():
+        ts = [mg.Tensor(a, requires_grad=True) for a in (x, w, b) if a is not None]
+        y = F.layer_norm(ts[0], (c,), *ts[1:], eps=1e-5)
+        y.backward(mg.Tensor(g))
+        return [y.numpy()] + [t.grad.numpy() for t in ts]
+
+    got, want = run(), numpy_path(monkeypatch, run)
+    for name, a, e in zip(["y", "dx", "dw", "db"], got, want):
+        close(a, e, dtype, err_msg=f"layer_norm {name}, c={c}")
+
+
+def test_layer_norm_backward_without_weight_grad(lib):
+    x = mg.Tensor(np.random.default_rng(0).standard_normal((5, 9)), requires_grad=True)
+    w = mg.Tensor(np.ones(9))           # a frozen weight: no dw is computed or returned
+    b = mg.Tensor(np.zeros(9), requires_grad=True)
+    F.layer_norm(x, (9,), w, b).sum().backward()
+    assert w.grad is None
+    np.testing.assert_allclose(b.grad.numpy(), np.full(9, 5.0))
+    np.testing.assert_allclose(x.grad.numpy(), 0.0, atol=1e-14)   # d/dx of Σ xhat is 0
+
+
+# ---------------------------------------------------------------- attention rows
+def masked_softmax_ref(s, scale, allowed):
+    """softmax(s·scale) over allowed keys in float64; rows with no allowed key -> 0."""
+    t = np.where(allowed, s.astype(np.float64) * scale, -np.inf)
+    m = t.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.where(allowed, np.exp(t - m), 0.0)
+    den = e.sum(axis=-1, keepdims=True)
+    return e / np.where(den == 0, 1, den)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tq,tk", [(1, 1), (7, 7), (3, 33), (9, 4), (2, 4097)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("keys", [False, True])
+def test_softmax_masks(lib, dtype, tq, tk, causal, keys):
+    rng = np.random.default_rng(tq * 1000 + tk)
+    B, H = 2, 3
+    s = (rng.standard_normal((B, H, tq, tk)) * 5).astype(dtype)
+    allowed = np.ones((B, H, tq, tk), bool)
+    km = None
+    if causal:
+        allowed &= causal_mask(np, tq, tk)
+    if keys:
+        km = rng.random((B, tk)) < 0.6
+        km[1] = False                                  # batch 1: every row empty
+        allowed &= km[:, None, None, :]
+    p = lib.softmax_(s.copy(), 0.37, causal=causal, key_mask=km)
+    want = masked_softmax_ref(s, np.float64(dtype(0.37)), allowed)
+    close(p, want, dtype, ulps=16)
+    assert np.all(p[~allowed] == 0)                   # masked keys and empty rows are exact zeros
+    rows = allowed.any(axis=-1)
+    np.testing.assert_allclose(p.sum(axis=-1)[rows], 1.0, rtol=16 * np.finfo(dtype).eps * tk ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_matches_attention_reference(lib, dtype):
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((2, 4, 11, 16)).astype(dtype) for _ in range(3))
+    _, p0 = attention_reference(q, k, v, causal_mask(np, 11, 11), 0.25)
+    p = lib.softmax_(q @ k.swapaxes(-1, -2), 0.25, causal=True)
+    close(p, p0, dtype, ulps=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tk", [1, 7, 33, 4097])
+def test_attention_ds_matches_numpy(lib, dtype, tk):
+    rng = np.random.default_rng(tk)
+    p = masked_softmax_ref(rng.standard_normal((5, tk)), 1.0, np.ones((5, tk), bool)).astype(dtype)
+    dp = rng.standard_normal((5, tk)).astype(dtype)
+    want = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * dtype(0.125)
+    got = lib.attention_ds_(dp.copy(), p, 0.125)
+    close(got, want, dtype, ulps=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal,key_mask", [(True, False), (False, True), (True, True), (False, False)])
+def test_sdpa_matches_numpy(monkeypatch, lib, dtype, causal, key_mask):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 3, 6, 8)).astype(dtype)
+    k, v = (rng.standard_normal((2, 3, 9, 8)).astype(dtype) for _ in range(2))
+    g = rng.standard_normal((2, 3, 6, 8)).astype(dtype)
+    am = None
+    if key_mask:
+        am = rng.random((2, 1, 1, 9)) < 0.5
+        am[0] = False
+
+    def run():
+        ts = [mg.Tensor(a, requires_grad=True) for a in (q, k, v)]
+        y = F.scaled_dot_product_attention(*ts, attn_mask=am, is_causal=causal)
+        y.backward(mg.Tensor(g))
+        return [y.numpy()] + [t.grad.numpy() for t in ts]
+
+    for name, a, e in zip(["o", "dq", "dk", "dv"], run(), numpy_path(monkeypatch, run)):
+        close(a, e, dtype, err_msg=f"sdpa {name}")
+
+
+# ---------------------------------------------------------------- gradcheck, native on and off
+def test_gradcheck_gelu(mode):
+    x = mg.Tensor(np.random.default_rng(0).standard_normal((3, 5)) * 2, requires_grad=True)
+    assert mg.gradcheck(lambda t: F.gelu(t), [x])
+
+
+def test_gradcheck_layer_norm(mode):
+    rng = np.random.default_rng(1)
+    x, w, b = (mg.Tensor(a, requires_grad=True) for a in
+               (rng.standard_normal((4, 6)), rng.standard_normal(6), rng.standard_normal(6)))
+    assert mg.gradcheck(lambda x, w, b: F.layer_norm(x, (6,), w, b), [x, w, b])
+
+
+@pytest.mark.parametrize("masking", ["causal", "keys"])
+def test_gradcheck_sdpa(mode, masking):
+    rng = np.random.default_rng(2)
+    q, k, v = (mg.Tensor(rng.standard_normal((2, 2, 4, 3)), requires_grad=True) for _ in range(3))
+    am = None
+    if masking == "keys":
+        am = np.array([True, False, True, True])[None, None, None, :].repeat(2, axis=0)
+    assert mg.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=am,
+                                                                        is_causal=masking == "causal"), [q, k, v])
+
+
+# ---------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt_cls,wd", [(optim.AdamW, 0.1), (optim.Adam, 0.05), (optim.Adam, 0.0)])
+def test_adam_matches_numpy_bitwise(monkeypatch, lib, dtype, opt_cls, wd):
+    def run():
+        rng = np.random.default_rng(7)
+        ps = [mg.Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True) for s in ((33, 7), (1,), (1001,))]
+        opt = opt_cls(ps, lr=3e-3, betas=(0.9, 0.99), weight_decay=wd)
+        for _ in range(4):
+            for p in ps:
+                p.grad = mg.Tensor(rng.standard_normal(p.shape).astype(dtype))
+            opt.step()
+        st = [opt.state[id(p)] for p in ps]
+        return [p.numpy() for p in ps] + [s["exp_avg"] for s in st] + [s["exp_avg_sq"] for s in st]
+
+    # same operation order and roundings, no fused multiply-adds: the results are identical
+    for a, e in zip(run(), numpy_path(monkeypatch, run)):
+        np.testing.assert_array_equal(a, e)
+
+
+# ---------------------------------------------------------------- fallback
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """A loader that has not loaded yet, with an empty cache; restored afterwards."""
+    monkeypatch.setenv("MINIGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
+    native.reset()
+    yield native
+    monkeypatch.undo()
+    native.reset()
+
+
+def test_missing_compiler_warns_once_and_numpy_runs(monkeypatch, fresh_native):
+    monkeypatch.setenv("CXX", str(fresh_native.cache_dir() / "no-such-compiler"))
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="no-such-compiler"):
+        assert fused.cpu_native(x) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # the second call stays quiet
+        assert fused.cpu_native(x) is None
+        y = F.gelu(mg.Tensor(x)).numpy()
+    np.testing.assert_array_equal(y, gelu_and_slope(x)[0])
+
+
+def test_build_error_warns_and_falls_back(monkeypatch, tmp_path, fresh_native):
+    bad = tmp_path / "fast_cpu.cpp"
+    bad.write_text("this is not C++;\n")
+    monkeypatch.setattr(fresh_native, "SOURCE", bad)
+    with pytest.warns(RuntimeWarning, match="failed on fast_cpu.cpp"):
+        assert fresh_native.load() is None
