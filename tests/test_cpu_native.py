@@ -309,3 +309,12 @@ def test_build_error_warns_and_falls_back(monkeypatch, tmp_path, fresh_native):
     monkeypatch.setattr(fresh_native, "SOURCE", bad)
     with pytest.warns(RuntimeWarning, match="failed on fast_cpu.cpp"):
         assert fresh_native.load() is None
+
+
+def test_softmax_nan_rows_stay_nan(lib):
+    s = np.zeros((1, 1, 3, 4), np.float32)
+    s[0, 0, 0, 1] = np.nan            # one NaN score poisons its row, as in the NumPy reference
+    s[0, 0, 1, :] = np.nan
+    p = lib.softmax_(s, 1.0)
+    assert np.isnan(p[0, 0, :2]).all()
+    np.testing.assert_array_equal(p[0, 0, 2], np.full(4, 0.25, np.float32))

@@ -144,6 +144,38 @@ void ln_bwd(const T* g, const T* xhat, const T* rstd, const T* w, T* dx, T* dw, 
 }
 
 // ---------------------------------------------------------------- attention rows
+// One row of scores (Tk). Key j is allowed iff j < end (the causal test) and, with KM, km[j] != 0.
+template <bool KM, typename T>
+void softmax_row(T* row, i64 end, i64 tk, const uint8_t* km, T sc) {
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (i64 j = 0; j < end; ++j) {
+        T t = row[j] * sc;
+        row[j] = t;
+        T cand = (!KM || km[j] != 0) ? t : (T)-INFINITY;
+        m = cand > m ? cand : m;
+    }
+    if (!(m > -INFINITY)) {                        // no allowed key: zeros, or NaN if one is NaN
+        T fill = 0;
+        for (i64 j = 0; j < end; ++j)
+            if ((!KM || km[j] != 0) && row[j] != row[j]) fill = row[j];
+        for (i64 j = 0; j < tk; ++j) row[j] = fill;
+        return;
+    }
+    T den = 0;                                     // at most Tk terms in [0, 1], one of them 1
+#pragma omp simd reduction(+ : den)
+    for (i64 j = 0; j < end; ++j) {
+        T e = exp_t((T)(row[j] - m));
+        if (KM) e = km[j] != 0 ? e : (T)0;
+        row[j] = e;
+        den += e;
+    }
+    const T inv = (T)1 / den;
+#pragma omp simd
+    for (i64 j = 0; j < end; ++j) row[j] = row[j] * inv;
+    for (i64 j = end; j < tk; ++j) row[j] = 0;
+}
+
 // s (B, H, Tq, Tk). Key j is allowed for query i iff (!causal || j <= i + Tk - Tq) and
 // (!key_mask || key_mask[b, j]). Allowed entries become softmax(s·scale); the rest, and every
 // entry of a row with no allowed key, become 0.
@@ -155,42 +187,13 @@ void softmax_rows(T* s, i64 B, i64 H, i64 tq, i64 tk, int causal, const uint8_t*
         for (i64 h = 0; h < H; ++h) {
             for (i64 i = 0; i < tq; ++i) {
                 T* row = s + ((bb * H + h) * tq + i) * tk;
-                i64 end = tk;                                  // keys [0, end) pass the causal test
+                i64 end = tk;
                 if (causal) {
                     end = i + tk - tq + 1;
                     end = end < 0 ? 0 : (end > tk ? tk : end);
                 }
-                T m = -INFINITY;
-#pragma omp simd reduction(max : m)
-                for (i64 j = 0; j < end; ++j) {
-                    T t = row[j] * sc;
-                    row[j] = t;
-                    T cand = (!km || km[j]) ? t : (T)-INFINITY;
-                    m = cand > m ? cand : m;
-                }
-                if (!(m > -INFINITY)) {                        // no allowed key (or all -inf)
-                    if (m != m) m = 0;                         // NaN input: let it propagate below
-                    else { for (i64 j = 0; j < tk; ++j) row[j] = 0; continue; }
-                }
-                double den = 0.0;
-                if (km) {
-                    for (i64 j = 0; j < end; ++j) {
-                        T e = km[j] ? exp_t((T)(row[j] - m)) : (T)0;
-                        row[j] = e;
-                        den += (double)e;
-                    }
-                } else {
-#pragma omp simd reduction(+ : den)
-                    for (i64 j = 0; j < end; ++j) {
-                        T e = exp_t((T)(row[j] - m));
-                        row[j] = e;
-                        den += (double)e;
-                    }
-                }
-                const T inv = den > 0.0 ? (T)(1.0 / den) : (T)0;
-#pragma omp simd
-                for (i64 j = 0; j < end; ++j) row[j] = row[j] * inv;
-                for (i64 j = end; j < tk; ++j) row[j] = 0;
+                if (km) softmax_row<true>(row, end, tk, km, sc);
+                else softmax_row<false>(row, end, tk, km, sc);
             }
         }
     }
