@@ -318,3 +318,25 @@ def test_softmax_nan_rows_stay_nan(lib):
     p = lib.softmax_(s, 1.0)
     assert np.isnan(p[0, 0, :2]).all()
     np.testing.assert_array_equal(p[0, 0, 2], np.full(4, 0.25, np.float32))
+
+
+def test_sdpa_on_strided_head_views_uses_native(monkeypatch, lib):
+    """q, k, v as the GPT makes them: strided views of one (3, B, nh, T, hs) transpose."""
+    calls = []
+    orig_sm, orig_ds = native.NativeCPU.softmax_, native.NativeCPU.attention_ds_
+    monkeypatch.setattr(native.NativeCPU, "softmax_", lambda self, *a, **k: calls.append("softmax") or orig_sm(self, *a, **k))
+    monkeypatch.setattr(native.NativeCPU, "attention_ds_", lambda self, *a: calls.append("ds") or orig_ds(self, *a))
+    rng = np.random.default_rng(4)
+    qkv = rng.standard_normal((2, 5, 3, 2, 4)).astype(np.float32)          # (B, T, 3, nh, hs)
+
+    def run():
+        t = mg.Tensor(qkv, requires_grad=True)
+        h = t.transpose(2, 0, 3, 1, 4)                                     # (3, B, nh, T, hs)
+        y = F.scaled_dot_product_attention(h[0], h[1], h[2], is_causal=True)
+        (y * y).sum().backward()
+        return y.numpy(), t.grad.numpy()
+
+    got = run()
+    assert calls == ["softmax", "ds"]
+    for a, e in zip(got, numpy_path(monkeypatch, run)):
+        close(a, e, np.float32)

@@ -324,7 +324,7 @@ class Attention(Function):
         km = self.key_mask
         if km is not None and (s.ndim != 4 or km.shape != (s.shape[0], s.shape[-1])):
             return None
-        lib = fused.cpu_native(s, v)
+        lib = fused.cpu_native(s)
         if lib is None:
             return None
         self.p = lib.softmax_(s, self.scale, causal=self.is_causal, key_mask=km)
