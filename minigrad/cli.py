@@ -7,6 +7,7 @@ imported lazily, so `minigrad --help` is instant.
   minigrad bench train          GPT train-step time (models/)
   minigrad bench scaling        step time, memory and decode latency vs sequence length (models/)
   minigrad kernels check|validate|bench   the CUDA kernel workbench (kernels/)
+  minigrad embed "a" "b" ...    MiniLM sentence embeddings and their cosine similarities (models/)
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _optional("models.cli", sub, bsub)
     _optional("models.scaling", bsub, register="add_bench_subcommands")
+    _optional("models.embed_cli", sub)
     _optional("kernels.cli", sub)
     return p
 
