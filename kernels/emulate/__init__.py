@@ -1,0 +1,1 @@
+"""The CPU emulator for the CUDA kernels: cuda_emu.h and its builder."""
