@@ -6,17 +6,18 @@ nh = n_head, hs = C // nh, V = vocab_size.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 import minigrad
-import minigrad.nn as nn
 import minigrad.nn.functional as F
+from minigrad import nn
+from models.config import ModelConfig
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     vocab_size: int = 84
     block_size: int = 64
     n_layer: int = 4
@@ -25,26 +26,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
 
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GPTConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+    _positive_ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 
 
 class KVCache:

@@ -12,18 +12,19 @@ kept 2-D, (B*S, C) and (B*T, C), so each Linear is one GEMM.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 import minigrad
 import minigrad.nn.functional as F
 from minigrad import nn
+from models.config import ModelConfig
 from models.tasks import BOS, EOS, IGNORE, PAD
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(ModelConfig):
     vocab_size: int = 40
     max_len: int = 32          # positions, for the source and for the decoder input
     n_layer: int = 2           # encoder layers, and as many decoder layers
@@ -32,25 +33,7 @@ class Seq2SeqConfig:
     dropout: float = 0.0
     bias: bool = True
 
-    def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Seq2SeqConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown Seq2SeqConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+    _positive_ints = ("vocab_size", "max_len", "n_layer", "n_head", "n_embd")
 
 
 class DecoderCache:
