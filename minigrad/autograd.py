@@ -215,12 +215,22 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             if prof is not None:
                 t0 = prof.clock()
             if k in owned:
-                cur.data += g.data
-            else:
-                grads[k] = Tensor._make(cur.data + g.data, False)
+                _add_into(cur.data, g)
+            else:     # the first sum allocates a buffer we own; later ones add into it in place
+                if hasattr(cur, "add_into"):
+                    buf = cur.data                   # a SliceGrad builds a fresh dense array
+                    _add_into(buf, g)
+                elif hasattr(g, "add_into"):
+                    buf = cur.data.copy()
+                    g.add_into(buf)
+                else:
+                    buf = cur.data + g.data
+                grads[k] = Tensor._make(buf, False)
                 owned.add(k)
             if prof is not None:
-                prof.record("AccumulateGrad", "backward", t0, prof.clock(), None, (cur.data, g.data), grads[k].data)
+                added = g.values if hasattr(g, "add_into") else g.data
+                prof.record("AccumulateGrad", "backward", t0, prof.clock(), None, (grads[k].data, added),
+                            grads[k].data)
 
     for r, g in zip(roots, root_grads):
         accumulate(r, g)
@@ -231,6 +241,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             k = id(fn)
             out_grad = grads.get(k) if k in want else grads.pop(k, None)
             owned.discard(k)
+            if hasattr(out_grad, "add_into"):       # a SliceGrad: ops take dense gradients
+                out_grad = Tensor._make(out_grad.data, False)
             if out_grad is None:
                 if not retain_graph:
                     fn.release()
@@ -259,7 +271,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 fn.release()
 
     if inputs is not None:
-        return [grads.get(key(t)) for t in inputs]
+        return [None if g is None else Tensor._make(g.data, False) if hasattr(g, "add_into") else g
+                for g in (grads.get(key(t)) for t in inputs)]
     if prof is not None:
         t0 = prof.clock()
     for k, g in grads.items():
@@ -272,12 +285,21 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             with _GradMode(True):
                 t.grad = g * 1.0 if t.grad is None else t.grad + g
         elif t.grad is None:
-            t.grad = g if k in owned else Tensor._make(g.data.copy(), False)
+            fresh = k in owned or hasattr(g, "add_into")    # a SliceGrad's dense array is new
+            t.grad = Tensor._make(g.data if fresh else g.data.copy(), False)
         else:
-            t.grad.data += g.data
+            _add_into(t.grad.data, g)
     if prof is not None:
         prof.record("AccumulateGrad", "backward", t0, prof.clock(), None, None, None)
     return None
+
+
+def _add_into(buf, g):
+    """buf += g in place; a SliceGrad adds only its slice."""
+    if hasattr(g, "add_into"):
+        g.add_into(buf)
+    else:
+        buf += g.data
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=None):

@@ -295,3 +295,24 @@ def test_casting_to_an_integer_dtype_cuts_the_graph():
     assert i.dtype == np.int64 and not i.requires_grad and i.numpy().tolist() == [1, -2]
     (x.astype(np.float32) * 2.0).sum().backward()   # a float cast stays differentiable
     assert_close(x.grad, [2.0, 2.0])
+
+
+def test_slice_gradients_of_one_tensor_accumulate_into_one_dense_grad():
+    """Pieces of one tensor (as q, k, v of a fused projection) get first-order SliceGrads that
+    the engine adds into one buffer; the result equals the dense computation."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3, 4, 5))
+    w = rng.standard_normal((3, 4, 5))
+    x = mg.Tensor(a.copy(), requires_grad=True)
+    q, k, v = x[0], x[1], x[2]
+    loss = (q * w[0]).sum() + (k * k * w[1]).sum() + (v.exp() * w[2]).sum() + (x[0, 1:] * 3.0).sum()
+    loss.backward()
+    want = np.stack([w[0], 2 * a[1] * w[1], np.exp(a[2]) * w[2]])
+    want[0, 1:] += 3.0
+    assert np.allclose(x.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+    x.grad = None
+    x[1].sum().backward()                                # a lone slice: .grad is a dense, writable array
+    g = x.grad.numpy()
+    assert g.shape == (3, 4, 5) and g[1].sum() == 20 and g[0].sum() == 0 and g[2].sum() == 0
+    (gx,) = mg.grad((x[2] * 2.0).sum(), [x])
+    assert gx.shape == (3, 4, 5) and float(gx.numpy()[2].sum()) == 40.0

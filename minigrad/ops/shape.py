@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autograd import Function
+from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
+from ..tensor import Tensor
 from ._util import xp_of
 
 
@@ -97,7 +98,39 @@ class GetItem(Function):
             raise IndexError(f"{e} (tensor shape {a.shape})") from None
 
     def backward(self, g):
+        if not is_grad_enabled() and _is_basic(self.idx):
+            # first order, a basic slice: the engine adds the slice into one buffer (see SliceGrad)
+            return (SliceGrad(self.shape, self.idx, g.data),)
         return (IndexAdd.apply(g, shape=self.shape, idx=self.idx),)
+
+
+class SliceGrad(Tensor):
+    """A first-order gradient that is zero except on one basic slice: zeros(shape)[idx] = values.
+
+    Splitting a tensor into pieces (q, k, v from one projection) gives each piece's gradient as
+    a SliceGrad; the backward engine adds them into a single buffer (``add_into``) instead of
+    allocating a full-size zero array per piece. Reading ``.data`` builds the dense array once.
+    """
+
+    __slots__ = ("full_shape", "idx", "values", "_dense")
+
+    def __init__(self, shape, idx, values):
+        self.full_shape, self.idx, self.values, self._dense = tuple(shape), idx, values, None
+        self.requires_grad, self.grad, self._ctx = False, None, None
+
+    @property
+    def data(self):
+        if self._dense is None:
+            self._dense = get_array_module(self.values).zeros(self.full_shape, dtype=self.values.dtype)
+            self._dense[self.idx] = self.values
+        return self._dense
+
+    shape = property(lambda self: self.full_shape)
+    dtype = property(lambda self: self.values.dtype)
+
+    def add_into(self, buf):
+        """buf += this gradient, touching only the slice."""
+        buf[self.idx] += self.values
 
 
 def _is_basic(idx):
