@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from . import fused
 from .backend import get_array_module, to_host
@@ -192,8 +191,8 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     grads = [p.grad.data for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g.astype(np.float64, copy=False) ** 2).sum()) if g.dtype != np.float64
-                          else float((g * g).sum()) for g in grads))
+    # each tensor's squared norm is one BLAS dot (no temporaries); the sum over tensors is in float64
+    total = math.sqrt(sum(float(get_array_module(g).vdot(g.ravel(), g.ravel())) for g in grads))
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for g in grads:
