@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-
 from . import fused
 from .backend import get_array_module, to_host
 
