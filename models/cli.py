@@ -135,6 +135,7 @@ def run_train(args) -> int:
     from models import seq2seq_train
     from models import train as train_gpt
 
+    train_gpt.tune_malloc()               # both models: step temporaries stay in glibc's heap
     code = seq2seq_train.dispatch(args)  # --model seq2seq runs there; None means the GPT job
     if code is not None:
         return code
@@ -142,7 +143,6 @@ def run_train(args) -> int:
     problem = _check_device(args.device)
     if problem:
         return _fail("train", problem)
-    train_gpt.tune_malloc()
     try:
         result = train_gpt.main(args)
     except train_gpt.USER_ERRORS as e:
