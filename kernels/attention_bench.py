@@ -72,18 +72,8 @@ class _CudaTimer:
         self.cupy = cupy
 
     def __call__(self, fn, warmup, repeat):
-        cp = self.cupy
-        for _ in range(warmup):
-            fn()
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        times = []
-        for _ in range(repeat):
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) * 1e-3)
-        return statistics.median(times)
+        from kernels.bench import _time   # the workbench's CUDA-event timer
+        return _time(self.cupy, fn, warmup, repeat)
 
 
 def _pool_growth(xp, fn):
