@@ -126,6 +126,17 @@ def estimate(name: str, phase: str, in_shapes, out_shape, itemsize: int, needs=N
         flops = one * (int(needs[0]) + int(needs[1]))
         by = (needs[0] * (out + 2 * ins[0] + ins[1]) + needs[1] * (out + 2 * ins[1] + ins[0])) * itemsize
         return flops, by
+    if name == "Linear":                        # y = x Wᵀ (+ b): x (…, in), W (out, in)
+        x, w = in_shapes[0], in_shapes[1]
+        rows, n_out = ins[0] // max(x[-1], 1), w[0]
+        one = 2 * rows * x[-1] * n_out
+        out = rows * n_out
+        if fwd:
+            return one + (out if n_in == 3 else 0), (ins[0] + ins[1] + out + (n_out if n_in == 3 else 0)) * itemsize
+        # dx = g W and dW = gᵀ x (each one GEMM), db = Σ g
+        flops = one * (int(needs[0]) + int(needs[1])) + (out if n_in == 3 and needs[2] else 0)
+        by = (needs[0] * (out + ins[1] + ins[0]) + needs[1] * (out + ins[0] + ins[1])) * itemsize
+        return flops, by
     if name == "Attention":
         q, k, v = in_shapes[:3]
         tq, d, tk, dv = q[-2], q[-1], k[-2], v[-1]

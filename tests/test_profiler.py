@@ -253,3 +253,11 @@ def test_phase_timer_detaches_the_profiler_when_a_step_fails():
         assert autograd._profiler is not None
         raise KeyboardInterrupt
     assert autograd._profiler is None
+
+
+def test_linear_flops_are_estimated_as_gemms():
+    # y = x Wᵀ + b over 24 rows: 2·24·8·5 multiply-adds plus the bias; backward: two GEMMs + Σ g
+    f, _ = estimate("Linear", "forward", [(4, 6, 8), (5, 8), (5,)], (4, 6, 5), 4)
+    assert f == 2 * 24 * 8 * 5 + 24 * 5
+    fb, _ = estimate("Linear", "backward", [(4, 6, 8), (5, 8), (5,)], (4, 6, 5), 4)
+    assert fb == 2 * (2 * 24 * 8 * 5) + 24 * 5
