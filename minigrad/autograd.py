@@ -177,7 +177,7 @@ def _topo_order(roots):
                 "values were freed after the first backward. Pass retain_graph=True to the first "
                 "backward() if you need to backward twice.")
         stack.append((fn, True))
-        for t in fn.inputs:
+        for t in reversed(fn.inputs):        # reversed: the first input's ops come first in the order
             c = t._ctx
             if c is not None and id(c) not in seen:
                 stack.append((c, False))

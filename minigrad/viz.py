@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import warnings
 
+from .autograd import _topo_order
+
 __all__ = ["draw_graph", "graph_to_dot"]
 
 _IMAGE_FORMATS = ("svg", "png", "pdf")
@@ -54,7 +56,7 @@ def _param_names(params) -> dict:
 
 
 def _collect(tensor, names):
-    """Nodes in topological order (inputs first), found with an explicit stack (no recursion)."""
+    """Nodes in topological order (inputs first), from the engine's iterative traversal."""
     from .nn.module import Parameter
     from .tensor import Tensor
 
@@ -82,30 +84,21 @@ def _collect(tensor, names):
     if tensor._ctx is None:
         n = leaf(tensor)
         return [n], n
-    stack = [(tensor._ctx, False)]
-    seen = set()
-    while stack:
-        fn, done = stack.pop()
-        if done:
-            out = out_of[id(fn)]
-            n = _Node(f"op{len(index)}", "op", f"{type(fn).__name__}\n{_fmt_shape(out.shape)} {out.dtype}")
-            n.fn = fn
-            index[id(fn)] = n
-            order.append(n)
-            continue
-        if id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        if fn.inputs is None:
-            raise RuntimeError(f"draw_graph: the graph was freed by backward() (at op {type(fn).__name__}); "
-                               "draw it before backward(), or call backward(retain_graph=True)")
-        stack.append((fn, True))
-        for t in reversed(fn.inputs):        # reversed: the first input is visited first
-            c = t._ctx
-            if c is not None:
-                out_of.setdefault(id(c), t)
-                if id(c) not in seen:
-                    stack.append((c, False))
+    try:
+        fns = _topo_order([tensor])          # the engine's own traversal: inputs' ops first
+    except RuntimeError:
+        raise RuntimeError("draw_graph: the graph was freed by backward(); draw it before backward(), "
+                           "or call backward(retain_graph=True)") from None
+    for fn in fns:                           # each op's output tensor: the one its consumers hold
+        for t in fn.inputs:
+            if t._ctx is not None:
+                out_of.setdefault(id(t._ctx), t)
+    for fn in fns:
+        out = out_of[id(fn)]
+        n = _Node(f"op{len(index)}", "op", f"{type(fn).__name__}\n{_fmt_shape(out.shape)} {out.dtype}")
+        n.fn = fn
+        index[id(fn)] = n
+        order.append(n)
     # inputs and signatures, now that every op has its place in the order
     pos = {n.id: i for i, n in enumerate(order)}
     for i, n in enumerate(order):
