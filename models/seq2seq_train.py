@@ -81,11 +81,11 @@ def _given(args, names) -> dict:
 
 def main(args) -> dict:
     """Train (or resume), then evaluate; returns Trainer.run()'s summary plus exact_match."""
-    from models.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+    from models.checkpoint import CheckpointError, has_checkpoint
     from models.cli import DEFAULT_OUT
     from models.seq2seq import Seq2Seq, Seq2SeqConfig
     from models.tasks import DEFAULT_TASK, TaskData, Vocab, expected_target_tokens, get_task
-    from models.train import TrainConfig, Trainer, TrainError
+    from models.train import TrainConfig, Trainer, TrainError, checkpoint_to_resume
 
     for k in GPT_ONLY_FLAGS:
         if getattr(args, k, None) is not None:
@@ -101,13 +101,9 @@ def main(args) -> dict:
     out_dir = Path(args.out_dir if args.out_dir != DEFAULT_OUT else f"out-seq2seq-{task_name or DEFAULT_TASK}")
     ckpt = None
     if args.resume:
-        if args.force:
-            raise TrainError("--resume and --force contradict each other")
-        ckpt = load_checkpoint(out_dir)
+        ckpt = checkpoint_to_resume(out_dir, args.force, "seq2seq",
+                                    "not a seq2seq one (drop --model seq2seq, or choose another --out-dir)")
         meta = ckpt.meta
-        if meta.get("model") != "seq2seq":
-            raise TrainError(f"checkpoint {ckpt.path} holds a {meta.get('model')!r} model, not a seq2seq one "
-                             "(drop --model seq2seq, or choose another --out-dir)")
         if task_name is not None and task_name != meta.get("task"):
             raise CheckpointError(f"checkpoint {ckpt.path} was trained on task {meta.get('task')!r}, "
                                   f"but --task {task_name} was given")

@@ -407,6 +407,17 @@ DEFAULT_DATA = {"data": None, "tokenizer": "char", "vocab_size": None}
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
 
 
+def checkpoint_to_resume(out_dir: Path, force: bool, model: str, not_this: str):
+    """The checkpoint that --resume continues: refuses --force alongside it, and a checkpoint of
+    another model kind (``not_this`` ends the message, e.g. "not a GPT")."""
+    if force:
+        raise TrainError("--resume and --force contradict each other")
+    ckpt = load_checkpoint(out_dir)
+    if ckpt.meta.get("model") != model:
+        raise TrainError(f"checkpoint {ckpt.path} holds a {ckpt.meta.get('model')!r} model, {not_this}")
+    return ckpt
+
+
 def _given(args, names) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
@@ -423,12 +434,8 @@ def main(args) -> dict:
     given_data = _given(args, DEFAULT_DATA)
     ckpt = None
     if args.resume:
-        if args.force:
-            raise TrainError("--resume and --force contradict each other")
-        ckpt = load_checkpoint(out_dir)
+        ckpt = checkpoint_to_resume(out_dir, args.force, "gpt", "not a GPT")
         meta = ckpt.meta
-        if meta.get("model") != "gpt":
-            raise TrainError(f"checkpoint {ckpt.path} holds a {meta.get('model')!r} model, not a GPT")
         saved_model = meta["model_config"]
         for k, v in given_model.items():
             if saved_model.get(k) != v:
