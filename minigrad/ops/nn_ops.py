@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..autograd import Function, is_grad_enabled
+from ..backend import device_of
 from .. import fused
 from ._util import saved, unbroadcast, xp_of
 from .shape import sum_to_array
@@ -185,7 +186,7 @@ class LayerNorm(Function):
         xp = xp_of(x)
         self.eps, self.has_w, self.has_b = eps, weight is not None, bias is not None
         shape, c = x.shape, x.shape[-1]
-        self.kernel = fused.use_kernels("cuda" if xp.__name__.startswith("cupy") else "cpu")
+        self.kernel = fused.use_kernels(device_of(x))
         x2 = x.reshape(-1, c)
         if self.kernel:
             y, self.mean, self.rstd = fused.launchers().layernorm_forward(
@@ -218,7 +219,7 @@ class LayerNorm(Function):
             if self.has_w:
                 out.append(_T(dw))
             if self.has_b:
-                out.append(_T(db if db is not None else g.data.reshape(-1, c).sum(axis=0)))
+                out.append(_T(db))           # the launcher computes dbias whenever bias=True
             return tuple(out)
         if not is_grad_enabled():
             return self._backward_arrays(g.data.reshape(-1, c), w)
@@ -303,8 +304,7 @@ class Attention(Function):
     def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None, kernel_ok=False):
         xp = xp_of(q)
         self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
-        device = "cuda" if xp.__name__.startswith("cupy") else "cpu"
-        self.kernel = kernel_ok and fused.use_kernels(device)
+        self.kernel = kernel_ok and fused.use_kernels(device_of(q))
         if self.kernel:
             self.o, self.lse = fused.launchers().attention_forward(
                 xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v),
