@@ -149,6 +149,13 @@ def estimate(name: str, phase: str, in_shapes, out_shape, itemsize: int, needs=N
         if kernel:
             flops += 2 * scores * d + 5 * scores
         return flops, 2 * io + (0 if kernel else 4 * scores * itemsize)
+    if name == "QKVAttention":                  # qkv (B, T, 3C) -> (B, T, C), fused: no (T, T) buffer kept
+        b, t, c = in_shapes[0][0], in_shapes[0][1], in_shapes[0][2] // 3
+        gemm = 2 * b * t * t * c                # one (T, T)·(T, hs) product summed over the heads
+        if fwd:                                 # S = Q Kᵀ, O = P V (the softmax's few FLOPs per score left out)
+            return 2 * gemm, (ins[0] + b * t * c) * itemsize
+        # S recomputed, dP = dO Vᵀ, dQ, dK, dV; reads qkv, y, dy, writes dqkv
+        return 5 * gemm, (2 * ins[0] + 2 * b * t * c) * itemsize
     if name == "LayerNorm":
         x = ins[0]
         c = in_shapes[0][-1] if in_shapes[0] else 1

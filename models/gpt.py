@@ -63,10 +63,12 @@ class CausalSelfAttention(nn.Module):
         """x: (B*T, C) -> (B*T, C)."""
         C = x.shape[1]
         nh = self.n_head
+        if cache is None:   # one fused op on the CPU; the attention kernels on a GPU
+            y = F.qkv_self_attention(self.c_attn(x).reshape(B, T, 3 * C), nh, is_causal=True)  # (B, T, C)
+            return self.resid_drop(self.c_proj(y.reshape(B * T, C)))
         qkv = self.c_attn(x).reshape(B, T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs)
+        k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs)
         # is_causal is bottom-right aligned: query i (of T) sees keys j <= i + Tk - T.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B * T, C)  # (B*T, C)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 CSV_FIELDS = ("study", "variant", "seq_len", "median_ms", "min_ms", "attention_ms", "peak_mib", "tokens_per_s")
+ATTENTION_OPS = ("Attention", "QKVAttention")  # the profiler rows that are attention: SDPA, or the fused CPU op
 
 
 def _int_list(text: str) -> list[int]:
@@ -180,7 +181,7 @@ def train_study(args, dev: _Device, log=print) -> list[dict]:
                 for _ in range(3):                  # profiled steps, to split off attention
                     with minigrad.profile() as prof:
                         step()
-                    atts.append(sum(r["total_s"] for r in prof.key_averages() if r["name"] == "Attention"))
+                    atts.append(sum(r["total_s"] for r in prof.key_averages() if r["name"] in ATTENTION_OPS))
                 att = float(np.median(atts))
                 mem: dict = {}
                 with dev.peak(mem):

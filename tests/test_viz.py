@@ -59,7 +59,7 @@ def test_collapse_folds_the_transformer_layers():
     full = viz.graph_to_dot(loss, params=model)
     small = viz.graph_to_dot(loss, collapse=True, params=model)
     n_full = sum(1 for v in _nodes(full).values() if "float32" in v)
-    per_layer = sum(1 for v in _nodes(full).values() if v.startswith(("LayerNorm", "Attention", "Gelu")))
+    per_layer = sum(1 for v in _nodes(full).values() if v.startswith(("LayerNorm", "Attention", "QKVAttention", "Gelu")))
     assert per_layer == 3 * 4 + 1          # ln_1, attention, ln_2, gelu per layer, and ln_f
     assert "block repeated 3x" in small
     assert "copies 2..3 of the block above" in small

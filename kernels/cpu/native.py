@@ -1,9 +1,13 @@
-"""Build fast_cpu.cpp with the machine's C++ compiler at first use and call it through ctypes.
+"""Build the native CPU sources with the machine's C++ compiler at first use and call them through ctypes.
+
+Two translation units make one library: fast_cpu.cpp (elementwise and row loops, built with
+-ffp-contract=off so each expression rounds as its NumPy reference) and attention_cpu.cpp (the
+fused packed attention, whose small GEMMs want fused multiply-adds).
 
     lib = load()          # a NativeCPU, or None (no compiler, build failure: one warning, then None)
     y, slope = lib.gelu(x)
 
-The library is cached by the SHA-256 of (source, compiler flags, compiler version, CPU model and
+The library is cached by the SHA-256 of (sources, compiler flags, compiler version, CPU model and
 flags) in $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/cpu, written atomically. The compiler is $CXX
 (default g++). Every method takes NumPy arrays that the caller has checked are C-contiguous and
 of one dtype, float32 or float64 (see ``eligible``); outputs are fresh arrays or in-place updates.
@@ -24,9 +28,12 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("fast_cpu.cpp")
-CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno",
-            "-fPIC", "-shared", "-fvisibility=hidden", "-w"]
-ABI_VERSION = 1
+ATTENTION_SOURCE = Path(__file__).with_name("attention_cpu.cpp")
+HEADERS = (Path(__file__).with_name("vecmath.h"),)
+CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC",
+            "-fvisibility=hidden", "-w"]
+SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "attention_cpu.cpp": ["-ffp-contract=fast"]}
+ABI_VERSION = 2
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _lock = threading.Lock()
@@ -66,23 +73,35 @@ def _compiler_id(cxx: str) -> str:
 
 
 def build() -> Path:
-    """Compile fast_cpu.cpp (or reuse the cached library); returns the .so path."""
+    """Compile the sources (or reuse the cached library); returns the .so path."""
     cxx = os.environ.get("CXX", "g++")
-    source = SOURCE.read_text()
-    key = hashlib.sha256("\0".join([source, " ".join(CXXFLAGS), _compiler_id(cxx), _cpu_id()]).encode())
+    sources = (SOURCE, ATTENTION_SOURCE)
+    texts = [p.read_text() for p in (*sources, *HEADERS)]
+    flags = " ".join(CXXFLAGS) + repr(sorted(SOURCE_FLAGS.items()))
+    key = hashlib.sha256("\0".join([*texts, flags, _compiler_id(cxx), _cpu_id()]).encode())
     out_dir = cache_dir()
     so = out_dir / f"fast_cpu-{key.hexdigest()[:20]}.so"
     if so.exists():
         return so
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+        objects = []
+        for src in sources:
+            obj = Path(tmp) / (src.stem + ".o")
+            cmd = [cxx, *CXXFLAGS, *SOURCE_FLAGS.get(src.name, []), f"-I{HEADERS[0].parent}", "-c", str(src),
+                   "-o", str(obj)]
+            _run(cxx, src.name, cmd)
+            objects.append(str(obj))
         tmp_so = Path(tmp) / "lib.so"
-        proc = subprocess.run([cxx, *CXXFLAGS, str(SOURCE), "-o", str(tmp_so)], capture_output=True, text=True,
-                              check=False, timeout=300)
-        if proc.returncode != 0:
-            raise NativeBuildError(f"{cxx} failed on {SOURCE.name}:\n{proc.stderr.strip()}")
+        _run(cxx, "the link", [cxx, "-shared", *objects, "-o", str(tmp_so)])
         os.replace(tmp_so, so)
     return so
+
+
+def _run(cxx: str, what: str, cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    if proc.returncode != 0:
+        raise NativeBuildError(f"{cxx} failed on {what}:\n{proc.stderr.strip()}")
 
 
 def load():
@@ -142,6 +161,8 @@ class NativeCPU:
             "softmax": [P, I, I, I, I, C, P, D],
             "attn_ds": [P, P, I, I, D],
             "adam": [P, P, P, P, I, C, D, D, D, D, D, D, D, D, D],
+            "qkv_attn_fwd": [P, P, P, I, I, I, I, C, D],
+            "qkv_attn_bwd": [P, P, P, P, P, I, I, I, I, C, D],
         }
         self._fn = {}
         for name, args in sigs.items():
@@ -196,6 +217,26 @@ class NativeCPU:
         if dp.size:
             self._fn["attn_ds", dp.dtype](_p(dp), _p(p), dp.size // tk, tk, float(scale))
         return dp
+
+    def qkv_attention_forward(self, qkv, n_head, causal, scale):
+        """qkv (B, T, 3C) packed q|k|v -> y (B, T, C), lse (B, n_head, T). See attention_cpu.cpp."""
+        b, t, c3 = qkv.shape
+        c = c3 // 3
+        y = np.empty((b, t, c), qkv.dtype)
+        lse = np.empty((b, n_head, t), qkv.dtype)
+        if qkv.size:
+            self._fn["qkv_attn_fwd", qkv.dtype](_p(qkv), _p(y), _p(lse), b, n_head, t, c // n_head, int(bool(causal)),
+                                                float(scale))
+        return y, lse
+
+    def qkv_attention_backward(self, qkv, y, lse, dy, n_head, causal, scale):
+        """The gradient (B, T, 3C) of qkv, given y, lse from the forward and dy (B, T, C)."""
+        b, t, c3 = qkv.shape
+        dqkv = np.empty_like(qkv)
+        if qkv.size:
+            self._fn["qkv_attn_bwd", qkv.dtype](_p(qkv), _p(y), _p(lse), _p(dy), _p(dqkv), b, n_head, t,
+                                                c3 // 3 // n_head, int(bool(causal)), float(scale))
+        return dqkv
 
     def adam_(self, w, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
         """One Adam (L2 weight decay) or AdamW (decoupled) step in place on w, m, v."""

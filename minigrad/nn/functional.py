@@ -10,7 +10,10 @@ import math
 import numpy as np
 
 from ..ops import Relu, Sigmoid, Tanh
-from ..ops.nn_ops import Attention, CrossEntropy, Gelu, LayerNorm, Linear, LogSoftmax, LogSumExp, Softmax
+from .. import fused
+from ..backend import device_of
+from ..ops.nn_ops import (Attention, CrossEntropy, Gelu, LayerNorm, Linear, LogSoftmax, LogSumExp, QKVAttention,
+                          Softmax)
 from ..tensor import Tensor, _axes, _axis
 
 
@@ -127,6 +130,29 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
                  and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None))
     return Attention.apply(q, k, v, mask=mask, scale=scale, is_causal=is_causal, key_mask=key_mask,
                            kernel_ok=kernel_ok)
+
+
+def qkv_self_attention(qkv: Tensor, num_heads: int, is_causal: bool = False, scale=None) -> Tensor:
+    """Multi-head self-attention from one packed projection: qkv (B, T, 3E) -> (B, T, E).
+
+    Equal to: q, k, v = the three (B, T, E) thirds of the last axis; each split into num_heads
+    heads (B, num_heads, T, E // num_heads); scaled_dot_product_attention(q, k, v, is_causal=...,
+    scale=...) per head; the heads put back side by side. On the CPU this is one native op that
+    reads the heads in place (ops.nn_ops.QKVAttention); on a GPU, under MINIGRAD_KERNELS=emulate,
+    or without the native library it is that composition, so the attention kernels still run.
+    """
+    if qkv.ndim != 3 or qkv.shape[-1] % 3:
+        raise ValueError(f"qkv_self_attention: qkv must be (B, T, 3E), got shape {qkv.shape}")
+    e = qkv.shape[-1] // 3
+    if num_heads < 1 or e % num_heads:
+        raise ValueError(f"qkv_self_attention: embedding size {e} is not divisible by num_heads {num_heads}")
+    b, t, hs = qkv.shape[0], qkv.shape[1], e // num_heads
+    scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
+    if not fused.use_kernels(device_of(qkv.data)) and fused.cpu_native(qkv.data) is not None:
+        return QKVAttention.apply(qkv, n_head=num_heads, is_causal=bool(is_causal), scale=scale)
+    heads = qkv.reshape((b, t, 3, num_heads, hs)).transpose(2, 0, 3, 1, 4)   # (3, B, nh, T, hs)
+    y = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=is_causal, scale=scale)
+    return y.transpose(0, 2, 1, 3).reshape((b, t, e))
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:

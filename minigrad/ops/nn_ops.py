@@ -349,14 +349,8 @@ class Attention(Function):
             return _T(dq), _T(dk), _T(dv)
         if not is_grad_enabled():
             return self._backward_arrays(g.data)
-        # create_graph: the same formulas in Tensor ops, with p recomputed from q and k
-        p = _attention_probs(q, k, self._full_mask(xp_of(q.data), q.data, k.data), self.scale)
-        dv = unbroadcast(p.swapaxes(-1, -2) @ g, v.shape)
-        dp = g @ v.swapaxes(-1, -2)
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-        dq = unbroadcast((ds @ k) * self.scale, q.shape)
-        dk = unbroadcast((ds.swapaxes(-1, -2) @ q) * self.scale, k.shape)
-        return dq, dk, dv
+        dq, dk, dv = _attention_vjp(q, k, v, g, self._full_mask(xp_of(q.data), q.data, k.data), self.scale)
+        return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
 
     def _backward_arrays(self, g):
         """dv = pᵀ g; ds = p ∘ (g vᵀ - rowsum(g vᵀ ∘ p)); dq = ds k · scale; dk = dsᵀ q · scale."""
@@ -375,6 +369,48 @@ class Attention(Function):
         ds *= self.scale
         dq, dk = ds @ k, ds.swapaxes(-1, -2) @ q
         return tuple(_T(sum_to_array(d, t.shape)) for d, t in zip((dq, dk, dv), self.inputs))
+
+
+def _attention_vjp(q, k, v, g, mask, scale):
+    """(dq, dk, dv) of attention at g (…, Tq, dv), in Tensor ops with p recomputed from q and k,
+    so the gradient is itself differentiable (create_graph). Shapes before unbroadcasting."""
+    p = _attention_probs(q, k, mask, scale)
+    dv = p.swapaxes(-1, -2) @ g
+    dp = g @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv
+
+
+class QKVAttention(Function):
+    """Multi-head self-attention on a packed projection, as one native CPU op.
+
+    qkv (B, T, 3C) = [q | k | v] along the last axis; each part is split into n_head heads of
+    C // n_head -> y (B, T, C), the heads' attention outputs side by side. The forward and the
+    first-order backward run kernels/cpu/attention_cpu.cpp, which reads the heads in place (no
+    transposed copies) and keeps only y and the row log-sum-exps (B, n_head, T) between the passes.
+    Under create_graph the backward is the same formulas in Tensor ops. Built only by
+    F.qkv_self_attention, and only when the native library takes the array.
+    """
+
+    def forward(self, qkv, n_head, is_causal, scale):
+        self.n_head, self.is_causal, self.scale = n_head, is_causal, scale
+        self.y, self.lse = fused.cpu_native(qkv).qkv_attention_forward(qkv, n_head, is_causal, scale)
+        return self.y
+
+    def backward(self, g):
+        qkv = self.inputs[0]
+        b, t, c3 = qkv.shape
+        nh, hs = self.n_head, c3 // 3 // self.n_head
+        if not is_grad_enabled():
+            dy = np.ascontiguousarray(g.data, dtype=qkv.dtype)
+            return (_T(fused.cpu_native(qkv.data).qkv_attention_backward(
+                qkv.data, self.y, self.lse, dy, nh, self.is_causal, self.scale)),)
+        from ..functions import stack
+        heads = qkv.reshape((b, t, 3, nh, hs)).transpose(2, 0, 3, 1, 4)        # (3, B, nh, T, hs)
+        mask = causal_mask(np, t, t) if self.is_causal else None
+        gh = g.reshape((b, t, nh, hs)).transpose(0, 2, 1, 3)                    # (B, nh, T, hs)
+        d = stack(_attention_vjp(heads[0], heads[1], heads[2], gh, mask, self.scale))
+        return (d.transpose(1, 3, 0, 2, 4).reshape((b, t, c3)),)
 
 
 def _attention_probs(q, k, mask, scale):
