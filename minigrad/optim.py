@@ -35,13 +35,22 @@ class Optimizer:
             for p in g["params"]:
                 p.grad = None
 
-    def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    st = self.state.setdefault(id(p), {"step": 0})
-                    st["step"] += 1
-                    self._update(p.data, p.grad.data, st, g)
+    def step(self, pool=None, workers: int = 1):
+        """Update every parameter that has a gradient. With ``pool`` (a concurrent.futures
+        executor) the updates, independent per parameter and GIL-free inside NumPy and the native
+        loops, are split into ``workers`` groups of about equal size that run on it."""
+        work = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        for p, _ in work:                         # state entries are created here, on one thread
+            self.state.setdefault(id(p), {"step": 0})["step"] += 1
+
+        def run(items):
+            for p, g in items:
+                self._update(p.data, p.grad.data, self.state[id(p)], g)
+
+        if pool is None or workers < 2:
+            run(work)
+        else:
+            list(pool.map(run, balanced(work, [p.data.size for p, _ in work], workers)))
 
     def _update(self, w, grad, state, group):
         raise NotImplementedError
@@ -183,6 +192,16 @@ class WarmupCosine:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr
+
+
+def balanced(items, sizes, n: int) -> list[list]:
+    """items split into n lists of about equal total size (largest first, each to the lightest list)."""
+    groups, load = [[] for _ in range(n)], [0] * n
+    for size, i in sorted(((s, i) for i, s in enumerate(sizes)), key=lambda t: -t[0]):
+        j = load.index(min(load))
+        groups[j].append(items[i])
+        load[j] += size
+    return [g for g in groups if g]
 
 
 def clip_grad_norm_(parameters, max_norm, eps=1e-6):

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from models.gpt import GPT, GPTConfig
+from models.data_parallel import split_rows
 from models.train import TrainConfig, Trainer
 
 VOCAB = 84  # the Shakespeare character vocabulary
@@ -30,7 +31,8 @@ def _minigrad_step(model, cfg, tokens):
         return chunk[:, :-1], chunk[:, 1:]
 
     tcfg = TrainConfig()
-    trainer = Trainer(model, batches, lambda m, b: m(b[0], b[1])[1], tcfg, tempfile.gettempdir(), quiet=True)
+    trainer = Trainer(model, batches, lambda m, b: m(b[0], b[1])[1], tcfg, tempfile.gettempdir(), quiet=True,
+                      split=split_rows)
     return lambda: trainer.train_step(tcfg.lr)
 
 

@@ -155,7 +155,7 @@ class GPT(nn.Module):
         if last_only:
             x = x.reshape(B, T, C)[:, -1, :]  # (B, C)
             T = 1
-        logits = self.ln_f(x) @ self.wte.weight.T  # (B*T, V)
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B*T, V): the head tied to the embedding
         if targets is None:
             return logits.reshape(B, T, V), None
         tgt = targets.data if isinstance(targets, minigrad.Tensor) else targets

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data_parallel import split_rows
 from models.checkpoint import CheckpointError, check_arrays, has_checkpoint, load_checkpoint, save_checkpoint
 from models.data import DataError
 from models.tokenize import TokenizerError
@@ -57,10 +58,11 @@ class TrainConfig:
     final_eval_iters: int = 200
     log_interval: int = 1
     seed: int = 1337
+    threads: int = 2  # data-parallel threads, each computing a slice of every micro-batch (models/data_parallel.py)
 
     def check(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",
-                    "final_eval_iters", "log_interval")
+                    "final_eval_iters", "log_interval", "threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -218,8 +220,12 @@ class StepTimer:
 class Trainer:
     def __init__(self, model, batches, loss_fn, cfg: TrainConfig, out_dir, meta: dict | None = None,
                  tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
-                 on_step=None):
+                 on_step=None, split=None):
+        """split: split(batch, n) -> [(slice, weight), ...] with weights summing to 1, so that the
+        batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.threads
+        threads (models/data_parallel.py). Without it, a micro-batch runs whole on this thread."""
         import minigrad.optim as optim
+        from models.data_parallel import DataParallel
 
         cfg.check()
         self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg
@@ -231,6 +237,8 @@ class Trainer:
         self.on_step = on_step
         self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.split = split if cfg.threads > 1 else None
+        self.parallel = DataParallel(model, loss_fn, cfg.threads) if self.split is not None else None
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
@@ -286,6 +294,10 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             with t.phase("data"):
                 batch = self.batches("train", self.train_rng)
+            if self.parallel is not None:
+                with t.phase("forward+backward"):
+                    total += self.parallel.step(self.split(batch, cfg.threads), 1.0 / cfg.grad_accum)
+                continue
             with t.phase("forward"):
                 loss = self.loss_fn(self.model, batch)
                 scaled = loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss
@@ -296,7 +308,10 @@ class Trainer:
             if cfg.grad_clip > 0:
                 from minigrad.optim import clip_grad_norm_
                 clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
+            if self.parallel is not None and self.parallel.can_run_concurrently():
+                self.opt.step(pool=self.parallel.pool, workers=cfg.threads)
+            else:
+                self.opt.step()
             self.opt.zero_grad()
         return total / cfg.grad_accum
 
@@ -485,7 +500,7 @@ def main(args) -> dict:
         from minigrad.profiler import PhaseTimer
         timer = PhaseTimer.for_device(args.device)
     trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, tokens_per_batch=B * T,
-                      quiet=getattr(args, "quiet", False), timer=timer)
+                      quiet=getattr(args, "quiet", False), timer=timer, split=split_rows)
     if ckpt is not None:
         trainer.load(ckpt)
         if trainer.step >= cfg.max_iters:

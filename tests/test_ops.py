@@ -3,7 +3,7 @@ float32, gradcheck and gradgradcheck in float64. Plus op semantics the registry 
 (ties, scalar dtypes, scatter-add of repeated indices)."""
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, tol
 
 import minigrad as mg
 from minigrad import Tensor
@@ -195,3 +195,19 @@ def test_tensor_basics():
     s = Tensor(np.array(2.0), requires_grad=True)
     s.backward()                             # backward on a scalar leaf: d s / d s = 1
     assert s.grad.item() == 1.0
+
+
+@pytest.mark.parametrize("idx_shape, trailing", [((7,), (3,)), ((4, 5), (2, 3)), ((2,), ()), ((3, 3), (1,))])
+def test_scatter_add_rows_matches_add_at(idx_shape, trailing):
+    """The embedding backward's sorted reduceat equals np.add.at, repeated and negative indices included."""
+    from minigrad.ops.shape import scatter_add
+    rng = np.random.default_rng(len(idx_shape) + len(trailing))
+    n = 4
+    idx = rng.integers(-n, n, idx_shape)
+    vals = rng.standard_normal(idx_shape + trailing)
+    want = rng.standard_normal((n,) + trailing)
+    got = want.copy()
+    np.add.at(want, idx, vals)
+    scatter_add(got, idx, vals)
+    rtol, atol = tol(np.float64, ulps=8 * idx.size)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)

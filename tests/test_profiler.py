@@ -72,7 +72,7 @@ def test_op_times_cover_a_training_step():
                 break
         assert max(tries) >= 0.90, f"{run.__name__}: coverage {tries}\n{prof.table(top=10)}"
     rows = _rows(prof)
-    assert ("optimizer", "region") in rows and ("MatMul", "forward") in rows and ("MatMul", "backward") in rows
+    assert ("optimizer", "region") in rows and ("Linear", "forward") in rows and ("Linear", "backward") in rows
     assert ("AccumulateGrad", "backward") in rows
     assert abs(sum(r["share"] for r in rows.values()) - 1.0) < 1e-9
 

@@ -76,6 +76,13 @@ class Linear(Function):
     def backward(self, g):
         x, w = self.inputs[0], self.inputs[1]
         n_out, n_in = w.shape
+        if not is_grad_enabled():     # first order: the two GEMMs on arrays, no Tensor ops to dispatch
+            g2 = g.data.reshape(-1, n_out)
+            out = (_T((g2 @ w.data).reshape(x.shape)) if x.requires_grad else None,
+                   _T(g2.T @ x.data.reshape(-1, n_in)) if w.requires_grad else None)
+            if len(self.inputs) == 2:
+                return out
+            return out + ((_T(g2.sum(axis=0)) if self.inputs[2].requires_grad else None),)
         g2 = g.reshape((-1, n_out))                                # (N, out)
         gx = (g2 @ w).reshape(x.shape) if x.requires_grad else None   # (…, in)
         gw = g2.swapaxes(0, 1) @ x.reshape((-1, n_in)) if w.requires_grad else None   # (out, in)

@@ -158,11 +158,29 @@ class IndexAdd(Function):
 def scatter_add(out, idx, values):
     """out[idx] += values with repeated indices accumulating, on numpy or cupy."""
     xp = get_array_module(out)
+    if xp is np and isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size > 1:
+        _scatter_add_rows(out, idx, values)
+        return
     if hasattr(xp, "add") and hasattr(xp.add, "at"):
         xp.add.at(out, idx, values)
     else:  # older CuPy
         import cupyx
         cupyx.scatter_add(out, idx, values)
+
+
+def _scatter_add_rows(out, idx, values):
+    """out[idx] += values for an integer index array on axis 0 (an embedding's backward).
+
+    np.add.at handles one row at a time; here the rows are sorted by index (stably, so each
+    index's rows are summed in their original order), summed per index with one reduceat, and
+    added once per distinct index.
+    """
+    flat = idx.reshape(-1) % out.shape[0]                   # indices were bounds-checked in forward
+    rows = values.reshape((flat.size,) + out.shape[1:])
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    out[ordered[starts]] += np.add.reduceat(rows[order], starts, axis=0)
 
 
 class Concatenate(Function):

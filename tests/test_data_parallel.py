@@ -1,0 +1,121 @@
+"""models/data_parallel.py: a micro-batch split over threads gives the gradients of the whole batch.
+
+The threaded run must equal the same slices run one after another bit for bit (the result may
+not depend on thread timing), and both must match the unsplit batch's gradient to float32
+roundoff. The optimizer's pooled update equals its serial update bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minigrad
+from minigrad.optim import AdamW, balanced
+from models.data_parallel import DataParallel, split_rows
+from models.gpt import GPT, GPTConfig
+
+from conftest import tol
+
+pytest.importorskip("threadpoolctl", reason="threads need threadpoolctl to pin BLAS to one thread each")
+
+CFG = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def loss_fn(model, batch):
+    return model(batch[0], batch[1])[1]
+
+
+def batch(rows=6, seed=0):
+    tok = np.random.default_rng(seed).integers(0, CFG.vocab_size, (rows, CFG.block_size + 1))
+    return tok[:, :-1], tok[:, 1:]
+
+
+def grads_of(model):
+    return [p.grad.numpy().copy() for p in model.parameters()]
+
+
+def test_split_rows_weights_sum_to_one():
+    b = (np.arange(10).reshape(5, 2), np.arange(5))
+    parts = split_rows(b, 2)
+    assert [len(p[0][0]) for p in parts] == [2, 3] or [len(p[0][0]) for p in parts] == [3, 2]
+    assert sum(w for _, w in parts) == pytest.approx(1.0)
+    np.testing.assert_array_equal(np.concatenate([p[0][1] for p in parts]), b[1])
+    assert len(split_rows((np.zeros((1, 3)),), 4)) == 1          # never an empty slice
+
+
+@pytest.mark.parametrize("rows", [6, 7])
+def test_threads_equal_serial_slices_and_the_whole_batch(rows):
+    model = GPT(CFG, seed=1)
+    dp = DataParallel(model, loss_fn, threads=2)
+    assert dp.can_run_concurrently()
+    b = batch(rows)
+    loss_t = dp.step(split_rows(b, 2), concurrent=True)
+    g_threads = grads_of(model)
+    model.zero_grad()
+    loss_s = dp.step(split_rows(b, 2), concurrent=False)
+    g_serial = grads_of(model)
+    model.zero_grad()
+    assert loss_t == loss_s
+    for a, s in zip(g_threads, g_serial):
+        np.testing.assert_array_equal(a, s)
+    whole = loss_fn(model, b)
+    whole.backward()
+    rtol, atol = tol(np.float32, ulps=64 * CFG.block_size)
+    assert loss_t == pytest.approx(float(whole.item()), rel=rtol)
+    for a, w in zip(g_threads, grads_of(model)):
+        np.testing.assert_allclose(a, w, rtol=rtol, atol=atol * max(1.0, float(np.abs(w).max())))
+    dp.close()
+
+
+def test_accumulates_into_existing_grads_with_scale():
+    model = GPT(CFG, seed=2)
+    dp = DataParallel(model, loss_fn, threads=2)
+    b1, b2 = batch(4, 1), batch(4, 2)
+    dp.step(split_rows(b1, 2), 0.5)
+    dp.step(split_rows(b2, 2), 0.5)
+    acc = grads_of(model)
+    model.zero_grad()
+    dp.step(split_rows(b1, 2), 0.5, concurrent=False)
+    dp.step(split_rows(b2, 2), 0.5, concurrent=False)
+    for a, s in zip(acc, grads_of(model)):
+        np.testing.assert_array_equal(a, s)
+    dp.close()
+
+
+def test_dropout_and_profiler_run_serially():
+    model = GPT(GPTConfig(**{**CFG.to_dict(), "dropout": 0.1}), seed=3)
+    dp = DataParallel(model, loss_fn, threads=2)
+    assert not dp.can_run_concurrently()          # one shared dropout stream: order would vary
+    model.eval()
+    assert dp.can_run_concurrently()
+    with minigrad.profile():
+        assert not dp.can_run_concurrently()      # the profiler is process-wide
+    dp.close()
+    assert not DataParallel(GPT(CFG), loss_fn, threads=1).can_run_concurrently()
+
+
+def test_pooled_optimizer_step_equals_serial():
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(4)
+    shapes = [(5, 3), (7,), (2, 2, 2), (11, 4), (1,)]
+    def run(pool):
+        ps = [minigrad.nn.Parameter(rng_w.copy()) for rng_w in ws]
+        for p, g in zip(ps, gs):
+            p.grad = minigrad.Tensor(g)
+        opt = AdamW(ps, lr=0.1, weight_decay=0.1)
+        for _ in range(3):
+            opt.step(pool=pool, workers=2)
+        return [p.numpy() for p in ps]
+    ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    with ThreadPoolExecutor(2) as pool:
+        pooled = run(pool)
+    for a, b in zip(pooled, run(None)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_balanced_keeps_every_item_once():
+    groups = balanced(list("abcdef"), [10, 1, 1, 1, 9, 2], 2)
+    assert sorted(x for g in groups for x in g) == list("abcdef")
+    loads = [sum(dict(zip("abcdef", [10, 1, 1, 1, 9, 2]))[x] for x in g) for g in groups]
+    assert max(loads) - min(loads) <= 2
