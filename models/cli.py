@@ -61,8 +61,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--force", action="store_true", help="start afresh even if --out-dir holds a checkpoint")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seeds init, batches and eval (default 1337)")
-    g.add_argument("--threads", type=int, metavar="N",
-                   help="data-parallel threads; each computes 1/N of every micro-batch (default 2)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="data-parallel workers (processes on Linux, else threads); each computes 1/N of "
+                        "every micro-batch (default 2)")
     g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--profile", action="store_true",

@@ -1,19 +1,30 @@
-"""Data parallelism over the CPU's cores: each thread takes a slice of the micro-batch.
+"""Data parallelism over the CPU's cores: each worker takes a slice of the micro-batch.
 
-On a 2-core machine, one thread with a two-thread BLAS leaves the cores idle half the time: every
-op outside the matmuls (layernorm, GELU, attention, the optimizer's loops) runs on one core, and
-each matmul's output is split between the two cores' caches. Here the micro-batch is cut into
-row slices instead; each slice's forward and backward runs on its own thread with a one-thread
-BLAS, so every op runs on both cores at once. NumPy, BLAS and the native loops release the GIL
-while they compute; only the Python between ops is serialised.
+On a 2-core machine, one process with a two-thread BLAS leaves a core idle whenever it runs an
+op outside the matmuls (layernorm, GELU, attention, the optimizer's loops), and each matmul's
+output ends up split between the two cores' caches. Here the micro-batch is cut into row slices
+instead, and each slice's forward and backward runs on its own core with a one-thread BLAS:
+
+  "process"  (Linux, the default) this process takes slice 0; forked children take the others.
+             The parameters live in shared memory, so the children always see the current
+             weights, and each child writes its gradients into a shared buffer. Each process has
+             its own interpreter, so the Python between ops does not wait for a lock.
+  "thread"   (where fork is unsafe or unavailable) worker threads in this process. NumPy, BLAS
+             and the native loops release the GIL while they compute; the Python between ops
+             is serialised, which costs about a tenth of the step at the default GPT size.
 
 Determinism: each slice's loss is scaled by its share of the rows, its gradients come from
-minigrad.grad (no shared .grad is touched from a thread), and the slices' gradients are added in
-slice order after all threads finish. The result does not depend on thread timing, and running
-the slices one after another (``concurrent=False``) gives the same numbers bit for bit.
+minigrad.grad (no .grad is touched by a worker), and the slices' gradients are added in slice
+order after all workers finish. The result does not depend on timing, and running the slices one
+after another in this process (``concurrent=False``) gives the same numbers bit for bit.
 """
 from __future__ import annotations
 
+import mmap
+import multiprocessing
+import signal
+import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -41,42 +52,162 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-class DataParallel:
-    """Runs loss_fn(model, slice) and its backward for several slices on ``threads`` threads."""
+def default_backend() -> str:
+    return "process" if sys.platform.startswith("linux") else "thread"
 
-    def __init__(self, model, loss_fn, threads: int):
-        self.model, self.loss_fn, self.threads = model, loss_fn, threads
+
+class WorkerError(RuntimeError):
+    """A data-parallel worker failed; the message carries the worker's exception."""
+
+
+def _slice_grads(model, loss_fn, params, part, scale):
+    """(loss of the slice, its gradients scaled by weight·scale) with minigrad.grad."""
+    batch, weight = part
+    loss = loss_fn(model, batch)
+    root = Tensor._make(loss._xp.asarray(np.array(weight * scale, dtype=loss.dtype)), False)
+    return float(loss.item()), minigrad.grad(loss, params, grad_outputs=root)
+
+
+def _shared_array(n: int, dtype) -> np.ndarray:
+    """n elements in an anonymous shared mapping: a forked child writes to the same pages."""
+    dtype = np.dtype(dtype)
+    buf = mmap.mmap(-1, max(n * dtype.itemsize, 1))       # MAP_SHARED | MAP_ANONYMOUS
+    return np.frombuffer(buf, dtype=dtype, count=n)
+
+
+def _child_loop(conn, model, loss_fn, params, grad_views):
+    """A forked worker: for each (slice, scale) received, write its gradients into grad_views and
+    reply ("ok", loss, which gradients are None) or ("error", message). None ends the loop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the parent's to handle
+    blas = _blas_controller()
+    if blas is not None:
+        blas.limit(limits=1, user_api="blas")
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        try:
+            loss, grads = _slice_grads(model, loss_fn, params, msg[0], msg[1])
+            for view, g in zip(grad_views, grads):
+                if g is not None:
+                    view[...] = g.data
+            conn.send(("ok", loss, [g is None for g in grads]))
+        except BaseException as e:                         # report, keep serving
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class DataParallel:
+    """Runs loss_fn(model, slice) and its backward for each slice on ``workers`` workers."""
+
+    def __init__(self, model, loss_fn, workers: int, backend: str | None = None):
+        self.model, self.loss_fn, self.workers = model, loss_fn, workers
+        self.backend = backend or default_backend()
+        if self.backend not in ("process", "thread"):
+            raise ValueError(f"DataParallel: backend must be 'process' or 'thread', got {self.backend!r}")
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="minigrad-dp") if threads > 1 else None
-        self._blas = _blas_controller() if threads > 1 else None
+        # a thread pool in every case: the gradient sums and the optimizer's loops use it too
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="minigrad-dp") if workers > 1 else None
+        self._blas = _blas_controller() if workers > 1 else None
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+        self._children = []                # (process, connection, gradient views), started lazily
+        self._weights = None               # the shared arrays the parameters hold (process backend)
 
     def can_run_concurrently(self) -> bool:
-        """False when threads would change the result or the measurement: one thread, no
-        threadpoolctl to pin BLAS to one thread per worker, active dropout (one shared random
-        stream), or the op profiler recording (it is process-wide)."""
+        """False when workers would change the result or the measurement: one worker, arrays not
+        in host memory, no threadpoolctl to pin BLAS to one thread per worker, active dropout
+        (one random stream), or the op profiler recording (it is process-wide)."""
         from minigrad import autograd
 
         if self.pool is None or self._blas is None or autograd._profiler is not None:
             return False
+        if any(type(p.data) is not np.ndarray for p in self.params):
+            return False
         return not any(m.p > 0 and m.training for m in self._dropouts)
 
-    def _one(self, part, scale):
-        batch, weight = part
-        loss = self.loss_fn(self.model, batch)
-        root = Tensor._make(loss._xp.asarray(np.array(weight * scale, dtype=loss.dtype)), False)
-        return float(loss.item()), minigrad.grad(loss, self.params, grad_outputs=root)
+    # ---- the process backend
+    def _share_weights(self) -> None:
+        """Make every parameter's array a view of one shared buffer (again, if one was replaced,
+        as load_state_dict does), so that forked workers see each optimizer update."""
+        if self._weights is not None and all(p.data is v for p, v in zip(self.params, self._weights)):
+            return
+        self._weights = []
+        for p in self.params:
+            v = _shared_array(p.data.size, p.data.dtype).reshape(p.data.shape)
+            v[...] = p.data
+            p.data = v
+            self._weights.append(v)
+        self.stop_workers()              # children forked earlier hold the old arrays
 
+    def _start_children(self) -> None:
+        self._share_weights()
+        if self._children:
+            return
+        ctx = multiprocessing.get_context("fork")
+        for _ in range(self.workers - 1):
+            grads = [_shared_array(p.data.size, p.data.dtype).reshape(p.data.shape) for p in self.params]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_child_loop, args=(child, self.model, self.loss_fn, self.params, grads),
+                               daemon=True, name="minigrad-dp")
+            with warnings.catch_warnings():   # Python >= 3.12 warns on fork with BLAS threads alive;
+                warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+                proc.start()                  # the child only runs its main thread, with one-thread BLAS
+            child.close()
+            self._children.append((proc, parent, grads))
+
+    def _run_processes(self, parts, scale):
+        self._start_children()
+        others = parts[1:]
+        try:
+            for (_, conn, _), part in zip(self._children, others):
+                conn.send((part, scale))
+            with self._blas.limit(limits=1, user_api="blas"):
+                first = _slice_grads(self.model, self.loss_fn, self.params, parts[0], scale)
+            results = [first]
+            for proc, conn, grads in self._children[:len(others)]:
+                try:
+                    reply = conn.recv()
+                except EOFError:
+                    raise WorkerError(f"data-parallel worker {proc.pid} exited (code {proc.exitcode})") from None
+                if reply[0] != "ok":
+                    raise WorkerError(f"data-parallel worker failed: {reply[1]}")
+                results.append((reply[1], [None if none else Tensor._make(g, False)
+                                           for g, none in zip(grads, reply[2])]))
+        except BaseException:
+            self.stop_workers()          # replies may be pending: start clean next time
+            raise
+        return results
+
+    def stop_workers(self) -> None:
+        """End the worker processes (the next concurrent step forks new ones)."""
+        for proc, conn, _ in self._children:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            conn.close()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        self._children = []
+
+    # ---- one step
     def step(self, parts, scale: float = 1.0, concurrent: bool | None = None) -> float:
         """Accumulate scale·Σ weight·∇loss(slice) into each parameter's .grad; returns Σ weight·loss."""
         if concurrent is None:
             concurrent = self.can_run_concurrently()
-        concurrent = concurrent and len(parts) > 1
-        if concurrent:
+        concurrent = concurrent and 1 < len(parts) <= self.workers
+        if concurrent and self.backend == "process":
+            results = self._run_processes(parts, scale)
+        elif concurrent:
             with self._blas.limit(limits=1, user_api="blas"):
-                results = list(self.pool.map(lambda part: self._one(part, scale), parts))
+                results = list(self.pool.map(
+                    lambda part: _slice_grads(self.model, self.loss_fn, self.params, part, scale), parts))
         else:
-            results = [self._one(part, scale) for part in parts]
+            results = [_slice_grads(self.model, self.loss_fn, self.params, part, scale) for part in parts]
 
         def reduce(indices):              # each parameter's slice gradients, added in slice order
             for i in indices:
@@ -94,12 +225,13 @@ class DataParallel:
 
         indices = list(range(len(self.params)))
         if concurrent:
-            list(self.pool.map(reduce, balanced(indices, [p.data.size for p in self.params], self.threads)))
+            list(self.pool.map(reduce, balanced(indices, [p.data.size for p in self.params], self.workers)))
         else:
             reduce(indices)
         return float(sum(weight * r[0] for (_, weight), r in zip(parts, results)))
 
     def close(self) -> None:
+        self.stop_workers()
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pool = None

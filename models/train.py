@@ -58,11 +58,11 @@ class TrainConfig:
     final_eval_iters: int = 200
     log_interval: int = 1
     seed: int = 1337
-    threads: int = 2  # data-parallel threads, each computing a slice of every micro-batch (models/data_parallel.py)
+    workers: int = 2  # data-parallel workers, each computing a slice of every micro-batch (models/data_parallel.py)
 
     def check(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",
-                    "final_eval_iters", "log_interval", "threads")
+                    "final_eval_iters", "log_interval", "workers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -222,8 +222,8 @@ class Trainer:
                  tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
                  on_step=None, split=None):
         """split: split(batch, n) -> [(slice, weight), ...] with weights summing to 1, so that the
-        batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.threads
-        threads (models/data_parallel.py). Without it, a micro-batch runs whole on this thread."""
+        batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.workers
+        workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread."""
         import minigrad.optim as optim
         from models.data_parallel import DataParallel
 
@@ -237,8 +237,8 @@ class Trainer:
         self.on_step = on_step
         self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-        self.split = split if cfg.threads > 1 else None
-        self.parallel = DataParallel(model, loss_fn, cfg.threads) if self.split is not None else None
+        self.split = split if cfg.workers > 1 else None
+        self.parallel = DataParallel(model, loss_fn, cfg.workers) if self.split is not None else None
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
@@ -296,7 +296,7 @@ class Trainer:
                 batch = self.batches("train", self.train_rng)
             if self.parallel is not None:
                 with t.phase("forward+backward"):
-                    total += self.parallel.step(self.split(batch, cfg.threads), 1.0 / cfg.grad_accum)
+                    total += self.parallel.step(self.split(batch, cfg.workers), 1.0 / cfg.grad_accum)
                 continue
             with t.phase("forward"):
                 loss = self.loss_fn(self.model, batch)
@@ -309,7 +309,7 @@ class Trainer:
                 from minigrad.optim import clip_grad_norm_
                 clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             if self.parallel is not None and self.parallel.can_run_concurrently():
-                self.opt.step(pool=self.parallel.pool, workers=cfg.threads)
+                self.opt.step(pool=self.parallel.pool, workers=cfg.workers)
             else:
                 self.opt.step()
             self.opt.zero_grad()
@@ -368,6 +368,8 @@ class Trainer:
                         self.on_step(self)
         finally:
             progress.close()
+            if self.parallel is not None:
+                self.parallel.stop_workers()   # worker processes end with the run (restarted on demand)
             if main_thread:
                 signal.signal(signal.SIGINT, previous)
         interrupted = self.step < cfg.max_iters

@@ -1,10 +1,12 @@
-"""models/data_parallel.py: a micro-batch split over threads gives the gradients of the whole batch.
+"""models/data_parallel.py: a micro-batch split over workers gives the gradients of the whole batch.
 
-The threaded run must equal the same slices run one after another bit for bit (the result may
-not depend on thread timing), and both must match the unsplit batch's gradient to float32
-roundoff. The optimizer's pooled update equals its serial update bit for bit.
+A run on worker processes or threads must equal the same slices run one after another bit for
+bit (the result may not depend on timing), and all must match the unsplit batch's gradient to
+float32 roundoff. The optimizer's pooled update equals its serial update bit for bit.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from models.gpt import GPT, GPTConfig
 
 from conftest import tol
 
-pytest.importorskip("threadpoolctl", reason="threads need threadpoolctl to pin BLAS to one thread each")
+pytest.importorskip("threadpoolctl", reason="workers need threadpoolctl to pin BLAS to one thread each")
+BACKENDS = ["thread"] + (["process"] if sys.platform.startswith("linux") else [])
 
 CFG = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -43,10 +46,11 @@ def test_split_rows_weights_sum_to_one():
     assert len(split_rows((np.zeros((1, 3)),), 4)) == 1          # never an empty slice
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rows", [6, 7])
-def test_threads_equal_serial_slices_and_the_whole_batch(rows):
+def test_workers_equal_serial_slices_and_the_whole_batch(backend, rows):
     model = GPT(CFG, seed=1)
-    dp = DataParallel(model, loss_fn, threads=2)
+    dp = DataParallel(model, loss_fn, workers=2, backend=backend)
     assert dp.can_run_concurrently()
     b = batch(rows)
     loss_t = dp.step(split_rows(b, 2), concurrent=True)
@@ -67,9 +71,10 @@ def test_threads_equal_serial_slices_and_the_whole_batch(rows):
     dp.close()
 
 
-def test_accumulates_into_existing_grads_with_scale():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_accumulates_into_existing_grads_with_scale(backend):
     model = GPT(CFG, seed=2)
-    dp = DataParallel(model, loss_fn, threads=2)
+    dp = DataParallel(model, loss_fn, workers=2, backend=backend)
     b1, b2 = batch(4, 1), batch(4, 2)
     dp.step(split_rows(b1, 2), 0.5)
     dp.step(split_rows(b2, 2), 0.5)
@@ -84,14 +89,14 @@ def test_accumulates_into_existing_grads_with_scale():
 
 def test_dropout_and_profiler_run_serially():
     model = GPT(GPTConfig(**{**CFG.to_dict(), "dropout": 0.1}), seed=3)
-    dp = DataParallel(model, loss_fn, threads=2)
-    assert not dp.can_run_concurrently()          # one shared dropout stream: order would vary
+    dp = DataParallel(model, loss_fn, workers=2)
+    assert not dp.can_run_concurrently()          # one random stream: workers would reorder or copy it
     model.eval()
     assert dp.can_run_concurrently()
     with minigrad.profile():
         assert not dp.can_run_concurrently()      # the profiler is process-wide
     dp.close()
-    assert not DataParallel(GPT(CFG), loss_fn, threads=1).can_run_concurrently()
+    assert not DataParallel(GPT(CFG), loss_fn, workers=1).can_run_concurrently()
 
 
 def test_pooled_optimizer_step_equals_serial():
@@ -119,3 +124,59 @@ def test_balanced_keeps_every_item_once():
     assert sorted(x for g in groups for x in g) == list("abcdef")
     loads = [sum(dict(zip("abcdef", [10, 1, 1, 1, 9, 2]))[x] for x in g) for g in groups]
     assert max(loads) - min(loads) <= 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process backend forks (Linux only)")
+def test_process_workers_follow_weight_updates_and_reloads():
+    """The child sees each in-place optimizer update (shared memory) and a load_state_dict, which
+    replaces the parameters' arrays (the weights are shared again and the child re-forked)."""
+    model = GPT(CFG, seed=5)
+    dp = DataParallel(model, loss_fn, workers=2, backend="process")
+    b = batch(6, 3)
+    opt = AdamW(model.parameters(), lr=0.05)
+    for _ in range(2):
+        dp.step(split_rows(b, 2))
+        opt.step()
+        opt.zero_grad()
+    dp.step(split_rows(b, 2))
+    after_updates = grads_of(model)
+    model.zero_grad()
+    dp.step(split_rows(b, 2), concurrent=False)
+    for a, s in zip(after_updates, grads_of(model)):
+        np.testing.assert_array_equal(a, s)
+    model.zero_grad()
+    fresh = GPT(CFG, seed=6)
+    model.load_state_dict(fresh.state_dict())
+    dp.step(split_rows(b, 2))
+    reloaded = grads_of(model)
+    model.zero_grad()
+    dp.step(split_rows(b, 2), concurrent=False)
+    for a, s in zip(reloaded, grads_of(model)):
+        np.testing.assert_array_equal(a, s)
+    procs = [c[0] for c in dp._children]
+    dp.close()
+    assert procs and not any(p.is_alive() for p in procs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process backend forks (Linux only)")
+def test_process_worker_error_is_reported_and_the_next_step_recovers():
+    from models.data_parallel import WorkerError
+
+    def picky(model, b):
+        if len(b[0]) == 2 and b[0][0, 0] < 0:                 # only the second slice of a bad batch fails
+            raise ValueError("bad tokens in slice")
+        return loss_fn(model, (np.abs(b[0]), b[1]))
+    model = GPT(CFG, seed=7)
+    dp = DataParallel(model, picky, workers=2, backend="process")
+    x, y = batch(4, 4)
+    bad = (np.concatenate([x[:2], -1 - x[2:]]), y)
+    with pytest.raises(WorkerError, match="ValueError: bad tokens in slice"):
+        dp.step(split_rows(bad, 2))
+    model.zero_grad()
+    dp.step(split_rows((x, y), 2))                           # a fresh worker, correct results
+    g = grads_of(model)
+    model.zero_grad()
+    dp.step(split_rows((x, y), 2), concurrent=False)
+    for a, s in zip(g, grads_of(model)):
+        np.testing.assert_array_equal(a, s)
+    dp.close()

@@ -79,37 +79,51 @@ inline void copy(T* dst, const T* src, i64 n) {   // a loop, not memcpy: rows ar
     for (i64 j = 0; j < n; ++j) dst[j] = src[j];
 }
 
-// One batch element's heads in contiguous, padded scratch. Rows are gathered and scattered in
-// token order, so the strided (B·T, 3C) array is walked front to back (prefetcher-friendly).
+// One batch element's heads, each a (T, D) matrix with row stride ld. When D is a whole number of
+// vectors, a head is used in place in the packed rows (every vector load or store of a row stays
+// inside its head); otherwise it is gathered into, or scattered from, scratch padded to DP columns
+// with zeros. Scratch rows are gathered and scattered in token order, walking the strided
+// (B·T, ·) array front to back.
 template <typename T>
 struct Heads {
-    i64 H, t, d, TP, DP;         // TP, DP: T and D rounded up to the vector width
-    std::vector<T> buf;          // (H, T, DP), padding columns stay 0
-    Heads(i64 h, i64 t_, i64 d_) : H(h), t(t_), d(d_), TP(round_up(t_, width<T>())), DP(round_up(d_, width<T>())),
-                                   buf(h * t_ * DP, 0) {}
-    T* head(i64 h) { return buf.data() + h * t * DP; }
-    void gather(const T* rows, i64 ld) {          // rows (T, ≥ H·D) with row stride ld
-        for (i64 i = 0; i < t; ++i)
-            for (i64 h = 0; h < H; ++h) copy(head(h) + i * DP, rows + i * ld + h * d, d);
+    i64 H, t, d, DP, ld = 0;
+    bool direct;
+    T* rows = nullptr;           // this batch element's packed rows, row stride rows_ld
+    i64 rows_ld = 0;
+    std::vector<T> buf;          // (H, T, DP) when not direct; padding columns stay 0
+    Heads(i64 h, i64 t_, i64 d_) : H(h), t(t_), d(d_), DP(round_up(d_, width<T>())), direct(d_ % width<T>() == 0),
+                                   buf(direct ? 0 : h * t_ * DP, 0) {}
+    void bind(const T* r, i64 r_ld) {
+        rows = const_cast<T*>(r);             // inputs are only read: gather() never writes rows
+        rows_ld = r_ld;
+        ld = direct ? r_ld : DP;
     }
-    void scatter(T* rows, i64 ld) {
-        for (i64 i = 0; i < t; ++i)
-            for (i64 h = 0; h < H; ++h) copy(rows + i * ld + h * d, head(h) + i * DP, d);
+    T* head(i64 h) { return direct ? rows + h * d : buf.data() + h * t * DP; }
+    void gather() {
+        if (!direct)
+            for (i64 i = 0; i < t; ++i)
+                for (i64 h = 0; h < H; ++h) copy(head(h) + i * DP, rows + i * rows_ld + h * d, d);
+    }
+    void scatter() {
+        if (!direct)
+            for (i64 i = 0; i < t; ++i)
+                for (i64 h = 0; h < H; ++h) copy(rows + i * rows_ld + h * d, head(h) + i * DP, d);
     }
 };
 
-// (T, DP) -> its transpose (D, TP); padding columns of dst stay 0
+// (T, D) with row stride ld -> its transpose (D, TP); padding columns of dst stay 0
 template <typename T>
-void transpose(const T* src, i64 t, i64 d, i64 DP, T* dst, i64 TP) {
-    for (i64 i = 0; i < t; ++i)
-        for (i64 j = 0; j < d; ++j) dst[j * TP + i] = src[i * DP + j];
+void transpose(const T* src, i64 ld, i64 t, i64 d, T* dst, i64 TP) {
+    for (i64 j = 0; j < d; ++j)
+        for (i64 i = 0; i < t; ++i) dst[j * TP + i] = src[i * ld + j];
 }
 
-// S = A Bᵀ (T, TP) from A (T, DP) and Bᵀ (D, TP); with causal, rows [i0, i0+n) need columns < i0+n.
+// S = A Bᵀ (T, TP) from A (T, D; row stride lda) and Bᵀ (D, TP); with causal, rows [i0, i0+n)
+// need columns < i0+n only.
 template <typename T>
-void scores(const T* a, const T* bt, T* s, i64 t, i64 d, i64 DP, i64 TP, bool causal) {
+void scores(const T* a, i64 lda, const T* bt, T* s, i64 t, i64 d, i64 TP, bool causal) {
     constexpr i64 W = width<T>();
-    gemm<false>(a, DP, bt, TP, s, TP, t, [d](i64, i64, i64& k0, i64& k1) { k0 = 0; k1 = d; },
+    gemm<false>(a, lda, bt, TP, s, TP, t, [d](i64, i64, i64& k0, i64& k1) { k0 = 0; k1 = d; },
                 [=](i64 i0, i64 n) { return causal ? round_up(i0 + n, W) : TP; });
 }
 
@@ -203,23 +217,27 @@ void attn_fwd(const T* qkv, T* y, T* lse, i64 B, i64 H, i64 t, i64 d, int causal
     const i64 C = H * d, ld = 3 * C;
     const T scale = (T)scale_d;
     Heads<T> q(H, t, d), k(H, t, d), v(H, t, d), o(H, t, d);
-    const i64 TP = q.TP, DP = q.DP;
+    const i64 TP = round_up(t, width<T>()), DP = q.DP;
     std::vector<T> kt(d * TP, 0), s(t * TP, 0);
     for (i64 b = 0; b < B; ++b) {
         const T* rows = qkv + b * t * ld;
-        q.gather(rows, ld);
-        k.gather(rows + C, ld);
-        v.gather(rows + 2 * C, ld);
+        q.bind(rows, ld);
+        k.bind(rows + C, ld);
+        v.bind(rows + 2 * C, ld);
+        o.bind(y + b * t * C, C);
+        q.gather();
+        k.gather();
+        v.gather();
         for (i64 h = 0; h < H; ++h) {
-            transpose(k.head(h), t, d, DP, kt.data(), TP);
-            scores(q.head(h), kt.data(), s.data(), t, d, DP, TP, causal);
+            transpose(k.head(h), k.ld, t, d, kt.data(), TP);
+            scores(q.head(h), q.ld, kt.data(), s.data(), t, d, TP, causal);
             T* l = lse + (b * H + h) * t;
             for (i64 i = 0; i < t; ++i) l[i] = softmax_row(s.data() + i * TP, causal ? i + 1 : t, TP, scale);
-            gemm<false>(s.data(), TP, v.head(h), DP, o.head(h), DP, t,
+            gemm<false>(s.data(), TP, v.head(h), v.ld, o.head(h), o.ld, t,
                         [=](i64 i0, i64 n, i64& k0, i64& k1) { k0 = 0; k1 = causal ? i0 + n : t; },
                         [=](i64, i64) { return DP; });
         }
-        o.scatter(y + b * t * C, C);
+        o.scatter();
     }
 }
 
@@ -229,7 +247,7 @@ void attn_bwd(const T* qkv, const T* y, const T* lse, const T* dy, T* dqkv, i64 
     const i64 C = H * d, ld = 3 * C;
     const T scale = (T)scale_d;
     Heads<T> q(H, t, d), k(H, t, d), v(H, t, d), o(H, t, d), dout(H, t, d), dq(H, t, d), dk(H, t, d), dv(H, t, d);
-    const i64 TP = q.TP, DP = q.DP;
+    const i64 TP = round_up(t, width<T>()), DP = q.DP;
     std::vector<T> kt(d * TP, 0), vt(d * TP, 0), p(t * TP, 0), ds(t * TP, 0), delta(t);
     auto all_cols = [=](i64, i64) { return DP; };
     // rows of Pᵀ and dSᵀ, i.e. columns j of P and dS, are zero before row j (causal)
@@ -237,11 +255,16 @@ void attn_bwd(const T* qkv, const T* y, const T* lse, const T* dy, T* dqkv, i64 
     auto to_diag = [=](i64 i0, i64 n, i64& k0, i64& k1) { k0 = 0; k1 = causal ? (i0 + n < t ? i0 + n : t) : t; };
     for (i64 b = 0; b < B; ++b) {
         const T* rows = qkv + b * t * ld;
-        q.gather(rows, ld);
-        k.gather(rows + C, ld);
-        v.gather(rows + 2 * C, ld);
-        o.gather(y + b * t * C, C);
-        dout.gather(dy + b * t * C, C);
+        T* out = dqkv + b * t * ld;
+        q.bind(rows, ld);
+        k.bind(rows + C, ld);
+        v.bind(rows + 2 * C, ld);
+        o.bind(y + b * t * C, C);
+        dout.bind(dy + b * t * C, C);
+        dq.bind(out, ld);
+        dk.bind(out + C, ld);
+        dv.bind(out + 2 * C, ld);
+        for (Heads<T>* m : {&q, &k, &v, &o, &dout}) m->gather();
         for (i64 h = 0; h < H; ++h) {
             const T* l = lse + (b * H + h) * t;
             const T* oh = o.head(h);
@@ -249,23 +272,20 @@ void attn_bwd(const T* qkv, const T* y, const T* lse, const T* dy, T* dqkv, i64 
             for (i64 i = 0; i < t; ++i) {                 // Δ_i = dO_i · O_i
                 T acc = 0;
 #pragma omp simd reduction(+ : acc)
-                for (i64 j = 0; j < d; ++j) acc += gh[i * DP + j] * oh[i * DP + j];
+                for (i64 j = 0; j < d; ++j) acc += gh[i * dout.ld + j] * oh[i * o.ld + j];
                 delta[i] = acc;
             }
-            transpose(k.head(h), t, d, DP, kt.data(), TP);
-            transpose(v.head(h), t, d, DP, vt.data(), TP);
-            scores(q.head(h), kt.data(), p.data(), t, d, DP, TP, causal);   // S, then P in place
-            scores(gh, vt.data(), ds.data(), t, d, DP, TP, causal);         // dP, then dS in place
+            transpose(k.head(h), k.ld, t, d, kt.data(), TP);
+            transpose(v.head(h), v.ld, t, d, vt.data(), TP);
+            scores(q.head(h), q.ld, kt.data(), p.data(), t, d, TP, causal);     // S, then P in place
+            scores(gh, dout.ld, vt.data(), ds.data(), t, d, TP, causal);        // dP, then dS in place
             for (i64 i = 0; i < t; ++i)
                 softmax_row_grad(p.data() + i * TP, ds.data() + i * TP, causal ? i + 1 : t, TP, scale, l[i], delta[i]);
-            gemm<true>(p.data(), TP, gh, DP, dv.head(h), DP, t, from_diag, all_cols);          // dV = Pᵀ dO
-            gemm<true>(ds.data(), TP, q.head(h), DP, dk.head(h), DP, t, from_diag, all_cols);  // dK = dSᵀ Q
-            gemm<false>(ds.data(), TP, k.head(h), DP, dq.head(h), DP, t, to_diag, all_cols);   // dQ = dS K
+            gemm<true>(p.data(), TP, gh, dout.ld, dv.head(h), dv.ld, t, from_diag, all_cols);         // dV = Pᵀ dO
+            gemm<true>(ds.data(), TP, q.head(h), q.ld, dk.head(h), dk.ld, t, from_diag, all_cols);    // dK = dSᵀ Q
+            gemm<false>(ds.data(), TP, k.head(h), k.ld, dq.head(h), dq.ld, t, to_diag, all_cols);     // dQ = dS K
         }
-        T* out = dqkv + b * t * ld;
-        dq.scatter(out, ld);
-        dk.scatter(out + C, ld);
-        dv.scatter(out + 2 * C, ld);
+        for (Heads<T>* m : {&dq, &dk, &dv}) m->scatter();
     }
 }
 

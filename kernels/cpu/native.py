@@ -1,8 +1,8 @@
 """Build the native CPU sources with the machine's C++ compiler at first use and call them through ctypes.
 
-Two translation units make one library: fast_cpu.cpp (elementwise and row loops, built with
--ffp-contract=off so each expression rounds as its NumPy reference) and attention_cpu.cpp (the
-fused packed attention, whose small GEMMs want fused multiply-adds).
+Three translation units make one library: fast_cpu.cpp (row loops and Adam, built with
+-ffp-contract=off so each expression rounds as its NumPy reference), gelu.cpp and
+attention_cpu.cpp (arithmetic-bound loops and small GEMMs, built with fused multiply-adds).
 
     lib = load()          # a NativeCPU, or None (no compiler, build failure: one warning, then None)
     y, slope = lib.gelu(x)
@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("fast_cpu.cpp")
-ATTENTION_SOURCE = Path(__file__).with_name("attention_cpu.cpp")
+FMA_SOURCES = (Path(__file__).with_name("gelu.cpp"), Path(__file__).with_name("attention_cpu.cpp"))
 HEADERS = (Path(__file__).with_name("vecmath.h"),)
 CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC",
             "-fvisibility=hidden", "-w"]
-SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "attention_cpu.cpp": ["-ffp-contract=fast"]}
-ABI_VERSION = 2
+SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "gelu.cpp": ["-ffp-contract=fast", "-mprefer-vector-width=512"],
+                "attention_cpu.cpp": ["-ffp-contract=fast"]}
+ABI_VERSION = 3
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _lock = threading.Lock()
@@ -75,7 +76,7 @@ def _compiler_id(cxx: str) -> str:
 def build() -> Path:
     """Compile the sources (or reuse the cached library); returns the .so path."""
     cxx = os.environ.get("CXX", "g++")
-    sources = (SOURCE, ATTENTION_SOURCE)
+    sources = (SOURCE, *FMA_SOURCES)
     texts = [p.read_text() for p in (*sources, *HEADERS)]
     flags = " ".join(CXXFLAGS) + repr(sorted(SOURCE_FLAGS.items()))
     key = hashlib.sha256("\0".join([*texts, flags, _compiler_id(cxx), _cpu_id()]).encode())

@@ -158,14 +158,21 @@ class CrossEntropy(Function):
         if bool(((safe_t < 0) | (safe_t >= c)).any()):
             bad = int(safe_t[(safe_t < 0) | (safe_t >= c)][0])
             raise IndexError(f"cross_entropy: target {bad} is out of range for {c} classes")
-        lse = _lse(logits, 1)[:, 0]
+        m = logits.max(axis=1, keepdims=True)
+        if bool(xp.isfinite(m).all()):     # one exp pass gives both the softmax and its logsumexp
+            e = xp.exp(logits - m)
+            den = e.sum(axis=1, keepdims=True)
+            e /= den
+            self.p, lse = e, (m + xp.log(den))[:, 0]
+        else:                              # rows of all -inf (or inf, NaN): the careful path
+            lse = _lse(logits, 1)[:, 0]
+            self.p = xp.exp(logits - lse[:, None])
         rows = xp.arange(n)
         nll = (lse - logits[rows, safe_t]) * valid
         self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
         n_valid = int(valid.sum())
         # a mean over no rows is NaN, as in PyTorch (every target == ignore_index)
         self.scale = (1.0 / n_valid if n_valid else float("nan")) if reduction == "mean" else 1.0
-        self.p = xp.exp(logits - lse[:, None])
         if reduction == "none":
             return nll
         out = nll.sum()
@@ -174,6 +181,13 @@ class CrossEntropy(Function):
     def backward(self, g):
         logits = self.inputs[0]
         xp = xp_of(logits.data)
+        if not is_grad_enabled():         # first order: (p - onehot) · w on one array
+            w = (self.valid * self.scale).astype(logits.dtype)[:, None]
+            w = w * (g.data.reshape(-1, 1) if self.reduction == "none" else g.data)
+            d = self.p.copy()
+            d[xp.arange(d.shape[0]), self.safe_t] -= 1
+            d *= w
+            return (_T(d),)
         p = saved(self.p, lambda: Softmax.apply(logits, axis=1))
         onehot = xp.zeros(logits.shape, dtype=logits.dtype)
         onehot[xp.arange(logits.shape[0]), self.safe_t] = 1
