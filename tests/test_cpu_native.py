@@ -103,6 +103,18 @@ def test_gelu_float64_is_the_exact_formula(lib):
     np.testing.assert_allclose(slope, cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi), rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_grad_recomputes_the_slope(lib, dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(1001) * 4).astype(dtype)
+    g = rng.standard_normal(1001).astype(dtype)
+    y, slope = lib.gelu(x)
+    y2, none = lib.gelu(x, slope=False)
+    assert none is None
+    np.testing.assert_array_equal(y2, y)
+    close(lib.gelu_grad(x, g), g * slope, dtype, ulps=4)     # FMA contraction may differ by an ulp
+
+
 def test_gelu_non_finite_like_numpy(lib):
     x = np.array([np.inf, -np.inf, np.nan, 0.0], np.float32)
     y, slope = lib.gelu(x)
@@ -116,7 +128,7 @@ def test_gelu_non_finite_like_numpy(lib):
 def test_gelu_op_uses_native_and_falls_back_for_views(monkeypatch, lib):
     calls = []
     orig = native.NativeCPU.gelu
-    monkeypatch.setattr(native.NativeCPU, "gelu", lambda self, x: calls.append(x.shape) or orig(self, x))
+    monkeypatch.setattr(native.NativeCPU, "gelu", lambda self, x, **kw: calls.append(x.shape) or orig(self, x, **kw))
     x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     F.gelu(mg.Tensor(x))
     assert calls == [(6, 8)]
@@ -340,3 +352,44 @@ def test_sdpa_on_strided_head_views_uses_native(monkeypatch, lib):
     assert calls == ["softmax", "ds"]
     for a, e in zip(got, numpy_path(monkeypatch, run)):
         close(a, e, np.float32)
+
+
+# ---------------------------------------------------------------- cross-entropy, embedding rows
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_matches_numpy(monkeypatch, lib, dtype, reduction):
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((9, 5)) * 3).astype(dtype)
+    target = rng.integers(0, 5, 9)
+    target[[2, 6]] = -100                                  # ignored rows
+    g = rng.standard_normal(9).astype(dtype) if reduction == "none" else np.asarray(1.7, dtype)
+
+    def run():
+        x = mg.Tensor(logits, requires_grad=True)
+        y = F.cross_entropy(x, target, reduction=reduction)
+        y.backward(mg.Tensor(g))
+        return y.numpy(), x.grad.numpy()
+    y, d = run()
+    y0, d0 = numpy_path(monkeypatch, run)
+    close(y, y0, dtype)
+    close(d, d0, dtype)
+    assert not d[[2, 6]].any()
+
+
+def test_cross_entropy_non_finite_rows_use_the_numpy_path(lib):
+    logits = np.array([[0.0, 1.0], [-np.inf, -np.inf]], np.float32)
+    assert lib.cross_entropy(logits, np.array([0, 1]), -100) is None
+    with np.errstate(invalid="ignore"):                   # -inf - -inf in the all -inf row
+        y = F.cross_entropy(mg.Tensor(logits), np.array([0, 1]), reduction="none").numpy()
+    assert np.isfinite(y[0]) and not np.isfinite(y[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter_add_rows_is_add_at_bitwise(lib, dtype):
+    rng = np.random.default_rng(8)
+    idx = rng.integers(0, 6, 200)
+    v = rng.standard_normal((200, 7)).astype(dtype)
+    out, ref = np.ones((6, 7), dtype), np.ones((6, 7), dtype)
+    lib.scatter_add_rows(out, idx, v)
+    np.add.at(ref, idx, v)
+    np.testing.assert_array_equal(out, ref)

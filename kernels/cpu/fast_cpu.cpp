@@ -9,6 +9,8 @@
 //   ln_bwd      g, xhat (n, c), rstd (n), w (c) or null -> dx (n, c); dw, db (c) or null
 //   softmax     s (B, H, Tq, Tk) in place: softmax(s·scale) over allowed keys; empty rows -> 0
 //   attn_ds     ds (rows, Tk) holding dp, p (rows, Tk): ds = p ∘ (dp − rowsum(dp ∘ p)) · scale
+//   cross_entropy   logits (n, c), target (n) -> nll (n), d = softmax − onehot (n, c)
+//   scatter_add_rows  out (V, c) += rows v (n, c) at idx (n), in row order
 //   adam        w, g, m, v (n): one Adam/AdamW step, scalars precomputed by the caller
 #include <cmath>
 #include <cstdint>
@@ -160,6 +162,55 @@ void attn_ds(T* ds, const T* p, i64 rows, i64 tk, double scale) {
     }
 }
 
+// ---------------------------------------------------------------- cross-entropy, embedding rows
+// Per row of logits (n, c) with target t (int64): nll = logsumexp(row) − row[t] and
+// d = softmax(row) − onehot(t), the gradient of nll. Rows whose target is `ignore` get nll = 0,
+// d = 0. Returns the number of rows whose max is not finite (the caller redoes those batches).
+template <typename T>
+i64 cross_entropy(const T* x, const int64_t* tgt, i64 n, i64 c, int64_t ignore, T* nll, T* d) {
+    i64 bad = 0;
+    for (i64 i = 0; i < n; ++i) {
+        const T* xr = x + i * c;
+        T* dr = d + i * c;
+        if (tgt[i] == ignore) {
+            nll[i] = 0;
+            for (i64 j = 0; j < c; ++j) dr[j] = 0;
+            continue;
+        }
+        T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (i64 j = 0; j < c; ++j) m = xr[j] > m ? xr[j] : m;
+        if (!std::isfinite(m)) {
+            ++bad;
+            continue;
+        }
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (i64 j = 0; j < c; ++j) {
+            T e = exp_t((T)(xr[j] - m));
+            dr[j] = e;
+            s += e;
+        }
+        const T inv = (T)1 / s;
+#pragma omp simd
+        for (i64 j = 0; j < c; ++j) dr[j] *= inv;
+        dr[tgt[i]] -= 1;
+        nll[i] = (m + std::log(s)) - xr[tgt[i]];
+    }
+    return bad;
+}
+
+// out[idx[i], :] += v[i, :] for i in order (np.add.at's order: the same sums, bit for bit)
+template <typename T>
+void scatter_add_rows(T* out, const int64_t* idx, const T* v, i64 n, i64 c) {
+    for (i64 i = 0; i < n; ++i) {
+        T* o = out + idx[i] * c;
+        const T* r = v + i * c;
+#pragma omp simd
+        for (i64 j = 0; j < c; ++j) o[j] += r[j];
+    }
+}
+
 // ---------------------------------------------------------------- Adam / AdamW
 // mode 0: no weight decay; 1: L2 (g + wd·w); 2: decoupled (w · decay first). Same operation
 // order and roundings as minigrad/optim.py's NumPy update.
@@ -196,7 +247,7 @@ void adam(T* w, const T* g, T* m, T* v, i64 n, int mode, double decay, double wd
 
 #define MG_API extern "C" __attribute__((visibility("default")))
 
-MG_API int mg_abi_version() { return 3; }
+MG_API int mg_abi_version() { return 5; }
 MG_API void mg_ln_fwd_f32(const float* x, const float* w, const float* b, float* y, float* xh, float* r,
                           i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, xh, r, n, c, eps); }
 MG_API void mg_ln_fwd_f64(const double* x, const double* w, const double* b, double* y, double* xh, double* r,
@@ -213,6 +264,16 @@ MG_API void mg_softmax_f64(double* s, i64 B, i64 H, i64 tq, i64 tk, int causal, 
 }
 MG_API void mg_attn_ds_f32(float* ds, const float* p, i64 rows, i64 tk, double scale) { attn_ds(ds, p, rows, tk, scale); }
 MG_API void mg_attn_ds_f64(double* ds, const double* p, i64 rows, i64 tk, double scale) { attn_ds(ds, p, rows, tk, scale); }
+MG_API i64 mg_cross_entropy_f32(const float* x, const int64_t* t, i64 n, i64 c, int64_t ignore, float* nll,
+                                float* d) { return cross_entropy(x, t, n, c, ignore, nll, d); }
+MG_API i64 mg_cross_entropy_f64(const double* x, const int64_t* t, i64 n, i64 c, int64_t ignore, double* nll,
+                                double* d) { return cross_entropy(x, t, n, c, ignore, nll, d); }
+MG_API void mg_scatter_add_rows_f32(float* out, const int64_t* idx, const float* v, i64 n, i64 c) {
+    scatter_add_rows(out, idx, v, n, c);
+}
+MG_API void mg_scatter_add_rows_f64(double* out, const int64_t* idx, const double* v, i64 n, i64 c) {
+    scatter_add_rows(out, idx, v, n, c);
+}
 MG_API void mg_adam_f32(float* w, const float* g, float* m, float* v, i64 n, int mode, double decay, double wd,
                         double b1, double c1, double b2, double c2, double ss, double ib, double eps) {
     adam(w, g, m, v, n, mode, decay, wd, b1, c1, b2, c2, ss, ib, eps);

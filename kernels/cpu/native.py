@@ -34,7 +34,7 @@ CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-er
             "-fvisibility=hidden", "-w"]
 SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "gelu.cpp": ["-ffp-contract=fast", "-mprefer-vector-width=512"],
                 "attention_cpu.cpp": ["-ffp-contract=fast"]}
-ABI_VERSION = 3
+ABI_VERSION = 5
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _lock = threading.Lock()
@@ -155,13 +155,17 @@ class NativeCPU:
         if cdll.mg_abi_version() != ABI_VERSION:
             raise OSError(f"fast_cpu library ABI {cdll.mg_abi_version()} != {ABI_VERSION}")
         P, I, D, C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+        returns = {"cross_entropy": I}
         sigs = {
             "gelu": [P, P, P, I],
+            "gelu_grad": [P, P, P, I],
             "ln_fwd": [P, P, P, P, P, P, I, I, D],
             "ln_bwd": [P, P, P, P, P, P, P, I, I],
             "softmax": [P, I, I, I, I, C, P, D],
             "attn_ds": [P, P, I, I, D],
             "adam": [P, P, P, P, I, C, D, D, D, D, D, D, D, D, D],
+            "cross_entropy": [P, P, I, I, I, P, P],
+            "scatter_add_rows": [P, P, P, I, I],
             "qkv_attn_fwd": [P, P, P, I, I, I, I, C, D],
             "qkv_attn_bwd": [P, P, P, P, P, I, I, I, I, C, D],
         }
@@ -169,15 +173,22 @@ class NativeCPU:
         for name, args in sigs.items():
             for suffix, dt in (("f32", _DTYPES[0]), ("f64", _DTYPES[1])):
                 f = getattr(cdll, f"mg_{name}_{suffix}")
-                f.argtypes, f.restype = args, None
+                f.argtypes, f.restype = args, returns.get(name)
                 self._fn[name, dt] = f
         self.cdll = cdll
 
-    def gelu(self, x):
-        """Exact GELU of x: (y, slope = dy/dx), both shaped like x."""
-        y, slope = np.empty_like(x), np.empty_like(x)
-        self._fn["gelu", x.dtype](_p(x), _p(y), _p(slope), x.size)
-        return y, slope
+    def gelu(self, x, slope=True):
+        """Exact GELU of x: (y, slope = dy/dx), both shaped like x; slope None unless asked."""
+        y = np.empty_like(x)
+        s = np.empty_like(x) if slope else None
+        self._fn["gelu", x.dtype](_p(x), _p(y), _p(s), x.size)
+        return y, s
+
+    def gelu_grad(self, x, g):
+        """g · dGELU/dx at x, the slope recomputed from x."""
+        dx = np.empty_like(x)
+        self._fn["gelu_grad", x.dtype](_p(x), _p(g), _p(dx), x.size)
+        return dx
 
     def layernorm_forward(self, x2, weight, bias, eps):
         """x2 (N, C) -> y (N, C), xhat (N, C), rstd (N, 1)."""
@@ -218,6 +229,20 @@ class NativeCPU:
         if dp.size:
             self._fn["attn_ds", dp.dtype](_p(dp), _p(p), dp.size // tk, tk, float(scale))
         return dp
+
+    def cross_entropy(self, logits, target, ignore_index):
+        """logits (N, C), target (N,) -> (nll (N,), d = softmax − onehot (N, C)), ignored rows 0;
+        None when a row's max is not finite (the caller's NumPy path handles those)."""
+        n, c = logits.shape
+        t = np.ascontiguousarray(target, dtype=np.int64)
+        nll, d = np.empty(n, logits.dtype), np.empty_like(logits)
+        bad = self._fn["cross_entropy", logits.dtype](_p(logits), _p(t), n, c, int(ignore_index), _p(nll), _p(d))
+        return None if bad else (nll, d)
+
+    def scatter_add_rows(self, out, idx, values):
+        """out (V, C) += values (N, C) at rows idx (N,), in order; idx already in [0, V)."""
+        i = np.ascontiguousarray(idx, dtype=np.int64)
+        self._fn["scatter_add_rows", out.dtype](_p(out), _p(i), _p(values), i.size, out.shape[1])
 
     def qkv_attention_forward(self, qkv, n_head, causal, scale):
         """qkv (B, T, 3C) packed q|k|v -> y (B, T, C), lse (B, n_head, T). See attention_cpu.cpp."""

@@ -39,8 +39,8 @@ class Gelu(Function):
             self.t = xp.tanh(u)
             return 0.5 * x * (1.0 + self.t)
         lib = fused.cpu_native(x)
-        if lib is not None:
-            y, self.slope = lib.gelu(x)
+        if lib is not None:      # the native backward recomputes the slope from x: keep none
+            y, self.slope = lib.gelu(x, slope=False)
         else:
             y, self.slope = gelu_and_slope(x)  # the slope dy/dx is computed with y, nearly for free
         return y
@@ -52,6 +52,12 @@ class Gelu(Function):
             du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
             return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
         if not is_grad_enabled():
+            if self.slope is None:
+                gd = np.ascontiguousarray(g.data, dtype=x.dtype)
+                lib = fused.cpu_native(x.data, gd)
+                if lib is not None:
+                    return (_T(lib.gelu_grad(x.data, gd)),)
+                self.slope = gelu_and_slope(x.data)[1]
             return (g * _T(self.slope),)
         cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))     # differentiable, for create_graph
         pdf = (x * x * -0.5).exp() * _INV_SQRT_2PI
@@ -158,25 +164,35 @@ class CrossEntropy(Function):
         if bool(((safe_t < 0) | (safe_t >= c)).any()):
             bad = int(safe_t[(safe_t < 0) | (safe_t >= c)][0])
             raise IndexError(f"cross_entropy: target {bad} is out of range for {c} classes")
+        self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
+        n_valid = int(valid.sum())
+        # a mean over no rows is NaN, as in PyTorch (every target == ignore_index)
+        self.scale = (1.0 / n_valid if n_valid else float("nan")) if reduction == "mean" else 1.0
+        lib = fused.cpu_native(logits)
+        res = lib.cross_entropy(logits, target, ignore_index) if lib is not None else None
+        if res is not None:                # one native pass: each row's nll and its gradient softmax − onehot
+            nll, self.d = res
+            self.p = None                  # recomputed if a create_graph backward needs it
+        else:
+            nll, self.p, self.d = self._nll(logits, safe_t, valid), self._p, None
+        if reduction == "none":
+            return nll
+        out = nll.sum()
+        return out * self.scale if reduction == "mean" else out
+
+    def _nll(self, logits, safe_t, valid):
+        """Per-row nll on arrays; sets self._p = softmax(logits)."""
+        xp = xp_of(logits)
         m = logits.max(axis=1, keepdims=True)
         if bool(xp.isfinite(m).all()):     # one exp pass gives both the softmax and its logsumexp
             e = xp.exp(logits - m)
             den = e.sum(axis=1, keepdims=True)
             e /= den
-            self.p, lse = e, (m + xp.log(den))[:, 0]
+            self._p, lse = e, (m + xp.log(den))[:, 0]
         else:                              # rows of all -inf (or inf, NaN): the careful path
             lse = _lse(logits, 1)[:, 0]
-            self.p = xp.exp(logits - lse[:, None])
-        rows = xp.arange(n)
-        nll = (lse - logits[rows, safe_t]) * valid
-        self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
-        n_valid = int(valid.sum())
-        # a mean over no rows is NaN, as in PyTorch (every target == ignore_index)
-        self.scale = (1.0 / n_valid if n_valid else float("nan")) if reduction == "mean" else 1.0
-        if reduction == "none":
-            return nll
-        out = nll.sum()
-        return out * self.scale if reduction == "mean" else out
+            self._p = xp.exp(logits - lse[:, None])
+        return (lse - logits[xp.arange(logits.shape[0]), safe_t]) * valid
 
     def backward(self, g):
         logits = self.inputs[0]
@@ -184,6 +200,8 @@ class CrossEntropy(Function):
         if not is_grad_enabled():         # first order: (p - onehot) · w on one array
             w = (self.valid * self.scale).astype(logits.dtype)[:, None]
             w = w * (g.data.reshape(-1, 1) if self.reduction == "none" else g.data)
+            if self.d is not None:
+                return (_T(self.d * w),)
             d = self.p.copy()
             d[xp.arange(d.shape[0]), self.safe_t] -= 1
             d *= w

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import fused
 from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
 from ..tensor import Tensor
@@ -171,12 +172,17 @@ def scatter_add(out, idx, values):
 def _scatter_add_rows(out, idx, values):
     """out[idx] += values for an integer index array on axis 0 (an embedding's backward).
 
-    np.add.at handles one row at a time; here the rows are sorted by index (stably, so each
-    index's rows are summed in their original order), summed per index with one reduceat, and
-    added once per distinct index.
+    np.add.at is slow (a Python-level iterator per element). The native library adds the rows in
+    order (np.add.at's sums, bit for bit); without it the rows are sorted by index (stably, so
+    each index's rows are summed in their original order), summed per index with one reduceat,
+    and added once per distinct index.
     """
     flat = idx.reshape(-1) % out.shape[0]                   # indices were bounds-checked in forward
     rows = values.reshape((flat.size,) + out.shape[1:])
+    lib = fused.cpu_native(out, rows) if out.ndim == 2 else None
+    if lib is not None:                                     # a loop over the rows, in order
+        lib.scatter_add_rows(out, flat, rows)
+        return
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
