@@ -204,13 +204,19 @@ def balanced(items, sizes, n: int) -> list[list]:
     return [g for g in groups if g]
 
 
-def clip_grad_norm_(parameters, max_norm, eps=1e-6):
-    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before."""
+def grad_sq_norm(g) -> float:
+    """Σ g² of one gradient array as a Python float: one BLAS dot, no temporaries."""
+    return float(get_array_module(g).vdot(g.ravel(), g.ravel()))
+
+
+def clip_grad_norm_(parameters, max_norm, eps=1e-6, norm=None):
+    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before.
+    ``norm``: that global norm, when the caller has already computed it (sqrt of Σ grad_sq_norm)."""
     grads = [p.grad.data for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    # each tensor's squared norm is one BLAS dot (no temporaries); the sum over tensors is in float64
-    total = math.sqrt(sum(float(get_array_module(g).vdot(g.ravel(), g.ravel())) for g in grads))
+    # the sum over tensors is in float64
+    total = math.sqrt(sum(grad_sq_norm(g) for g in grads)) if norm is None else float(norm)
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for g in grads:

@@ -20,6 +20,7 @@ after another in this process (``concurrent=False``) gives the same numbers bit 
 """
 from __future__ import annotations
 
+import math
 import mmap
 import multiprocessing
 import signal
@@ -32,7 +33,7 @@ import numpy as np
 import minigrad
 from minigrad import Tensor
 from minigrad.nn.layers import Dropout
-from minigrad.optim import balanced
+from minigrad.optim import balanced, grad_sq_norm
 
 
 def split_rows(batch, n: int):
@@ -114,6 +115,7 @@ class DataParallel:
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         self._children = []                # (process, connection, gradient views), started lazily
         self._weights = None               # the shared arrays the parameters hold (process backend)
+        self.grad_norm = None              # the global norm of .grad after the last step
 
     def can_run_concurrently(self) -> bool:
         """False when workers would change the result or the measurement: one worker, arrays not
@@ -209,12 +211,15 @@ class DataParallel:
         else:
             results = [_slice_grads(self.model, self.loss_fn, self.params, part, scale) for part in parts]
 
+        sq = [0.0] * len(self.params)
+
         def reduce(indices):              # each parameter's slice gradients, added in slice order
             for i in indices:
                 grads = [r[1][i].data for r in results if r[1][i] is not None]
-                if not grads:
-                    continue
                 p = self.params[i]
+                if not grads:
+                    sq[i] = grad_sq_norm(p.grad.data) if p.grad is not None else 0.0
+                    continue
                 total = grads[0] + grads[1] if len(grads) > 1 else grads[0].copy()
                 for g in grads[2:]:
                     total += g
@@ -222,12 +227,14 @@ class DataParallel:
                     p.grad = Tensor._make(total, False)
                 else:
                     p.grad.data += total
+                sq[i] = grad_sq_norm(p.grad.data)     # while it is in cache, for gradient clipping
 
         indices = list(range(len(self.params)))
         if concurrent:
             list(self.pool.map(reduce, balanced(indices, [p.data.size for p in self.params], self.workers)))
         else:
             reduce(indices)
+        self.grad_norm = math.sqrt(sum(sq))
         return float(sum(weight * r[0] for (_, weight), r in zip(parts, results)))
 
     def close(self) -> None:

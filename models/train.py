@@ -307,7 +307,9 @@ class Trainer:
         with t.phase("optimizer"):
             if cfg.grad_clip > 0:
                 from minigrad.optim import clip_grad_norm_
-                clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                # the data-parallel reduction measured the norm while the gradients were in cache
+                norm = self.parallel.grad_norm if self.parallel is not None else None
+                clip_grad_norm_(self.model.parameters(), cfg.grad_clip, norm=norm)
             if self.parallel is not None and self.parallel.can_run_concurrently():
                 self.opt.step(pool=self.parallel.pool, workers=cfg.workers)
             else:

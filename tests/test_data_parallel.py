@@ -180,3 +180,14 @@ def test_process_worker_error_is_reported_and_the_next_step_recovers():
     for a, s in zip(g, grads_of(model)):
         np.testing.assert_array_equal(a, s)
     dp.close()
+
+
+def test_step_measures_the_gradient_norm_for_clipping():
+    from minigrad.optim import clip_grad_norm_
+    model = GPT(CFG, seed=8)
+    dp = DataParallel(model, loss_fn, workers=2, backend="thread")
+    dp.step(split_rows(batch(4, 5), 2), 0.5)
+    dp.step(split_rows(batch(4, 6), 2), 0.5)            # accumulated: the norm is of the sum
+    measured = dp.grad_norm
+    assert measured == pytest.approx(clip_grad_norm_(model.parameters(), 1e9), rel=1e-12)
+    dp.close()
