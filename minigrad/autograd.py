@@ -101,6 +101,18 @@ def _nonfinite(a) -> bool:
 _profiler = None
 
 
+def _tensor_class():
+    """minigrad.tensor.Tensor (imported late: tensor.py imports this module)."""
+    global _Tensor
+    if _Tensor is None:
+        from .tensor import Tensor
+        _Tensor = Tensor
+    return _Tensor
+
+
+_Tensor = None
+
+
 # ---------------------------------------------------------------- Function
 class Function:
     """One op: ``forward`` on raw arrays, ``backward`` in Tensor ops. See the module docstring."""
@@ -117,18 +129,21 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **kwargs):
         """Run forward on the inputs' arrays and, if any input needs grad, record the node."""
-        from .tensor import Tensor
+        Tensor = _tensor_class()
         fn = cls()
-        arrays = []
-        device = None
-        for t in inputs:
-            d = t.device
-            if device is None:
-                device = d
-            elif d != device:
-                raise RuntimeError(f"{cls.__name__}: inputs are on different devices ({device} and {d}); "
-                                   "move them with .to(device) first")
-            arrays.append(t.data)
+        if len(inputs) == 1:
+            arrays = [inputs[0].data]
+        else:
+            arrays = []
+            device = None
+            for t in inputs:
+                d = t.device
+                if device is None:
+                    device = d
+                elif d != device:
+                    raise RuntimeError(f"{cls.__name__}: inputs are on different devices ({device} and {d}); "
+                                       "move them with .to(device) first")
+                arrays.append(t.data)
         prof = _profiler
         if prof is not None:
             t0 = prof.clock()

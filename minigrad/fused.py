@@ -45,12 +45,18 @@ def cpu_native(*arrays):
     warning says why), or when any of ``arrays`` (None entries ignored) is not a C-contiguous
     numpy.ndarray of one dtype, float32 or float64: the caller then runs its NumPy code.
     """
+    global _native
     if os.environ.get("MINIGRAD_CPU_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
         return None
-    try:
-        from kernels.cpu import native
-    except ImportError:
+    if _native is None:
+        try:
+            from kernels.cpu import native
+        except ImportError:
+            return None
+        _native = native
+    if arrays and not _native.eligible(*arrays):
         return None
-    if arrays and not native.eligible(*arrays):
-        return None
-    return native.load()
+    return _native.load()
+
+
+_native = None   # kernels.cpu.native, imported at the first cpu_native() call

@@ -5,8 +5,8 @@
 // accumulate in double. Built with -ffp-contract=off so each expression rounds exactly as the
 // NumPy reference does (no fused multiply-adds).
 //
-//   ln_fwd      x (n, c), w, b (c) or null -> y, xhat (n, c), rstd (n)
-//   ln_bwd      g, xhat (n, c), rstd (n), w (c) or null -> dx (n, c); dw, db (c) or null
+//   ln_fwd      x (n, c), w, b (c) or null -> y (n, c), mean, rstd (n)
+//   ln_bwd      g, x (n, c), mean, rstd (n), w (c) or null -> dx (n, c); dw, db (c) or null
 //   softmax     s (B, H, Tq, Tk) in place: softmax(s·scale) over allowed keys; empty rows -> 0
 //   attn_ds     ds (rows, Tk) holding dp, p (rows, Tk): ds = p ∘ (dp − rowsum(dp ∘ p)) · scale
 //   cross_entropy   logits (n, c), target (n) -> nll (n), d = softmax − onehot (n, c)
@@ -26,29 +26,29 @@ using mg::exp_t;
 
 
 // ---------------------------------------------------------------- LayerNorm
+// xhat = (x - mean) · rstd is never stored: the backward recomputes it from x, mean and rstd with
+// the same two roundings, so both passes see the same values.
 template <typename T>
-void ln_fwd(const T* x, const T* w, const T* b, T* y, T* xhat, T* rstd, i64 n, i64 c, double eps) {
+void ln_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, i64 n, i64 c, double eps) {
     for (i64 i = 0; i < n; ++i) {
         const T* xr = x + i * c;
-        T* hr = xhat + i * c;
         T* yr = y + i * c;
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (i64 j = 0; j < c; ++j) s += (double)xr[j];
-        const T mean = (T)(s / (double)c);
+        const T mu = (T)(s / (double)c);
         double ss = 0.0;
 #pragma omp simd reduction(+ : ss)
         for (i64 j = 0; j < c; ++j) {
-            T d = xr[j] - mean;
-            hr[j] = d;
+            T d = xr[j] - mu;
             ss += (double)d * (double)d;
         }
         const T r = (T)(1.0 / std::sqrt(ss / (double)c + eps));
+        mean[i] = mu;
         rstd[i] = r;
 #pragma omp simd
         for (i64 j = 0; j < c; ++j) {
-            T h = hr[j] * r;
-            hr[j] = h;
+            T h = (xr[j] - mu) * r;
             T v = w ? h * w[j] : h;
             yr[j] = b ? v + b[j] : v;
         }
@@ -57,30 +57,33 @@ void ln_fwd(const T* x, const T* w, const T* b, T* y, T* xhat, T* rstd, i64 n, i
 
 // dw and db are column sums over all rows, accumulated in double in row order (deterministic).
 template <typename T>
-void ln_bwd(const T* g, const T* xhat, const T* rstd, const T* w, T* dx, T* dw, T* db, i64 n, i64 c) {
+void ln_bwd(const T* g, const T* x, const T* mean, const T* rstd, const T* w, T* dx, T* dw, T* db, i64 n, i64 c) {
     std::vector<double> acc_w(dw ? c : 0, 0.0), acc_b(db ? c : 0, 0.0);
     double* aw = acc_w.data();
     double* ab = acc_b.data();
     for (i64 i = 0; i < n; ++i) {
         const T* gr = g + i * c;
-        const T* hr = xhat + i * c;
+        const T* xr = x + i * c;
         T* dr = dx + i * c;
+        const T mu = mean[i], r = rstd[i];
         double sa = 0.0, sb = 0.0;
 #pragma omp simd reduction(+ : sa, sb)
         for (i64 j = 0; j < c; ++j) {
             T gx = w ? gr[j] * w[j] : gr[j];
+            T h = (xr[j] - mu) * r;
             sa += (double)gx;
-            sb += (double)gx * (double)hr[j];
+            sb += (double)gx * (double)h;
         }
-        const T ma = (T)(sa / (double)c), mb = (T)(sb / (double)c), r = rstd[i];
+        const T ma = (T)(sa / (double)c), mb = (T)(sb / (double)c);
 #pragma omp simd
         for (i64 j = 0; j < c; ++j) {
             T gx = w ? gr[j] * w[j] : gr[j];
-            dr[j] = (gx - ma - hr[j] * mb) * r;
+            T h = (xr[j] - mu) * r;
+            dr[j] = (gx - ma - h * mb) * r;
         }
         if (aw) {
 #pragma omp simd
-            for (i64 j = 0; j < c; ++j) aw[j] += (double)gr[j] * (double)hr[j];
+            for (i64 j = 0; j < c; ++j) aw[j] += (double)gr[j] * (double)((xr[j] - mu) * r);
         }
         if (ab) {
 #pragma omp simd
@@ -247,15 +250,15 @@ void adam(T* w, const T* g, T* m, T* v, i64 n, int mode, double decay, double wd
 
 #define MG_API extern "C" __attribute__((visibility("default")))
 
-MG_API int mg_abi_version() { return 5; }
-MG_API void mg_ln_fwd_f32(const float* x, const float* w, const float* b, float* y, float* xh, float* r,
-                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, xh, r, n, c, eps); }
-MG_API void mg_ln_fwd_f64(const double* x, const double* w, const double* b, double* y, double* xh, double* r,
-                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, xh, r, n, c, eps); }
-MG_API void mg_ln_bwd_f32(const float* g, const float* xh, const float* r, const float* w, float* dx, float* dw,
-                          float* db, i64 n, i64 c) { ln_bwd(g, xh, r, w, dx, dw, db, n, c); }
-MG_API void mg_ln_bwd_f64(const double* g, const double* xh, const double* r, const double* w, double* dx,
-                          double* dw, double* db, i64 n, i64 c) { ln_bwd(g, xh, r, w, dx, dw, db, n, c); }
+MG_API int mg_abi_version() { return 6; }
+MG_API void mg_ln_fwd_f32(const float* x, const float* w, const float* b, float* y, float* m, float* r,
+                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, m, r, n, c, eps); }
+MG_API void mg_ln_fwd_f64(const double* x, const double* w, const double* b, double* y, double* m, double* r,
+                          i64 n, i64 c, double eps) { ln_fwd(x, w, b, y, m, r, n, c, eps); }
+MG_API void mg_ln_bwd_f32(const float* g, const float* x, const float* m, const float* r, const float* w, float* dx,
+                          float* dw, float* db, i64 n, i64 c) { ln_bwd(g, x, m, r, w, dx, dw, db, n, c); }
+MG_API void mg_ln_bwd_f64(const double* g, const double* x, const double* m, const double* r, const double* w,
+                          double* dx, double* dw, double* db, i64 n, i64 c) { ln_bwd(g, x, m, r, w, dx, dw, db, n, c); }
 MG_API void mg_softmax_f32(float* s, i64 B, i64 H, i64 tq, i64 tk, int causal, const uint8_t* km, double scale) {
     softmax_rows(s, B, H, tq, tk, causal, km, scale);
 }

@@ -34,7 +34,7 @@ CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-er
             "-fvisibility=hidden", "-w"]
 SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "gelu.cpp": ["-ffp-contract=fast", "-mprefer-vector-width=512"],
                 "attention_cpu.cpp": ["-ffp-contract=fast"]}
-ABI_VERSION = 5
+ABI_VERSION = 6
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _lock = threading.Lock()
@@ -160,7 +160,7 @@ class NativeCPU:
             "gelu": [P, P, P, I],
             "gelu_grad": [P, P, P, I],
             "ln_fwd": [P, P, P, P, P, P, I, I, D],
-            "ln_bwd": [P, P, P, P, P, P, P, I, I],
+            "ln_bwd": [P, P, P, P, P, P, P, P, I, I],
             "softmax": [P, I, I, I, I, C, P, D],
             "attn_ds": [P, P, I, I, D],
             "adam": [P, P, P, P, I, C, D, D, D, D, D, D, D, D, D],
@@ -191,20 +191,20 @@ class NativeCPU:
         return dx
 
     def layernorm_forward(self, x2, weight, bias, eps):
-        """x2 (N, C) -> y (N, C), xhat (N, C), rstd (N, 1)."""
+        """x2 (N, C) -> y (N, C), mean (N, 1), rstd (N, 1)."""
         n, c = x2.shape
-        y, xhat = np.empty_like(x2), np.empty_like(x2)
-        rstd = np.empty((n, 1), x2.dtype)
-        self._fn["ln_fwd", x2.dtype](_p(x2), _p(weight), _p(bias), _p(y), _p(xhat), _p(rstd), n, c, float(eps))
-        return y, xhat, rstd
+        y = np.empty_like(x2)
+        mean, rstd = np.empty((n, 1), x2.dtype), np.empty((n, 1), x2.dtype)
+        self._fn["ln_fwd", x2.dtype](_p(x2), _p(weight), _p(bias), _p(y), _p(mean), _p(rstd), n, c, float(eps))
+        return y, mean, rstd
 
-    def layernorm_backward(self, g2, xhat, rstd, weight, need_dw, need_db):
-        """g2, xhat (N, C), rstd (N, 1), weight (C,) or None -> dx (N, C), dw (C,) or None, db (C,) or None."""
+    def layernorm_backward(self, g2, x2, mean, rstd, weight, need_dw, need_db):
+        """g2, x2 (N, C), mean, rstd (N, 1), weight (C,) or None -> dx (N, C), dw (C,) or None, db (C,) or None."""
         n, c = g2.shape
         dx = np.empty_like(g2)
         dw = np.empty(c, g2.dtype) if need_dw else None
         db = np.empty(c, g2.dtype) if need_db else None
-        self._fn["ln_bwd", g2.dtype](_p(g2), _p(xhat), _p(rstd), _p(weight), _p(dx), _p(dw), _p(db), n, c)
+        self._fn["ln_bwd", g2.dtype](_p(g2), _p(x2), _p(mean), _p(rstd), _p(weight), _p(dx), _p(dw), _p(db), n, c)
         return dx, dw, db
 
     def softmax_(self, s, scale, causal=False, key_mask=None):

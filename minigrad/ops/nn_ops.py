@@ -232,8 +232,9 @@ class LayerNorm(Function):
                 xp.ascontiguousarray(x2), weight, bias, eps)
             return y.reshape(shape)
         lib = fused.cpu_native(x2, weight, bias)
-        if lib is not None:
-            y, self.xhat, self.rstd = lib.layernorm_forward(x2, weight, bias, eps)
+        if lib is not None:       # keeps mean and rstd; the native backward recomputes xhat from x
+            y, self.mean, self.rstd = lib.layernorm_forward(x2, weight, bias, eps)
+            self.xhat = None
             return y.reshape(shape)
         mean = x2.mean(axis=1, keepdims=True)
         xhat = x2 - mean                                       # (N, C), normalised in place below
@@ -282,11 +283,15 @@ class LayerNorm(Function):
         xp = xp_of(g2)
         x = self.inputs[0]
         xhat, rstd, c = self.xhat, self.rstd, g2.shape[1]
-        lib = fused.cpu_native(g2, xhat, rstd, w.data if w is not None else None)
+        x2 = x.data.reshape(-1, c)
+        lib = fused.cpu_native(g2, x2, self.mean, rstd, w.data if w is not None else None) if xhat is None else None
+        if xhat is None and lib is None:   # the native forward ran, but the library is now off
+            xhat = (x2 - self.mean) * rstd
         if lib is not None:
             need_dw = self.has_w and w.requires_grad
             need_db = self.has_b and self.inputs[-1].requires_grad
-            dx, dw, db = lib.layernorm_backward(g2, xhat, rstd, w.data if w is not None else None, need_dw, need_db)
+            dx, dw, db = lib.layernorm_backward(g2, x2, self.mean, rstd, w.data if w is not None else None,
+                                                need_dw, need_db)
             out = [_T(dx.reshape(x.shape))]
             if self.has_w:
                 out.append(_T(dw) if need_dw else None)

@@ -20,6 +20,8 @@ class Reshape(Function):
                              f"into shape {shape}") from None
 
     def backward(self, g):
+        if not is_grad_enabled():            # first order: a view of the array, no op to record
+            return (Tensor._make(g.data.reshape(self.src)),)
         return (g.reshape(self.src),)
 
 
@@ -29,6 +31,8 @@ class Transpose(Function):
         return a.transpose(axes)
 
     def backward(self, g):
+        if not is_grad_enabled():
+            return (Tensor._make(g.data.transpose(self.inv)),)
         return (g.transpose(self.inv),)
 
 
