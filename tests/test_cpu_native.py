@@ -103,18 +103,6 @@ def test_gelu_float64_is_the_exact_formula(lib):
     np.testing.assert_allclose(slope, cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi), rtol=1e-14, atol=1e-15)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_gelu_grad_recomputes_the_slope(lib, dtype):
-    rng = np.random.default_rng(3)
-    x = (rng.standard_normal(1001) * 4).astype(dtype)
-    g = rng.standard_normal(1001).astype(dtype)
-    y, slope = lib.gelu(x)
-    y2, none = lib.gelu(x, slope=False)
-    assert none is None
-    np.testing.assert_array_equal(y2, y)
-    close(lib.gelu_grad(x, g), g * slope, dtype, ulps=4)     # FMA contraction may differ by an ulp
-
-
 def test_gelu_non_finite_like_numpy(lib):
     x = np.array([np.inf, -np.inf, np.nan, 0.0], np.float32)
     y, slope = lib.gelu(x)
@@ -128,7 +116,7 @@ def test_gelu_non_finite_like_numpy(lib):
 def test_gelu_op_uses_native_and_falls_back_for_views(monkeypatch, lib):
     calls = []
     orig = native.NativeCPU.gelu
-    monkeypatch.setattr(native.NativeCPU, "gelu", lambda self, x, **kw: calls.append(x.shape) or orig(self, x, **kw))
+    monkeypatch.setattr(native.NativeCPU, "gelu", lambda self, x: calls.append(x.shape) or orig(self, x))
     x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     F.gelu(mg.Tensor(x))
     assert calls == [(6, 8)]

@@ -158,7 +158,6 @@ class NativeCPU:
         returns = {"cross_entropy": I}
         sigs = {
             "gelu": [P, P, P, I],
-            "gelu_grad": [P, P, P, I],
             "ln_fwd": [P, P, P, P, P, P, I, I, D],
             "ln_bwd": [P, P, P, P, P, P, P, P, I, I],
             "softmax": [P, I, I, I, I, C, P, D],
@@ -177,18 +176,11 @@ class NativeCPU:
                 self._fn[name, dt] = f
         self.cdll = cdll
 
-    def gelu(self, x, slope=True):
-        """Exact GELU of x: (y, slope = dy/dx), both shaped like x; slope None unless asked."""
-        y = np.empty_like(x)
-        s = np.empty_like(x) if slope else None
-        self._fn["gelu", x.dtype](_p(x), _p(y), _p(s), x.size)
-        return y, s
-
-    def gelu_grad(self, x, g):
-        """g · dGELU/dx at x, the slope recomputed from x."""
-        dx = np.empty_like(x)
-        self._fn["gelu_grad", x.dtype](_p(x), _p(g), _p(dx), x.size)
-        return dx
+    def gelu(self, x):
+        """Exact GELU of x: (y, slope = dy/dx), both shaped like x."""
+        y, slope = np.empty_like(x), np.empty_like(x)
+        self._fn["gelu", x.dtype](_p(x), _p(y), _p(slope), x.size)
+        return y, slope
 
     def layernorm_forward(self, x2, weight, bias, eps):
         """x2 (N, C) -> y (N, C), mean (N, 1), rstd (N, 1)."""
