@@ -14,7 +14,7 @@
 //   backward  recompute P = exp(S·scale − lse) from the saved lse (FlashAttention's trick: no
 //             T×T array is kept between the passes); Δ_i = Σ_d dO_id O_id;
 //             dP = dO Vᵀ; dS = P ∘ (dP − Δ) · scale; dQ = dS K; dK = dSᵀ Q; dV = Pᵀ dO.
-// Every product is one register-blocked micro-GEMM (gemm below): 8 rows × one vector of columns
+// Every product is one register-blocked micro-GEMM (gemm below): 8 rows × two vectors of columns
 // per step, the k loop bounded by the causal structure.
 //
 // Memory: reads qkv (and y, dy, lse in the backward) once; writes y and lse (forward) or dqkv
@@ -37,23 +37,36 @@ template <> struct Vec<double> { typedef double type __attribute__((vector_size(
 template <typename T> constexpr i64 width() { return 64 / (i64)sizeof(T); }
 inline i64 round_up(i64 n, i64 w) { return (n + w - 1) / w * w; }
 
-// C[r, 0:ncols] = Σ_{k in [k0, k1)} A[r, k] B[k, 0:ncols] for the R rows of one block, where
-// A[r, k] is a[r·lda + k] or, with TA (A transposed in memory), a[k·lda + r]. B and C rows are
-// padded so ncols is a multiple of the vector width; A is read one broadcast scalar at a time.
-template <int R, bool TA, typename T>
-inline void gemm_block(const T* a, i64 lda, const T* B, i64 ldb, T* C, i64 ldc, i64 k0, i64 k1, i64 ncols) {
+// C[r, c:c+NV·W] = Σ_{k in [k0, k1)} A[r, k] B[k, c:c+NV·W] for the R rows of one block, where
+// A[r, k] is a[r·lda + k] or, with TA (A transposed in memory), a[k·lda + r]. Each broadcast of
+// A feeds NV vector FMAs (R·NV accumulators stay in registers).
+template <int R, int NV, bool TA, typename T>
+inline void gemm_tile(const T* a, i64 lda, const T* B, i64 ldb, T* C, i64 ldc, i64 k0, i64 k1) {
     typedef typename Vec<T>::type V;
     constexpr i64 W = width<T>();
-    for (i64 c = 0; c < ncols; c += W) {
-        V acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = V{};
-        for (i64 k = k0; k < k1; ++k) {
-            V b;
-            std::memcpy(&b, B + k * ldb + c, sizeof b);
-            for (int r = 0; r < R; ++r) acc[r] += (TA ? a[k * lda + r] : a[r * lda + k]) * b;
+    V acc[R][NV];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (i64 k = k0; k < k1; ++k) {
+        V b[NV];
+        for (int v = 0; v < NV; ++v) std::memcpy(&b[v], B + k * ldb + v * W, sizeof(V));
+        for (int r = 0; r < R; ++r) {
+            const T x = TA ? a[k * lda + r] : a[r * lda + k];
+            for (int v = 0; v < NV; ++v) acc[r][v] += x * b[v];
         }
-        for (int r = 0; r < R; ++r) std::memcpy(C + r * ldc + c, &acc[r], sizeof(V));
     }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) std::memcpy(C + r * ldc + v * W, &acc[r][v], sizeof(V));
+}
+
+// The R rows of one block over ncols columns (B and C rows are padded so ncols is a multiple of
+// the vector width): two vectors at a time, then one.
+template <int R, bool TA, typename T>
+inline void gemm_block(const T* a, i64 lda, const T* B, i64 ldb, T* C, i64 ldc, i64 k0, i64 k1, i64 ncols) {
+    constexpr i64 W = width<T>();
+    i64 c = 0;
+    for (; c + 2 * W <= ncols; c += 2 * W) gemm_tile<R, 2, TA>(a, lda, B + c, ldb, C + c, ldc, k0, k1);
+    for (; c < ncols; c += W) gemm_tile<R, 1, TA>(a, lda, B + c, ldb, C + c, ldc, k0, k1);
 }
 
 // C (M, ncols) = A (M, ·) B (·, ncols), in blocks of 8 rows; kr(i0, rows, k0, k1) sets the block's
