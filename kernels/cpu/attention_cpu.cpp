@@ -124,6 +124,17 @@ struct Heads {
     }
 };
 
+// Ask for [p, p + bytes) ahead of use, a cache line at a time. A batch element's rows are one
+// contiguous block, but each head reads a 1/H slice of every row: strided, so the hardware
+// prefetcher would not fetch them in time (measured: the cold kernel ran at 60% of the warm one).
+inline void prefetch(const void* p, i64 bytes, bool write = false) {
+    const char* c = static_cast<const char*>(p);
+    for (i64 o = 0; o < bytes; o += 64) {
+        if (write) __builtin_prefetch(c + o, 1, 3);
+        else __builtin_prefetch(c + o, 0, 3);
+    }
+}
+
 // (T, D) with row stride ld -> its transpose (D, TP); padding columns of dst stay 0
 template <typename T>
 void transpose(const T* src, i64 ld, i64 t, i64 d, T* dst, i64 TP) {
@@ -232,6 +243,8 @@ void attn_fwd(const T* qkv, T* y, T* lse, i64 B, i64 H, i64 t, i64 d, int causal
     Heads<T> q(H, t, d), k(H, t, d), v(H, t, d), o(H, t, d);
     const i64 TP = round_up(t, width<T>()), DP = q.DP;
     std::vector<T> kt(d * TP, 0), s(t * TP, 0);
+    const i64 bytes = t * ld * (i64)sizeof(T), obytes = t * C * (i64)sizeof(T);
+    prefetch(qkv, bytes);
     for (i64 b = 0; b < B; ++b) {
         const T* rows = qkv + b * t * ld;
         q.bind(rows, ld);
@@ -242,6 +255,10 @@ void attn_fwd(const T* qkv, T* y, T* lse, i64 B, i64 H, i64 t, i64 d, int causal
         k.gather();
         v.gather();
         for (i64 h = 0; h < H; ++h) {
+            if (b + 1 < B) {               // a 1/H share of the next batch element's rows per head
+                prefetch((const char*)(rows + t * ld) + h * bytes / H, bytes / H);
+                prefetch((const char*)(y + (b + 1) * t * C) + h * obytes / H, obytes / H, true);
+            }
             transpose(k.head(h), k.ld, t, d, kt.data(), TP);
             scores(q.head(h), q.ld, kt.data(), s.data(), t, d, TP, causal);
             T* l = lse + (b * H + h) * t;
@@ -266,9 +283,14 @@ void attn_bwd(const T* qkv, const T* y, const T* lse, const T* dy, T* dqkv, i64 
     // rows of Pᵀ and dSᵀ, i.e. columns j of P and dS, are zero before row j (causal)
     auto from_diag = [=](i64 j0, i64, i64& k0, i64& k1) { k0 = causal ? j0 : 0; k1 = t; };
     auto to_diag = [=](i64 i0, i64 n, i64& k0, i64& k1) { k0 = 0; k1 = causal ? (i0 + n < t ? i0 + n : t) : t; };
+    const i64 bytes = t * ld * (i64)sizeof(T), obytes = t * C * (i64)sizeof(T);
+    prefetch(qkv, bytes);
+    prefetch(y, obytes);
+    prefetch(dy, obytes);
     for (i64 b = 0; b < B; ++b) {
         const T* rows = qkv + b * t * ld;
         T* out = dqkv + b * t * ld;
+
         q.bind(rows, ld);
         k.bind(rows + C, ld);
         v.bind(rows + 2 * C, ld);
@@ -279,6 +301,13 @@ void attn_bwd(const T* qkv, const T* y, const T* lse, const T* dy, T* dqkv, i64 
         dv.bind(out + 2 * C, ld);
         for (Heads<T>* m : {&q, &k, &v, &o, &dout}) m->gather();
         for (i64 h = 0; h < H; ++h) {
+            if (b + 1 < B) {               // a 1/H share of the next batch element's rows per head
+                const i64 qo = h * bytes / H, oo = h * obytes / H;
+                prefetch((const char*)(rows + t * ld) + qo, bytes / H);
+                prefetch((const char*)(y + (b + 1) * t * C) + oo, obytes / H);
+                prefetch((const char*)(dy + (b + 1) * t * C) + oo, obytes / H);
+                prefetch((const char*)(out + t * ld) + qo, bytes / H, true);
+            }
             const T* l = lse + (b * H + h) * t;
             const T* oh = o.head(h);
             const T* gh = dout.head(h);
