@@ -149,6 +149,13 @@ def estimate(name: str, phase: str, in_shapes, out_shape, itemsize: int, needs=N
         if kernel:
             flops += 2 * scores * d + 5 * scores
         return flops, 2 * io + (0 if kernel else 4 * scores * itemsize)
+    if name == "GeluMLP":                       # x (N, C), W1 (H, C), W2 (C2, H): two GEMMs and a GELU
+        (n, c), (h, _), (c2, _) = in_shapes[0], in_shapes[1], in_shapes[2]
+        gemms = 2 * n * h * (c + c2)
+        if fwd:                                 # writes a and the slope (N, H) and y
+            return gemms + 20 * n * h, (ins[0] + ins[1] + ins[2] + 2 * n * h + n * c2) * itemsize
+        # dA = g W2, dW2 = gᵀ a, dH = dA·slope, dx = dH W1, dW1 = dHᵀ x
+        return 2 * gemms + n * h, (2 * ins[0] + 2 * ins[1] + 2 * ins[2] + 3 * n * h + 2 * n * c2) * itemsize
     if name == "QKVAttention":                  # qkv (B, T, 3C) -> (B, T, C), fused: no (T, T) buffer kept
         b, t, c = in_shapes[0][0], in_shapes[0][1], in_shapes[0][2] // 3
         gemm = 2 * b * t * t * c                # one (T, T)·(T, hs) product summed over the heads

@@ -176,9 +176,9 @@ class NativeCPU:
                 self._fn[name, dt] = f
         self.cdll = cdll
 
-    def gelu(self, x):
-        """Exact GELU of x: (y, slope = dy/dx), both shaped like x."""
-        y, slope = np.empty_like(x), np.empty_like(x)
+    def gelu(self, x, out=None):
+        """Exact GELU of x: (y, slope = dy/dx), both shaped like x. ``out`` may be x (in place)."""
+        y, slope = (np.empty_like(x) if out is None else out), np.empty_like(x)
         self._fn["gelu", x.dtype](_p(x), _p(y), _p(slope), x.size)
         return y, slope
 

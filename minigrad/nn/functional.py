@@ -12,8 +12,8 @@ import numpy as np
 from ..ops import Relu, Sigmoid, Tanh
 from .. import fused
 from ..backend import device_of
-from ..ops.nn_ops import (Attention, CrossEntropy, Gelu, LayerNorm, Linear, LogSoftmax, LogSumExp, QKVAttention,
-                          Softmax)
+from ..ops.nn_ops import (Attention, CrossEntropy, Gelu, GeluMLP, LayerNorm, Linear, LogSoftmax, LogSumExp,
+                          QKVAttention, Softmax)
 from ..tensor import Tensor, _axes, _axis
 
 
@@ -153,6 +153,22 @@ def qkv_self_attention(qkv: Tensor, num_heads: int, is_causal: bool = False, sca
     heads = qkv.reshape((b, t, 3, num_heads, hs)).transpose(2, 0, 3, 1, 4)   # (3, B, nh, T, hs)
     y = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=is_causal, scale=scale)
     return y.transpose(0, 2, 1, 3).reshape((b, t, e))
+
+
+def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias, proj_weight: Tensor, proj_bias) -> Tensor:
+    """linear(gelu(linear(x, fc_weight, fc_bias)), proj_weight, proj_bias), exact GELU.
+
+    x (N, C) rows; weights (out, in) as nn.Linear keeps them; biases may be None. On the CPU one
+    op whose hidden activation is computed in place (ops.nn_ops.GeluMLP); otherwise (CuPy, other
+    ranks, no native library) exactly that composition.
+    """
+    biases = [b for b in (fc_bias, proj_bias) if b is not None]
+    arrays = [t.data for t in (x, fc_weight, proj_weight, *biases)]
+    if (x.ndim == 2 and len({a.dtype for a in arrays}) == 1 and not fused.use_kernels(device_of(x.data))
+            and fused.cpu_native(*arrays) is not None):
+        return GeluMLP.apply(x, fc_weight, proj_weight, *biases, has_b1=fc_bias is not None,
+                             has_b2=proj_bias is not None)
+    return linear(gelu(linear(x, fc_weight, fc_bias)), proj_weight, proj_bias)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:

@@ -91,6 +91,59 @@ class Linear(Function):
         return gx, gw, (g2.sum(axis=0) if self.inputs[2].requires_grad else None)
 
 
+class GeluMLP(Function):
+    """y = gelu(x W1ᵀ + b1) W2ᵀ + b2 with the exact GELU: a transformer's MLP as one op.
+
+    x (N, C), W1 (H, C), W2 (C2, H), b1 (H,) and b2 (C2,) optional (flags has_b1, has_b2) ->
+    y (N, C2). The hidden activation is computed in place (GELU overwrites the first GEMM's output)
+    and the backward scales the second GEMM's dx by the GELU slope in place, so neither pass makes
+    a second (N, H) array: each fresh array costs a cache-cold write. Keeps a = gelu(h) and the
+    slope, both (N, H). Built by F.gelu_mlp, on the CPU, when the native library takes the arrays.
+    """
+
+    def forward(self, x, w1, w2, *biases, has_b1=False, has_b2=False):
+        self.has_b1, self.has_b2 = has_b1, has_b2
+        b1 = biases[0] if has_b1 else None
+        b2 = biases[-1] if has_b2 else None
+        h = x @ w1.T                                          # (N, H)
+        if b1 is not None:
+            h += b1
+        _, self.slope = fused.cpu_native(h).gelu(h, out=h)    # h becomes a = gelu(h)
+        self.a = h
+        y = h @ w2.T                                          # (N, C2)
+        if b2 is not None:
+            y += b2
+        return y
+
+    def backward(self, g):
+        x, w1, w2 = self.inputs[:3]
+        b1 = self.inputs[3] if self.has_b1 else None
+        b2 = self.inputs[-1] if self.has_b2 else None
+        if not is_grad_enabled():
+            g2 = g.data
+            da = g2 @ w2.data                                 # (N, H)
+            dw2 = g2.T @ self.a if w2.requires_grad else None
+            db2 = g2.sum(axis=0) if b2 is not None and b2.requires_grad else None
+            da *= self.slope                                  # dh, in place
+            dx = da @ w1.data if x.requires_grad else None
+            dw1 = da.T @ x.data if w1.requires_grad else None
+            db1 = da.sum(axis=0) if b1 is not None and b1.requires_grad else None
+            grads = [dx, dw1, dw2] + ([db1] if self.has_b1 else []) + ([db2] if self.has_b2 else [])
+            return tuple(None if d is None else _T(d) for d in grads)
+        # create_graph: the same formulas in Tensor ops, h and the slope recomputed from x
+        h = Linear.apply(x, w1, b1) if b1 is not None else Linear.apply(x, w1)
+        cdf = 0.5 * (1.0 + erf(h * (1.0 / math.sqrt(2.0))))
+        a = h * cdf
+        slope = cdf + h * ((h * h * -0.5).exp() * _INV_SQRT_2PI)
+        dh = (g @ w2) * slope
+        grads = [dh @ w1, dh.swapaxes(0, 1) @ x, g.swapaxes(0, 1) @ a]
+        if self.has_b1:
+            grads.append(dh.sum(axis=0))
+        if self.has_b2:
+            grads.append(g.sum(axis=0))
+        return tuple(grads)
+
+
 # ---------------------------------------------------------------- softmax family
 def _lse(x, axis):
     """logsumexp over ``axis`` with keepdims, max-subtracted; rows of all -inf give -inf."""
