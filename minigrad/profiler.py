@@ -503,7 +503,8 @@ class PhaseTimer:
     left out of the per-step figures, since the hook slows it a little.
     """
 
-    STEP_PHASES = ("data", "forward", "backward", "optimizer")
+    # "forward+backward": a data-parallel step (models/data_parallel.py) times the two together
+    STEP_PHASES = ("data", "forward", "backward", "forward+backward", "optimizer")
 
     def __init__(self, sync=None, profile_step: int | None = None):
         self.sync = sync
@@ -536,7 +537,8 @@ class PhaseTimer:
         peak, note = matmul_peak(xp=xp)
         parts = []
         if self.op_profile is not None:
-            parts.append(f"ops of step {self.profile_step} (under minigrad.profile):")
+            parts.append(f"ops of step {self.profile_step} (under minigrad.profile; data-parallel slices of this step "
+                         "run one after another in this process)")
             parts.append(self.op_profile.table(top=top))
         else:
             parts.append(f"(no op profile: the run ended before step {self.profile_step})")
@@ -597,19 +599,19 @@ class PhaseTimer:
         step_s = np.array([sum(s.values()) for s in self.steps])
         med = float(np.median(step_s))
         lines = [(f"phase breakdown: {len(self.steps)} steps (the profiled step excluded), "
-                  f"{wall:.2f} s wall"), f"  {'phase':<10} {'total s':>9} {'calls':>6} {'mean ms':>9} {'share':>6}"]
-        named = ("data", "forward", "backward", "optimizer", "eval")
+                  f"{wall:.2f} s wall"), f"  {'phase':<16} {'total s':>9} {'calls':>6} {'mean ms':>9} {'share':>6}"]
+        named = ("data", "forward", "backward", "forward+backward", "optimizer", "eval")
         accounted = 0.0
         for name in list(named) + sorted(set(self.totals) - set(named)):
             if name not in self.totals or self.counts.get(name, 0) == 0:
                 continue
             t, c = self.totals[name], self.counts[name]
             accounted += t
-            lines.append(f"  {name:<10} {t:>9.3f} {c:>6} {t / c * 1e3:>9.2f} {t / wall * 100:>5.1f}%")
+            lines.append(f"  {name:<16} {t:>9.3f} {c:>6} {t / c * 1e3:>9.2f} {t / wall * 100:>5.1f}%")
         other = max(wall - accounted - self.profiled_step_s, 0.0)
-        lines.append(f"  {'other':<10} {other:>9.3f} {'':>6} {'':>9} {other / wall * 100:>5.1f}%"
+        lines.append(f"  {'other':<16} {other:>9.3f} {'':>6} {'':>9} {other / wall * 100:>5.1f}%"
                      "   (logging, progress bar, checkpoints, the profiled step)")
-        lines.append(f"median step {med * 1e3:.2f} ms (data+forward+backward+optimizer)")
+        lines.append(f"median step {med * 1e3:.2f} ms (data + forward and backward + optimizer)")
         if tokens_per_step:
             lines.append(f"tokens/s: {tokens_per_step / med:,.0f} (median step), "
                          f"{tokens_per_step * len(step_s) / step_s.sum():,.0f} (mean over the run)")
