@@ -33,7 +33,11 @@ def _minigrad_step(model, cfg, tokens):
     tcfg = TrainConfig()
     trainer = Trainer(model, batches, lambda m, b: m(b[0], b[1])[1], tcfg, tempfile.gettempdir(), quiet=True,
                       split=split_rows)
-    return lambda: trainer.train_step(tcfg.lr)
+
+    def step():
+        return trainer.train_step(tcfg.lr)
+    step.trainer = trainer
+    return step
 
 
 def _torch_step(model, cfg, tokens):
@@ -127,6 +131,7 @@ def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] 
         print(f"no PyTorch reference: {last}", file=sys.stderr)
         return None
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  torch: eager, {out['threads']} intra-op threads (in a child process)", flush=True)
     return out["times"], out["version"]
 
 
@@ -135,7 +140,7 @@ def _torch_child() -> int:
 
     warmup, total, seed = (int(a) for a in sys.argv[1:4])
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         print("torch is not importable (pip install torch)", file=sys.stderr)
         return 3
@@ -143,7 +148,7 @@ def _torch_child() -> int:
     cfg = BENCH_CONFIG
     tokens = np.random.default_rng(seed).integers(0, VOCAB, 200_000)
     step, version = _torch_step(GPT(cfg, seed=seed), cfg, tokens)  # the same initial weights
-    print(json.dumps({"times": _time(step, warmup, total), "version": version}))
+    print(json.dumps({"times": _time(step, warmup, total), "version": version, "threads": torch.get_num_threads()}))
     return 0
 
 
@@ -178,7 +183,12 @@ def main(args) -> int:
           f"batch {tc.batch_size}, vocab {cfg.vocab_size}, AdamW + clip; {args.warmup} warm-up + {args.steps} "
           f"timed steps each", flush=True)
     _print_load("before")
-    times = {"minigrad": _time(_minigrad_step(model, cfg, tokens), args.warmup, args.steps)}
+    step = _minigrad_step(model, cfg, tokens)
+    times = {"minigrad": _time(step, args.warmup, args.steps)}
+    dp = step.trainer.parallel
+    print(f"  minigrad: {dp.workers} data-parallel worker {'processes' if dp.backend == 'process' else 'threads'}, "
+          "one BLAS thread each" if dp is not None and dp.can_run_concurrently() else
+          "  minigrad: one worker", flush=True)
     torch_version = None
     if not args.no_torch:
         ref = _torch_times(args.warmup, args.steps, args.seed)
