@@ -4,7 +4,9 @@ A script, not a test. It prints
   - the cost of one tiny op (add of two (1,) float32 tensors), forward alone and forward+backward,
     in µs per op, next to torch's (when torch is importable) and NumPy's bare array add;
   - the median step time (ms) of a matmul-heavy MLP 512→1024→1024→10 at batch 64
-    (forward, cross-entropy, backward, SGD step), next to torch's.
+    (forward, cross-entropy, backward, SGD step), next to torch's;
+  - the fused CPU ops (causal self-attention on a packed q|k|v, the GELU MLP) at one GPT
+    data-parallel slice's shapes, native against the NumPy composition they replace.
 Medians: the tiny op over 7 blocks of ``--repeat`` ops, the MLP over 30 steps after 5 warm-up.
 """
 from __future__ import annotations
@@ -126,6 +128,46 @@ def mlp_step_torch(torch) -> float:
 
 # ------------------------------------------------------------------ report
 
+# ------------------------------------------------------------------ fused CPU ops
+# One data-parallel slice of the default GPT: 6 sequences of 64 tokens, n_embd 128, 4 heads.
+SLICE_B, SLICE_T, SLICE_C, SLICE_H = 6, 64, 128, 4
+
+
+def _fused_cases():
+    """(name, make) pairs; make() -> a fwd+bwd closure on fresh Tensors (the fused op, or the
+    composition when MINIGRAD_CPU_NATIVE=0 is set around the call)."""
+    from .nn import functional as F
+    from .tensor import Tensor
+    rng = np.random.default_rng(0)
+    b, t, c, nh = SLICE_B, SLICE_T, SLICE_C, SLICE_H
+    qkv_a = rng.standard_normal((b, t, 3 * c)).astype(np.float32)
+    x_a = rng.standard_normal((b * t, c)).astype(np.float32)
+    w1_a = (rng.standard_normal((4 * c, c)) * 0.02).astype(np.float32)
+    w2_a = (rng.standard_normal((c, 4 * c)) * 0.02).astype(np.float32)
+
+    def attention():
+        qkv = Tensor(qkv_a, requires_grad=True)
+        return lambda: F.qkv_self_attention(qkv, nh, is_causal=True).sum().backward()
+
+    def mlp():
+        x, w1, w2 = (Tensor(a, requires_grad=True) for a in (x_a, w1_a, w2_a))
+        return lambda: F.gelu_mlp(x, w1, None, w2, None).sum().backward()
+    return [(f"causal attention ({b}x{t}, {c} = {nh} heads)", attention), (f"MLP {c}→{4 * c}→{c} ({b * t} rows)", mlp)]
+
+
+def fused_op_ms(make, native: bool) -> float:
+    """Median ms of one forward+backward; native=False times the NumPy composition instead."""
+    old = os.environ.get("MINIGRAD_CPU_NATIVE")
+    os.environ["MINIGRAD_CPU_NATIVE"] = "1" if native else "0"
+    try:
+        return _median_ms(make())
+    finally:
+        if old is None:
+            del os.environ["MINIGRAD_CPU_NATIVE"]
+        else:
+            os.environ["MINIGRAD_CPU_NATIVE"] = old
+
+
 def _fmt(v, unit_width=10, digits=2):
     return f"{'—':>{unit_width}}" if v is None else f"{v:>{unit_width}.{digits}f}"
 
@@ -158,6 +200,13 @@ def main(args) -> int:
     print(f"{'train step':<26}{_fmt(ms)}{_fmt(ts)}")
     if ts:
         print(f"{'ratio minigrad / torch':<26}{ms / ts:>10.2f}")
+
+    print("\nfused CPU ops (kernels/cpu), forward + backward of one GPT data-parallel slice, ms (median of "
+          f"{MLP_STEPS}); 'numpy' is the same op as NumPy composition (MINIGRAD_CPU_NATIVE=0)")
+    print(f"{'':<44}{'native':>10}{'numpy':>10}{'ratio':>8}")
+    for name, make in _fused_cases():
+        nat, ref = fused_op_ms(make, True), fused_op_ms(make, False)
+        print(f"{name:<44}{_fmt(nat)}{_fmt(ref)}{nat / ref:>8.2f}")
     return 0
 
 
