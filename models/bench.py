@@ -24,13 +24,13 @@ VOCAB = 84  # the Shakespeare character vocabulary
 BENCH_CONFIG = GPTConfig(vocab_size=VOCAB)  # the `minigrad train` default
 
 
-def _minigrad_step(model, cfg, tokens):
+def _minigrad_step(model, cfg, tokens, workers: int | None = None):
     def batches(split, rng):
         ix = rng.integers(0, len(tokens) - cfg.block_size - 1, size=tcfg.batch_size)
         chunk = tokens[ix[:, None] + np.arange(cfg.block_size + 1)]
         return chunk[:, :-1], chunk[:, 1:]
 
-    tcfg = TrainConfig()
+    tcfg = TrainConfig() if workers is None else TrainConfig(workers=workers)
     trainer = Trainer(model, batches, lambda m, b: m(b[0], b[1])[1], tcfg, tempfile.gettempdir(), quiet=True,
                       split=split_rows)
 
@@ -183,7 +183,7 @@ def main(args) -> int:
           f"batch {tc.batch_size}, vocab {cfg.vocab_size}, AdamW + clip; {args.warmup} warm-up + {args.steps} "
           f"timed steps each", flush=True)
     _print_load("before")
-    step = _minigrad_step(model, cfg, tokens)
+    step = _minigrad_step(model, cfg, tokens, getattr(args, "workers", None))
     times = {"minigrad": _time(step, args.warmup, args.steps)}
     dp = step.trainer.parallel
     print(f"  minigrad: {dp.workers} data-parallel worker {'processes' if dp.backend == 'process' else 'threads'}, "

@@ -87,6 +87,8 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps (at least 30; default 40)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (default 5)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--workers", type=int, default=None,
+                   help="minigrad's data-parallel workers (default: as `minigrad train`, 2; 1 = one process)")
     p.add_argument("--gen-context", type=int, default=256, help="context length for the tokens/s figures")
     p.add_argument("--no-gen", action="store_true", help="skip the generation figures")
     p.add_argument("--seed", type=int, default=1337)
@@ -181,6 +183,8 @@ def run_bench_train(args) -> int:
 
     if args.steps < 30:
         return _fail("bench train", f"--steps must be at least 30, got {args.steps}")
+    if args.workers is not None and args.workers < 1:
+        return _fail("bench train", f"--workers must be at least 1, got {args.workers}")
     tune_malloc()  # for both minigrad and torch: they share this process
     return bench.main(args)
 
