@@ -131,8 +131,9 @@ class DataParallel:
 
     # ---- the process backend
     def _share_weights(self) -> None:
-        """Make every parameter's array a view of one shared buffer (again, if one was replaced,
-        as load_state_dict does), so that forked workers see each optimizer update."""
+        """Move every trainable parameter's array into shared memory (again, if one was replaced,
+        as load_state_dict does), so that forked workers see each optimizer update. Parameters
+        only: a buffer that the model changed during training would not reach the workers."""
         if self._weights is not None and all(p.data is v for p, v in zip(self.params, self._weights)):
             return
         self._weights = []

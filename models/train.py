@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data_parallel import split_rows
 from models.checkpoint import CheckpointError, check_arrays, has_checkpoint, load_checkpoint, save_checkpoint
 from models.data import DataError
+from models.data_parallel import DataParallel, split_rows
 from models.tokenize import TokenizerError
 
 EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
@@ -225,7 +225,6 @@ class Trainer:
         batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.workers
         workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread."""
         import minigrad.optim as optim
-        from models.data_parallel import DataParallel
 
         cfg.check()
         self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg

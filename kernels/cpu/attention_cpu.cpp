@@ -7,10 +7,11 @@
 //   y    (B·T, C):  y of head h at [r, h·D + d]
 //   lse  (B, H, T): log Σ_j exp(s_ij) of each query row, s = q kᵀ · scale (causal: j <= i)
 //
-// Algorithm, per (b, h), one after another (single-threaded: on a 2-core machine a second thread
-// fights OpenBLAS's spinning workers):
-//   forward   gather Q, K, V (T, D) and Kᵀ (D, T); S = Q Kᵀ; P = softmax(S·scale) row by row
-//             (causal rows stop at the diagonal, so masked blocks are never computed); O = P V.
+// Algorithm, per (b, h), one after another (single-threaded: the data-parallel workers of
+// models/data_parallel.py give each core its own slice of the batch):
+//   forward   Q, K, V (T, D) read in place (gathered only when D is not a whole number of
+//             vectors) and Kᵀ (D, T); S = Q Kᵀ; P = softmax(S·scale) row by row (causal rows stop
+//             at the diagonal, so masked blocks are never computed); O = P V.
 //   backward  recompute P = exp(S·scale − lse) from the saved lse (FlashAttention's trick: no
 //             T×T array is kept between the passes); Δ_i = Σ_d dO_id O_id;
 //             dP = dO Vᵀ; dS = P ∘ (dP − Δ) · scale; dQ = dS K; dK = dSᵀ Q; dV = Pᵀ dO.
@@ -34,29 +35,33 @@ template <typename T> struct Vec;
 template <> struct Vec<float> { typedef float type __attribute__((vector_size(64))); };
 template <> struct Vec<double> { typedef double type __attribute__((vector_size(64))); };
 
-template <typename T> constexpr i64 width() { return 64 / (i64)sizeof(T); }
+template <typename T> using V = typename Vec<T>::type;
+
+template <typename T> constexpr i64 width() { return 64 / (i64)sizeof(T); }   // lanes per vector
 inline i64 round_up(i64 n, i64 w) { return (n + w - 1) / w * w; }
+template <typename T> inline V<T> splat(T a) { return V<T>{} + a; }
+template <typename T> inline V<T> load(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
+template <typename T> inline void store(T* p, V<T> v) { std::memcpy(p, &v, sizeof v); }
 
 // C[r, c:c+NV·W] = Σ_{k in [k0, k1)} A[r, k] B[k, c:c+NV·W] for the R rows of one block, where
 // A[r, k] is a[r·lda + k] or, with TA (A transposed in memory), a[k·lda + r]. Each broadcast of
 // A feeds NV vector FMAs (R·NV accumulators stay in registers).
 template <int R, int NV, bool TA, typename T>
 inline void gemm_tile(const T* a, i64 lda, const T* B, i64 ldb, T* C, i64 ldc, i64 k0, i64 k1) {
-    typedef typename Vec<T>::type V;
     constexpr i64 W = width<T>();
-    V acc[R][NV];
+    V<T> acc[R][NV];
     for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+        for (int v = 0; v < NV; ++v) acc[r][v] = V<T>{};
     for (i64 k = k0; k < k1; ++k) {
-        V b[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&b[v], B + k * ldb + v * W, sizeof(V));
+        V<T> b[NV];
+        for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * W);
         for (int r = 0; r < R; ++r) {
             const T x = TA ? a[k * lda + r] : a[r * lda + k];
             for (int v = 0; v < NV; ++v) acc[r][v] += x * b[v];
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) std::memcpy(C + r * ldc + v * W, &acc[r][v], sizeof(V));
+        for (int v = 0; v < NV; ++v) store(C + r * ldc + v * W, acc[r][v]);
 }
 
 // The R rows of one block over ncols columns (B and C rows are padded so ncols is a multiple of
@@ -152,10 +157,6 @@ void scores(const T* a, i64 lda, const T* bt, T* s, i64 t, i64 d, i64 TP, bool c
 }
 
 // ---------------------------------------------------------------- rows of scores, a vector at a time
-template <typename T> using V = typename Vec<T>::type;
-template <typename T> inline V<T> splat(T a) { return V<T>{} + a; }
-template <typename T> inline V<T> load(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
-template <typename T> inline void store(T* p, V<T> v) { std::memcpy(p, &v, sizeof v); }
 template <typename T> inline V<T> lanes() {        // {0, 1, …, W-1}
     V<T> v;
     for (i64 l = 0; l < width<T>(); ++l) v[l] = (T)l;

@@ -1,5 +1,6 @@
 """Neural-network ops with hand-derived backward: activations, the softmax family, losses,
-layer_norm and scaled-dot-product attention.
+layer_norm, scaled-dot-product attention, and two fused CPU ops the GPT is built from (the GELU
+MLP and self-attention on a packed q|k|v projection).
 
 Each backward is a Tensor expression over ``saved(...)`` values: constants in a first-order
 backward, recomputed differentiably under create_graph, so second derivatives hold.
@@ -221,25 +222,26 @@ class CrossEntropy(Function):
             nll, self.d = res
             self.p = None                  # recomputed if a create_graph backward needs it
         else:
-            nll, self.p, self.d = self._nll(logits, safe_t, valid), self._p, None
+            (nll, self.p), self.d = self._nll(logits, safe_t, valid), None
         if reduction == "none":
             return nll
         out = nll.sum()
         return out * self.scale if reduction == "mean" else out
 
-    def _nll(self, logits, safe_t, valid):
-        """Per-row nll on arrays; sets self._p = softmax(logits)."""
+    @staticmethod
+    def _nll(logits, safe_t, valid):
+        """(per-row nll, softmax(logits)) on arrays."""
         xp = xp_of(logits)
         m = logits.max(axis=1, keepdims=True)
         if bool(xp.isfinite(m).all()):     # one exp pass gives both the softmax and its logsumexp
             e = xp.exp(logits - m)
             den = e.sum(axis=1, keepdims=True)
             e /= den
-            self._p, lse = e, (m + xp.log(den))[:, 0]
+            p, lse = e, (m + xp.log(den))[:, 0]
         else:                              # rows of all -inf (or inf, NaN): the careful path
             lse = _lse(logits, 1)[:, 0]
-            self._p = xp.exp(logits - lse[:, None])
-        return (lse - logits[xp.arange(logits.shape[0]), safe_t]) * valid
+            p = xp.exp(logits - lse[:, None])
+        return (lse - logits[xp.arange(logits.shape[0]), safe_t]) * valid, p
 
     def backward(self, g):
         logits = self.inputs[0]
