@@ -146,3 +146,17 @@ def test_hypothesis_shapes(native_on):
         np.testing.assert_allclose(d, grad(dy.astype(np.float64)), rtol=rtol, atol=atol * max(1.0, np.abs(dy).max()))
 
     check()
+
+
+def test_bench_ops_times_the_fused_ops_and_restores_the_switch(native_on, monkeypatch):
+    """`minigrad bench ops` times each fused op with the native path on, then off, and leaves
+    MINIGRAD_CPU_NATIVE as it found it (figures are printed, never asserted)."""
+    from minigrad import bench
+    monkeypatch.setattr(bench, "MLP_WARMUP", 1)
+    monkeypatch.setattr(bench, "MLP_STEPS", 2)
+    cases = bench._fused_cases()
+    assert [name.split()[0] for name, _ in cases] == ["causal", "MLP"]
+    for _, make in cases:
+        assert bench.fused_op_ms(make, True) > 0 and bench.fused_op_ms(make, False) > 0
+    import os
+    assert os.environ["MINIGRAD_CPU_NATIVE"] == "1"
