@@ -44,6 +44,14 @@ def split_rows(batch, n: int):
     return [(tuple(a[lo:hi] for a in batch), (hi - lo) / rows) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+def split_rows_by_targets(batch, n: int, ignore_index: int):
+    """split_rows for a batch whose last array holds targets and whose loss is the mean over the
+    targets != ignore_index: each slice's weight is its share of those targets (every row has one)."""
+    parts = split_rows(batch, n)
+    total = int(np.count_nonzero(batch[-1] != ignore_index))
+    return [(b, int(np.count_nonzero(b[-1] != ignore_index)) / total) for b, _ in parts]
+
+
 def _blas_controller():
     """A threadpoolctl controller for the loaded BLAS, or None when threadpoolctl is missing."""
     try:

@@ -84,7 +84,8 @@ def main(args) -> dict:
     from models.checkpoint import CheckpointError, has_checkpoint
     from models.cli import DEFAULT_OUT
     from models.seq2seq import Seq2Seq, Seq2SeqConfig
-    from models.tasks import DEFAULT_TASK, TaskData, Vocab, expected_target_tokens, get_task
+    from models.data_parallel import split_rows_by_targets
+    from models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
     from models.train import TrainConfig, Trainer, TrainError, checkpoint_to_resume
 
     for k in GPT_ONLY_FLAGS:
@@ -152,7 +153,10 @@ def main(args) -> dict:
     def loss_fn(model, batch):
         return model(*batch)[1]
 
-    trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta,
+    def split(batch, n):        # the loss is a mean over target tokens: weigh slices by theirs
+        return split_rows_by_targets(batch, n, IGNORE)
+
+    trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, split=split,
                       tokens_per_batch=int(B * expected_target_tokens(task)), quiet=getattr(args, "quiet", False))
     if ckpt is not None:
         trainer.load(ckpt)

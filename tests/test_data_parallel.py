@@ -191,3 +191,15 @@ def test_step_measures_the_gradient_norm_for_clipping():
     measured = dp.grad_norm
     assert measured == pytest.approx(clip_grad_norm_(model.parameters(), 1e9), rel=1e-12)
     dp.close()
+
+
+def test_split_by_targets_weighs_slices_by_their_target_tokens():
+    from models.data_parallel import split_rows_by_targets
+    tgt = np.array([[1, 2, -100], [3, -100, -100], [4, 5, 6], [7, -100, -100]])
+    parts = split_rows_by_targets((np.zeros((4, 2)), tgt), 2, -100)
+    assert [w for _, w in parts] == [3 / 7, 4 / 7]
+    # the weighted slice means equal the whole batch's mean over targets
+    vals = np.arange(12, dtype=float).reshape(4, 3)
+    mean = lambda t, v: v[t != -100].mean()  # noqa: E731
+    got = sum(w * mean(b[1], vals[:2] if i == 0 else vals[2:]) for i, (b, w) in enumerate(parts))
+    assert got == pytest.approx(mean(tgt, vals))
