@@ -70,3 +70,17 @@ def strict_backend():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def native_on(monkeypatch):
+    """The native CPU library on (and the CUDA kernels off): skips, saying why, without a compiler."""
+    import warnings
+
+    from minigrad import fused
+    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
+    monkeypatch.setenv("MINIGRAD_KERNELS", "auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fused.cpu_native() is None:
+            pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")

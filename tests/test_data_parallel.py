@@ -37,6 +37,17 @@ def grads_of(model):
     return [p.grad.numpy().copy() for p in model.parameters()]
 
 
+def assert_workers_equal_serial(dp, model, parts):
+    """One step on the workers gives the serial step's gradients bit for bit (.grad left zeroed)."""
+    dp.step(parts)
+    on_workers = grads_of(model)
+    model.zero_grad()
+    dp.step(parts, concurrent=False)
+    for a, s in zip(on_workers, grads_of(model)):
+        np.testing.assert_array_equal(a, s)
+    model.zero_grad()
+
+
 def test_split_rows_weights_sum_to_one():
     b = (np.arange(10).reshape(5, 2), np.arange(5))
     parts = split_rows(b, 2)
@@ -138,21 +149,9 @@ def test_process_workers_follow_weight_updates_and_reloads():
         dp.step(split_rows(b, 2))
         opt.step()
         opt.zero_grad()
-    dp.step(split_rows(b, 2))
-    after_updates = grads_of(model)
-    model.zero_grad()
-    dp.step(split_rows(b, 2), concurrent=False)
-    for a, s in zip(after_updates, grads_of(model)):
-        np.testing.assert_array_equal(a, s)
-    model.zero_grad()
-    fresh = GPT(CFG, seed=6)
-    model.load_state_dict(fresh.state_dict())
-    dp.step(split_rows(b, 2))
-    reloaded = grads_of(model)
-    model.zero_grad()
-    dp.step(split_rows(b, 2), concurrent=False)
-    for a, s in zip(reloaded, grads_of(model)):
-        np.testing.assert_array_equal(a, s)
+    assert_workers_equal_serial(dp, model, split_rows(b, 2))   # after in-place updates
+    model.load_state_dict(GPT(CFG, seed=6).state_dict())
+    assert_workers_equal_serial(dp, model, split_rows(b, 2))   # after the arrays were replaced
     procs = [c[0] for c in dp._children]
     dp.close()
     assert procs and not any(p.is_alive() for p in procs)

@@ -3,26 +3,14 @@ composition linear -> gelu -> linear it replaces: forward and gradients in float
 with and without biases; gradcheck and gradgradcheck in float64 through the fused op."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 
 import minigrad as mg
 import minigrad.nn.functional as F
-from minigrad import fused
 
 from conftest import tol
-
-
-@pytest.fixture
-def native_on(monkeypatch):
-    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
-    monkeypatch.setenv("MINIGRAD_KERNELS", "auto")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if fused.cpu_native() is None:
-            pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
 
 
 def make(dtype, n=7, c=5, h=11, c2=3, bias=(True, True), seed=0):

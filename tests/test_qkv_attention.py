@@ -8,27 +8,15 @@ run in float64 through the native op; hypothesis draws the shapes.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 
 import minigrad as mg
 import minigrad.nn.functional as F
-from minigrad import fused
 from minigrad.ops.nn_ops import attention_reference, causal_mask
 
 from conftest import tol
-
-
-@pytest.fixture
-def native_on(monkeypatch):
-    monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
-    monkeypatch.setenv("MINIGRAD_KERNELS", "auto")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if fused.cpu_native() is None:
-            pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
 
 
 def reference(qkv, n_head, causal, scale=None):

@@ -206,7 +206,7 @@ class CrossEntropy(Function):
 
     def forward(self, logits, target, ignore_index=-100, reduction="mean"):
         xp = xp_of(logits)
-        n, c = logits.shape
+        c = logits.shape[1]
         valid = target != ignore_index
         safe_t = xp.where(valid, target, 0)
         if bool(((safe_t < 0) | (safe_t >= c)).any()):
