@@ -164,8 +164,8 @@ def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias, proj_weight: Tensor, proj_bi
     """
     biases = [b for b in (fc_bias, proj_bias) if b is not None]
     arrays = [t.data for t in (x, fc_weight, proj_weight, *biases)]
-    if (x.ndim == 2 and len({a.dtype for a in arrays}) == 1 and not fused.use_kernels(device_of(x.data))
-            and fused.cpu_native(*arrays) is not None):
+    # cpu_native also requires one dtype across the arrays
+    if x.ndim == 2 and not fused.use_kernels(device_of(x.data)) and fused.cpu_native(*arrays) is not None:
         return GeluMLP.apply(x, fc_weight, proj_weight, *biases, has_b1=fc_bias is not None,
                              has_b2=proj_bias is not None)
     return linear(gelu(linear(x, fc_weight, fc_bias)), proj_weight, proj_bias)
