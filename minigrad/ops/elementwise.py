@@ -180,11 +180,17 @@ class Maximum(Function):
         return xp_of(a).maximum(a, b)
 
     def backward(self, g):
-        from ..tensor import Tensor
-        a, b = self.inputs
-        wa = Tensor._make(self.wa.astype(g.dtype))
-        return (unbroadcast(g * wa, a.shape) if a.requires_grad else None,
-                unbroadcast(g * (1.0 - wa), b.shape) if b.requires_grad else None)
+        return _split_grad(self, g, self.wa)
+
+
+def _split_grad(fn, g, w):
+    """The gradients of fn's inputs a and b when the output takes a share w (a constant array,
+    broadcast like the output) of a and 1 - w of b: g·w to a, g·(1 - w) to b."""
+    from ..tensor import Tensor
+    a, b = fn.inputs[0], fn.inputs[1]
+    wa = Tensor._make(w.astype(g.dtype))
+    return (unbroadcast(g * wa, a.shape) if a.requires_grad else None,
+            unbroadcast(g * (1.0 - wa), b.shape) if b.requires_grad else None)
 
 
 class Minimum(Function):
@@ -203,11 +209,7 @@ class Where(Function):
         return xp_of(a).where(cond, a, b)
 
     def backward(self, g):
-        from ..tensor import Tensor
-        a, b = self.inputs
-        c = Tensor._make(self.cond.astype(g.dtype))
-        return (unbroadcast(g * c, a.shape) if a.requires_grad else None,
-                unbroadcast(g * (1.0 - c), b.shape) if b.requires_grad else None)
+        return _split_grad(self, g, self.cond)
 
 
 class Compare(Function):
