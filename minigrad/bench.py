@@ -35,15 +35,20 @@ def _per_op_us(fn, repeat: int) -> float:
     return statistics.median(blocks) * 1e6
 
 
-def _median_ms(step) -> float:
-    for _ in range(MLP_WARMUP):
+def wall_times(step, warmup: int, total: int) -> list[float]:
+    """Seconds of each of `total` calls of step() after `warmup` untimed ones (host clock)."""
+    for _ in range(warmup):
         step()
     times = []
-    for _ in range(MLP_STEPS):
+    for _ in range(total):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return times
+
+
+def _median_ms(step) -> float:
+    return statistics.median(wall_times(step, MLP_WARMUP, MLP_STEPS)) * 1e3
 
 
 # ------------------------------------------------------------------ tiny op

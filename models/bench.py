@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 
-from models.gpt import GPT, GPTConfig
+from minigrad.bench import wall_times
 from models.data_parallel import split_rows
+from models.gpt import GPT, GPTConfig
 from models.train import TrainConfig, Trainer
 
 VOCAB = 84  # the Shakespeare character vocabulary
@@ -111,14 +112,7 @@ def _torch_step(model, cfg, tokens):
 
 def _time(step, warmup: int, total: int) -> list[float]:
     """Milliseconds of `total` calls of step() after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(total):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return [t * 1e3 for t in wall_times(step, warmup, total)]
 
 
 def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] | None:
