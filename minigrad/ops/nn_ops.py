@@ -29,6 +29,11 @@ def _T(a):
 
 
 # ---------------------------------------------------------------- activations
+def _normal_cdf_pdf(x):
+    """(Φ(x), φ(x)) of the standard normal as Tensor expressions: GELU's pieces under create_graph."""
+    return 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0)))), (x * x * -0.5).exp() * _INV_SQRT_2PI
+
+
 class Gelu(Function):
     """x Φ(x) (approximate="none") or the tanh approximation (approximate="tanh")."""
 
@@ -54,8 +59,7 @@ class Gelu(Function):
             return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
         if not is_grad_enabled():    # storing the slope beats recomputing it here (measured)
             return (_T(g.data * self.slope),)
-        cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))     # differentiable, for create_graph
-        pdf = (x * x * -0.5).exp() * _INV_SQRT_2PI
+        cdf, pdf = _normal_cdf_pdf(x)                             # differentiable, for create_graph
         return (g * (cdf + x * pdf),)
 
 
@@ -133,9 +137,9 @@ class GeluMLP(Function):
             return tuple(None if d is None else _T(d) for d in grads)
         # create_graph: the same formulas in Tensor ops, h and the slope recomputed from x
         h = Linear.apply(x, w1, b1) if b1 is not None else Linear.apply(x, w1)
-        cdf = 0.5 * (1.0 + erf(h * (1.0 / math.sqrt(2.0))))
+        cdf, pdf = _normal_cdf_pdf(h)
         a = h * cdf
-        slope = cdf + h * ((h * h * -0.5).exp() * _INV_SQRT_2PI)
+        slope = cdf + h * pdf
         dh = (g @ w2) * slope
         grads = [dh @ w1, dh.swapaxes(0, 1) @ x, g.swapaxes(0, 1) @ a]
         if self.has_b1:
