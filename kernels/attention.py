@@ -155,7 +155,7 @@ def _alloc(xp, name, shape, dtype):
 # compiles the instantiations registered for attention.cu in kernels/registry.py.
 
 def _launch(name, grid, block, args):
-    from kernels import launch
+    from minigrad.kernels import launch
     launch.launch(SOURCE.name, name, grid, block, args)
 
 
@@ -247,7 +247,7 @@ def _fwd_run(kernel, i):
 
 
 def _fwd_ref(i):
-    from kernels.attention_ref import attention_forward_ref
+    from minigrad.kernels.attention_ref import attention_forward_ref
     o, lse = attention_forward_ref(i["q"], i["k"], i["v"], i["key_mask"], i["is_causal"])
     return {"o": o, "lse": lse}
 
@@ -268,7 +268,7 @@ def _bwd_run(kernel, i):
 
 
 def _bwd_ref(i):
-    from kernels.attention_ref import attention_backward_ref
+    from minigrad.kernels.attention_ref import attention_backward_ref
     dq, dk, dv = attention_backward_ref(i["q"], i["k"], i["v"], i["o"], i["lse"], i["do"], i["key_mask"],
                                         i["is_causal"])
     return {"dq": dq, "dk": dk, "dv": dv}

@@ -20,8 +20,8 @@ from functools import partial
 
 import numpy as np
 
-from kernels import attention as A
-from kernels.attention_ref import attention_backward_ref, attention_forward_ref
+from minigrad.kernels import attention as A
+from minigrad.kernels.attention_ref import attention_backward_ref, attention_forward_ref
 
 # FP32 / FP64 lanes per SM by compute capability (CUDA programming guide, arithmetic throughput).
 _LANES = {(7, 0): (64, 32), (7, 5): (64, 2), (8, 0): (64, 32), (8, 6): (128, 2), (8, 7): (128, 2),
@@ -72,7 +72,7 @@ class _CudaTimer:
         self.cupy = cupy
 
     def __call__(self, fn, warmup, repeat):
-        from kernels.bench import _time   # the workbench's CUDA-event timer
+        from minigrad.kernels.bench import _time   # the workbench's CUDA-event timer
         return _time(self.cupy, fn, warmup, repeat)
 
 
@@ -190,7 +190,7 @@ def run(xp, cases, dtype=np.float32, warmup=3, repeat=20, timer=None, out=print)
 
 
 def main(dtype=np.float32, warmup=10, repeat=50, out=print) -> int:
-    from kernels.validate import gpu_available
+    from minigrad.kernels.validate import gpu_available
 
     if not gpu_available():
         out("no GPU: CuPy is not installed or sees no CUDA device, so the attention kernels were not timed "

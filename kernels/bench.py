@@ -41,8 +41,8 @@ def _time(cupy, fn, warmup, repeat):
 
 
 def bench(names=None, dtype=np.float32, warmup=10, repeat=50, out=print) -> int:
-    from kernels import registry
-    from kernels.validate import gpu_available
+    from minigrad.kernels import registry
+    from minigrad.kernels.validate import gpu_available
 
     if not gpu_available():
         out("no GPU: CuPy is not installed or sees no CUDA device, so nothing was measured "

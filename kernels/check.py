@@ -194,7 +194,7 @@ def _nvcc_report(cu_path: Path, names, arch, notes):
 
 
 def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
-    from kernels import launch, registry
+    from minigrad.kernels import launch, registry
 
     report = CheckReport(rows=[], errors=[], notes=[])
     try:

@@ -8,7 +8,7 @@
     minigrad kernels bench [NAME]
         GPU timing, GB/s, % of peak bandwidth, next to the unfused CuPy composition; exit 0 without a GPU.
 
-minigrad/cli.py calls add_subcommands(subparsers); `python -m kernels.cli check` works standalone.
+minigrad/cli.py calls add_subcommands(subparsers); `python -m minigrad.kernels.cli check` works standalone.
 Imports are lazy so `minigrad --help` stays instant.
 """
 
@@ -19,7 +19,7 @@ import sys
 
 
 def _check(args) -> int:
-    from kernels.check import ARCHS, format_report, run_check
+    from minigrad.kernels.check import ARCHS, format_report, run_check
 
     report = run_check(archs=tuple(args.arch or ARCHS), names_filter=args.only, use_nvcc=not args.no_nvcc)
     print(format_report(report))
@@ -27,7 +27,7 @@ def _check(args) -> int:
 
 
 def _validate(args) -> int:
-    from kernels.validate import format_results, validate
+    from minigrad.kernels.validate import format_results, validate
 
     results = validate(names=[args.name] if args.name else None)
     if not results:
@@ -41,10 +41,10 @@ def _bench(args) -> int:
     import numpy as np
 
     if args.name == "attention":   # attention reports TFLOP/s, vs the unfused composition and torch SDPA
-        from kernels.attention_bench import main as attention_bench
+        from minigrad.kernels.attention_bench import main as attention_bench
         return attention_bench(dtype=np.dtype(args.dtype), warmup=args.warmup, repeat=args.repeat)
 
-    from kernels.bench import bench
+    from minigrad.kernels.bench import bench
 
     return bench(names=[args.name] if args.name else None, dtype=np.dtype(args.dtype),
                  warmup=args.warmup, repeat=args.repeat)
@@ -76,7 +76,7 @@ def add_subcommands(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.cli", description="CUDA kernel workbench")
+    p = argparse.ArgumentParser(prog="python -m minigrad.kernels.cli", description="CUDA kernel workbench")
     sub = p.add_subparsers(dest="kernels_command", metavar="WHAT")
     sub.required = True
     _add_commands(sub)

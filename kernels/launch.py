@@ -101,7 +101,7 @@ class EmuModule:
     """A .cu family built for the CPU emulator (kernels/emulate)."""
 
     def __init__(self, cu, names):
-        from kernels.emulate.build import build
+        from minigrad.kernels.emulate.build import build
 
         self.cu = cu
         self.lib = build(KERNEL_DIR / cu, names)
@@ -143,7 +143,7 @@ class EmuModule:
         return _CTYPE_OF_CODE[code](a.item())
 
     def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
-        from kernels.emulate.build import normalize
+        from minigrad.kernels.emulate.build import normalize
 
         name = normalize(name)
         sig = self.signature(name)
@@ -192,7 +192,7 @@ def get_module(cu, backend):
     with _lock:
         mod = _modules.get(key)
         if mod is None:
-            from kernels import registry
+            from minigrad.kernels import registry
 
             names = registry.instantiations(cu)
             mod = EmuModule(cu, names) if backend == "emulate" else CupyModule(cu, names)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def _xp(a):
-    from kernels.launch import array_module
+    from minigrad.kernels.launch import array_module
 
     return array_module(a)
 

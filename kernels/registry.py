@@ -86,14 +86,14 @@ def _ln_inputs(xp, rng, case, dtype):
 
 
 def _ln_fwd_run(kernel, i):
-    from kernels import launch
+    from minigrad.kernels import launch
 
     y, mean, rstd = launch.layernorm_forward(i["x"], i["weight"], i["bias"], i["eps"], kernels=kernel.roles)
     return {"y": y, "mean": mean, "rstd": rstd}
 
 
 def _ln_fwd_ref(i):
-    from kernels import reference
+    from minigrad.kernels import reference
 
     y, mean, rstd = reference.layernorm_forward(i["x"], i["weight"], i["bias"], i["eps"])
     return {"y": y, "mean": mean, "rstd": rstd}
@@ -101,7 +101,7 @@ def _ln_fwd_ref(i):
 
 def _ln_bwd_inputs(xp, rng, case, dtype):
     """Forward inputs plus dy and the forward's saved mean/rstd (so runs time the backward only)."""
-    from kernels import reference
+    from minigrad.kernels import reference
 
     i = _ln_inputs(xp, rng, case, dtype)
     _, i["mean"], i["rstd"] = reference.layernorm_forward(i["x"], i["weight"], i["bias"], i["eps"])
@@ -109,14 +109,14 @@ def _ln_bwd_inputs(xp, rng, case, dtype):
 
 
 def _ln_bwd_run(kernel, i):
-    from kernels import launch
+    from minigrad.kernels import launch
 
     dx, dw, db = launch.layernorm_backward(i["dy"], i["x"], i["weight"], i["mean"], i["rstd"], kernels=kernel.roles)
     return {"dx": dx, "dweight": dw, "dbias": db}
 
 
 def _ln_bwd_ref(i):
-    from kernels import reference
+    from minigrad.kernels import reference
 
     dx, dw, db = reference.layernorm_backward(i["dy"], i["x"], i["weight"], i["mean"], i["rstd"])
     return {"dx": dx, "dweight": dw, "dbias": db}
@@ -153,7 +153,7 @@ _LN_BWD_TWOPASS = {"dx": "layernorm_backward_dx", "partials": "layernorm_backwar
 _LN_BWD = {"fused": "layernorm_backward_fused", **_LN_BWD_TWOPASS}  # fused, two-pass for wide rows
 
 # ----------------------------------------------------------------------------- attention family
-from kernels import attention as _attn  # noqa: E402  (its family, tiles and launchers live there)
+from minigrad.kernels import attention as _attn  # noqa: E402  (its family, tiles and launchers live there)
 
 ATTENTION_FORWARD = Family(**_attn.FORWARD_FAMILY)
 ATTENTION_BACKWARD = Family(**_attn.BACKWARD_FAMILY)

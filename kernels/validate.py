@@ -59,7 +59,7 @@ def _errors(out, ref):
 
 def validate(names=None, devices=None, seed=0):
     """List of Result for kernels whose name contains any of `names` (all when None)."""
-    from kernels import registry
+    from minigrad.kernels import registry
 
     if devices is None:
         devices = ["emulator"] + (["gpu"] if gpu_available() else [])

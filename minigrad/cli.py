@@ -53,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=2000)
     b.set_defaults(func=lambda a: __import__("minigrad.bench", fromlist=["main"]).main(a))
 
-    _optional("models.cli", sub, bsub)
-    _optional("models.scaling", bsub, register="add_bench_subcommands")
-    _optional("models.embed_cli", sub)
-    _optional("kernels.cli", sub)
+    _optional("minigrad.models.cli", sub, bsub)
+    _optional("minigrad.models.scaling", bsub, register="add_bench_subcommands")
+    _optional("minigrad.models.embed_cli", sub)
+    _optional("minigrad.kernels.cli", sub)
     return p
 
 

@@ -31,8 +31,8 @@ def launchers():
     so a test can swap one): layernorm_forward/backward and attention_forward/backward."""
     from types import SimpleNamespace
 
-    import kernels.attention as attention
-    import kernels.launch as launch
+    import minigrad.kernels.attention as attention
+    import minigrad.kernels.launch as launch
     return SimpleNamespace(
         layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
         attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)
@@ -50,7 +50,7 @@ def cpu_native(*arrays):
         return None
     if _native is None:
         try:
-            from kernels.cpu import native
+            from minigrad.kernels.cpu import native
         except ImportError:
             return None
         _native = native

@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 from minigrad.bench import wall_times
-from models.data_parallel import split_rows
-from models.gpt import GPT, GPTConfig
-from models.train import TrainConfig, Trainer
+from minigrad.models.data_parallel import split_rows
+from minigrad.models.gpt import GPT, GPTConfig
+from minigrad.models.train import TrainConfig, Trainer
 
 VOCAB = 84  # the Shakespeare character vocabulary
 BENCH_CONFIG = GPTConfig(vocab_size=VOCAB)  # the `minigrad train` default
@@ -117,7 +117,7 @@ def _time(step, warmup: int, total: int) -> list[float]:
 
 def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] | None:
     """Run the torch reference in a child process; None (with a note) when torch is unavailable."""
-    cmd = [sys.executable, "-c", "import sys, models.bench as b; sys.exit(b._torch_child())",
+    cmd = [sys.executable, "-c", "import sys, minigrad.models.bench as b; sys.exit(b._torch_child())",
            str(warmup), str(total), str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -130,7 +130,7 @@ def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] 
 
 
 def _torch_child() -> int:
-    from models.train import tune_malloc
+    from minigrad.models.train import tune_malloc
 
     warmup, total, seed = (int(a) for a in sys.argv[1:4])
     try:
@@ -148,7 +148,7 @@ def _torch_child() -> int:
 
 def generation_speed(context: int, seed: int) -> dict:
     """Tokens/s generating from a 1-token prompt up to `context` tokens, with and without the cache."""
-    from models.generate import generate
+    from minigrad.models.generate import generate
 
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=context), seed=seed)
     out = {}

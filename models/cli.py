@@ -3,7 +3,7 @@
 The top-level CLI calls `add_subcommands(subparsers)`; each registered parser sets `func`, a
 handler taking the parsed namespace and returning an exit code. Imports of the engine, the model
 and the data code happen inside the handlers so `--help` stays instant. Standalone:
-`python -m models.cli train ...`.
+`python -m minigrad.models.cli train ...`.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
     p = subparsers.add_parser("train", help="train a GPT (default: Shakespeare, nanoGPT's CPU config)",
                               description="Train a character-level (or BPE) GPT. Last line: val_loss=<float>.")
     _add_train_args(p)
-    from models.seq2seq_train import add_train_args as add_seq2seq_args  # stdlib-only import
+    from minigrad.models.seq2seq_train import add_train_args as add_seq2seq_args  # stdlib-only import
     add_seq2seq_args(p)
     p.set_defaults(func=run_train)
     p = subparsers.add_parser("generate", help="sample text from a trained GPT checkpoint",
@@ -137,8 +137,8 @@ def _check_device(device: str) -> str | None:
 
 
 def run_train(args) -> int:
-    from models import seq2seq_train
-    from models import train as train_gpt
+    from minigrad.models import seq2seq_train
+    from minigrad.models import train as train_gpt
 
     train_gpt.tune_malloc()               # both models: step temporaries stay in glibc's heap
     code = seq2seq_train.dispatch(args)  # --model seq2seq runs there; None means the GPT job
@@ -162,7 +162,7 @@ def run_train(args) -> int:
 
 
 def run_generate(args) -> int:
-    from models import generate as sample_gpt
+    from minigrad.models import generate as sample_gpt
 
     problem = _check_device(args.device)
     if problem:
@@ -178,8 +178,8 @@ def run_generate(args) -> int:
 
 
 def run_bench_train(args) -> int:
-    from models import bench
-    from models.train import tune_malloc
+    from minigrad.models import bench
+    from minigrad.models.train import tune_malloc
 
     if args.steps < 30:
         return _fail("bench train", f"--steps must be at least 30, got {args.steps}")

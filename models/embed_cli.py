@@ -1,7 +1,7 @@
 """`minigrad embed "sentence one" "sentence two" ...`: MiniLM embeddings, pairwise cosine similarities.
 
 Register with `add_subcommands(subparsers)`; the handler imports the model lazily so `--help` stays
-instant. Standalone: `python -m models.embed_cli embed ...`.
+instant. Standalone: `python -m minigrad.models.embed_cli embed ...`.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def _label(i: int, s: str, width: int = 40) -> str:
 
 
 def run_embed(args) -> int:
-    from models.bert import WeightsError
-    from models.minilm import MiniLM, PretrainedError, cosine_matrix
+    from minigrad.models.bert import WeightsError
+    from minigrad.models.minilm import MiniLM, PretrainedError, cosine_matrix
 
     if args.batch_size < 1:
         print(f"minigrad embed: error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.gpt import GPT, KVCache
+from minigrad.models.gpt import GPT, KVCache
 
 
 class GenerateError(ValueError):
@@ -109,9 +109,9 @@ class TextStream:
 
 def load_model(path, device: str = "cpu"):
     """(model, tokenizer, checkpoint) from a run or checkpoint directory, validated."""
-    from models.checkpoint import CheckpointError, check_arrays, load_checkpoint
-    from models.gpt import GPTConfig
-    from models.tokenize import TokenizerError, tokenizer_from_state
+    from minigrad.models.checkpoint import CheckpointError, check_arrays, load_checkpoint
+    from minigrad.models.gpt import GPTConfig
+    from minigrad.models.tokenize import TokenizerError, tokenizer_from_state
 
     ckpt = load_checkpoint(path, groups=["model"])
     if ckpt.meta.get("model") != "gpt":
@@ -137,7 +137,7 @@ def main(args) -> None:
     """`minigrad generate`: print the prompt, then stream the sampled continuation."""
     import sys
 
-    from models.tokenize import TokenizerError
+    from minigrad.models.tokenize import TokenizerError
 
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
@@ -166,8 +166,8 @@ def main(args) -> None:
 
 
 def _user_errors():
-    from models.checkpoint import CheckpointError
-    from models.tokenize import TokenizerError
+    from minigrad.models.checkpoint import CheckpointError
+    from minigrad.models.tokenize import TokenizerError
     return (GenerateError, CheckpointError, TokenizerError)
 
 

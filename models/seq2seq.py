@@ -19,8 +19,8 @@ import numpy as np
 import minigrad
 import minigrad.nn.functional as F
 from minigrad import nn
-from models.config import ModelConfig
-from models.tasks import BOS, EOS, IGNORE, PAD
+from minigrad.models.config import ModelConfig
+from minigrad.models.tasks import BOS, EOS, IGNORE, PAD
 
 
 @dataclass

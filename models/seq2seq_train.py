@@ -57,10 +57,10 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args) -> int:
-    from models.checkpoint import CheckpointError
-    from models.cli import _check_device
-    from models.tasks import TaskError
-    from models.train import TrainError
+    from minigrad.models.checkpoint import CheckpointError
+    from minigrad.models.cli import _check_device
+    from minigrad.models.tasks import TaskError
+    from minigrad.models.train import TrainError
 
     problem = _check_device(args.device)
     if problem:
@@ -81,12 +81,12 @@ def _given(args, names) -> dict:
 
 def main(args) -> dict:
     """Train (or resume), then evaluate; returns Trainer.run()'s summary plus exact_match."""
-    from models.checkpoint import CheckpointError, has_checkpoint
-    from models.cli import DEFAULT_OUT
-    from models.seq2seq import Seq2Seq, Seq2SeqConfig
-    from models.data_parallel import split_rows_by_targets
-    from models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
-    from models.train import TrainConfig, Trainer, TrainError, checkpoint_to_resume
+    from minigrad.models.checkpoint import CheckpointError, has_checkpoint
+    from minigrad.models.cli import DEFAULT_OUT
+    from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
+    from minigrad.models.data_parallel import split_rows_by_targets
+    from minigrad.models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
+    from minigrad.models.train import TrainConfig, Trainer, TrainError, checkpoint_to_resume
 
     for k in GPT_ONLY_FLAGS:
         if getattr(args, k, None) is not None:
@@ -181,7 +181,7 @@ def main(args) -> dict:
 
 def exact_match(model, data, beam: int = 1, batch: int = EVAL_BATCH):
     """Fraction of held-out examples decoded exactly, and a few (source, target, prediction)."""
-    from models.seq2seq import beam_search
+    from minigrad.models.seq2seq import beam_search
 
     hits, shown = 0, []
     for i in range(0, len(data.heldout), batch):

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import CheckpointError, check_arrays, has_checkpoint, load_checkpoint, save_checkpoint
-from models.data import DataError
-from models.data_parallel import DataParallel, split_rows
-from models.tokenize import TokenizerError
+from minigrad.models.checkpoint import CheckpointError, check_arrays, has_checkpoint, load_checkpoint, save_checkpoint
+from minigrad.models.data import DataError
+from minigrad.models.data_parallel import DataParallel, split_rows
+from minigrad.models.tokenize import TokenizerError
 
 EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
 
@@ -442,8 +442,8 @@ def _given(args, names) -> dict:
 
 def main(args) -> dict:
     """Run `minigrad train` from parsed arguments; returns Trainer.run()'s summary."""
-    from models.data import load_data
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.data import load_data
+    from minigrad.models.gpt import GPT, GPTConfig
 
     out_dir = Path(args.out_dir)
     train_flags = [f.name for f in TrainConfig.__dataclass_fields__.values()]

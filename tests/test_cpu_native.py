@@ -18,7 +18,7 @@ import minigrad.optim as optim
 from minigrad import fused
 from minigrad.ops.nn_ops import attention_reference, causal_mask
 from minigrad.ops.special import gelu_and_slope
-from kernels.cpu import native
+from minigrad.kernels.cpu import native
 
 DTYPES = (np.float32, np.float64)
 

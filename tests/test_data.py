@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import data as D
-from models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
+from minigrad.models import data as D
+from minigrad.models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
 

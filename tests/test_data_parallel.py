@@ -13,8 +13,8 @@ import pytest
 
 import minigrad
 from minigrad.optim import AdamW, balanced
-from models.data_parallel import DataParallel, split_rows
-from models.gpt import GPT, GPTConfig
+from minigrad.models.data_parallel import DataParallel, split_rows
+from minigrad.models.gpt import GPT, GPTConfig
 
 from conftest import tol
 
@@ -159,7 +159,7 @@ def test_process_workers_follow_weight_updates_and_reloads():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process backend forks (Linux only)")
 def test_process_worker_error_is_reported_and_the_next_step_recovers():
-    from models.data_parallel import WorkerError
+    from minigrad.models.data_parallel import WorkerError
 
     def picky(model, b):
         if len(b[0]) == 2 and b[0][0, 0] < 0:                 # only the second slice of a bad batch fails
@@ -193,7 +193,7 @@ def test_step_measures_the_gradient_norm_for_clipping():
 
 
 def test_split_by_targets_weighs_slices_by_their_target_tokens():
-    from models.data_parallel import split_rows_by_targets
+    from minigrad.models.data_parallel import split_rows_by_targets
     tgt = np.array([[1, 2, -100], [3, -100, -100], [4, 5, 6], [7, -100, -100]])
     parts = split_rows_by_targets((np.zeros((4, 2)), tgt), 2, -100)
     assert [w for _, w in parts] == [3 / 7, 4 / 7]

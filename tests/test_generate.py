@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from models import generate as G
-from models.gpt import GPT, GPTConfig
-from models.tokenize import CharTokenizer
+from minigrad.models import generate as G
+from minigrad.models.gpt import GPT, GPTConfig
+from minigrad.models.tokenize import CharTokenizer
 
 CFG = GPTConfig(vocab_size=13, block_size=10, n_layer=2, n_head=2, n_embd=16)
 
@@ -104,7 +104,7 @@ def test_text_stream_holds_back_incomplete_utf8():
 
 
 def _checkpoint(tmp_path):
-    from models.checkpoint import save_checkpoint
+    from minigrad.models.checkpoint import save_checkpoint
 
     tok = CharTokenizer("abcdefghijkl ")
     m = _model()
@@ -115,7 +115,7 @@ def _checkpoint(tmp_path):
 
 def test_generate_cli_streams_the_same_text_with_and_without_cache(tmp_path, capsys):
     pytest.importorskip("safetensors", reason="checkpoints need the optional 'safetensors' package")
-    from models import cli
+    from minigrad.models import cli
 
     m, tok = _checkpoint(tmp_path)
     outs = []
@@ -131,7 +131,7 @@ def test_generate_cli_streams_the_same_text_with_and_without_cache(tmp_path, cap
 
 def test_generate_cli_rejects_out_of_vocabulary_prompts(tmp_path, capsys):
     pytest.importorskip("safetensors", reason="checkpoints need the optional 'safetensors' package")
-    from models import cli
+    from minigrad.models import cli
 
     _checkpoint(tmp_path)
     assert cli.main(["generate", "--ckpt", str(tmp_path), "--prompt", "abXc\u20ac"]) == 1

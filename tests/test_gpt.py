@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minigrad
-from models.gpt import GPT, GPTConfig, KVCache
+from minigrad.models.gpt import GPT, GPTConfig, KVCache
 
 EPS32 = np.finfo(np.float32).eps
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)

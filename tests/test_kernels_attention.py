@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import attention as A
-from kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
+from minigrad.kernels import attention as A
+from minigrad.kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -24,7 +24,7 @@ if shutil.which("g++") is None:
 
 
 def _cupy_or_none():
-    from kernels.validate import gpu_available
+    from minigrad.kernels.validate import gpu_available
     if gpu_available():
         import cupy
         return cupy
@@ -287,9 +287,9 @@ def test_backward_checks_o_lse_do_shapes(no_launch):
 def test_every_instantiation_fits_cuda_limits():
     # Threads from the launcher's tile table, static shared memory as the emulator build measured
     # the kernels' __shared__ arrays; the emulator would refuse a launch above 48 KiB, as CUDA does.
-    from kernels import registry
-    from kernels.emulate.build import normalize
-    from kernels.launch import get_module
+    from minigrad.kernels import registry
+    from minigrad.kernels.emulate.build import normalize
+    from minigrad.kernels.launch import get_module
 
     smem = get_module("attention.cu", "emulate").lib.static_smem
     role_of = {fn: role for roles in (A.FORWARD_ROLES, A.BACKWARD_ROLES) for role, fn in roles.items()}
@@ -305,7 +305,7 @@ def test_every_instantiation_fits_cuda_limits():
 
 
 def test_bench_harness_runs_on_the_emulator_and_counts_flops():
-    from kernels import attention_bench as AB
+    from minigrad.kernels import attention_bench as AB
 
     for Tq, Tk in ((5, 5), (3, 8), (8, 3), (1, 1)):
         brute = sum(1 for i in range(Tq) for j in range(Tk) if j <= i + Tk - Tq)
@@ -318,8 +318,8 @@ def test_bench_harness_runs_on_the_emulator_and_counts_flops():
 
 
 def test_bench_without_gpu_says_so_and_succeeds():
-    from kernels import attention_bench as AB
-    from kernels.validate import gpu_available
+    from minigrad.kernels import attention_bench as AB
+    from minigrad.kernels.validate import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is present: the no-GPU message does not apply")

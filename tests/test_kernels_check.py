@@ -6,7 +6,7 @@ import pytest
 
 
 def _nvrtc():
-    from kernels.check import NvrtcUnavailable, load_nvrtc
+    from minigrad.kernels.check import NvrtcUnavailable, load_nvrtc
 
     try:
         return load_nvrtc()
@@ -16,8 +16,8 @@ def _nvrtc():
 
 def test_every_registered_kernel_compiles_without_warnings_or_spills():
     _nvrtc()
-    from kernels import registry
-    from kernels.check import format_report, run_check
+    from minigrad.kernels import registry
+    from minigrad.kernels.check import format_report, run_check
 
     report = run_check(use_nvcc=False)  # the nvcc cross-check is left to `minigrad kernels check`
     assert not report.errors, format_report(report)
@@ -34,7 +34,7 @@ def test_every_registered_kernel_compiles_without_warnings_or_spills():
 ])
 def test_check_fails_on_errors_and_warnings(tmp_path, monkeypatch, body, message):
     _nvrtc()
-    from kernels import check, registry
+    from minigrad.kernels import check, registry
 
     (tmp_path / "bad.cu").write_text(f"template <typename T> __global__ void k(T* x) {{ {body} }}\n")
     monkeypatch.setattr(check, "KERNEL_DIR", tmp_path)
@@ -44,7 +44,7 @@ def test_check_fails_on_errors_and_warnings(tmp_path, monkeypatch, body, message
 
 
 def test_ptxas_report_parser_flags_spills():
-    from kernels.check import parse_ptxas
+    from minigrad.kernels.check import parse_ptxas
 
     log = """ptxas info    : Compiling entry function '_Z1kIfEvPT_' for 'sm_80'
 ptxas info    : Function properties for _Z1kIfEvPT_

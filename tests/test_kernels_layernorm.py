@@ -61,7 +61,7 @@ def _f64(a):
 
 
 def _check_case(xp, N, C, dtype, affine, seed=0):
-    from kernels import launch, reference
+    from minigrad.kernels import launch, reference
 
     dtype = np.dtype(dtype)
     x, dy, w, b = _case(np.random.default_rng(seed), N, C, dtype, affine)
@@ -110,7 +110,7 @@ def test_fixed_shapes_including_uncached_rows(device, N, C, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_not_16_byte_aligned_take_the_scalar_path(dtype):
-    from kernels import launch, reference
+    from minigrad.kernels import launch, reference
 
     N, C = 3, 64  # C is a multiple of the vector width, but the rows start 4 bytes off alignment
     item = np.dtype(dtype).itemsize
@@ -126,7 +126,7 @@ def test_rows_not_16_byte_aligned_take_the_scalar_path(dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_dweight_dbias_are_bit_identical_on_repeat(device):
-    from kernels import launch
+    from minigrad.kernels import launch
 
     xp = _xp(device)
     x, dy, w, b = (xp.asarray(a) for a in _case(np.random.default_rng(3), 700, 96, np.float32, True))
@@ -139,7 +139,7 @@ def test_dweight_dbias_are_bit_identical_on_repeat(device):
 
 
 def test_backward_options():
-    from kernels import launch, reference
+    from minigrad.kernels import launch, reference
 
     x, dy, w, _ = _case(np.random.default_rng(1), 6, 40, np.float64, True)
     _, mean, rstd = launch.layernorm_forward(x, None, None, 1e-5)
@@ -154,7 +154,7 @@ def test_backward_options():
 def test_gradcheck_float64_through_the_emulated_kernels():
     """Central differences of the kernel forward vs the kernel backward (minigrad.gradcheck)."""
     import minigrad
-    from kernels import launch
+    from minigrad.kernels import launch
     from minigrad.autograd import Function
 
     class KernelLayerNorm(Function):
@@ -179,7 +179,7 @@ def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch):
     """MINIGRAD_KERNELS=emulate routes F.layer_norm through the kernels; gradcheck in float64."""
     import minigrad
     import minigrad.nn.functional as F
-    from kernels import launch
+    from minigrad.kernels import launch
 
     calls = []
     for name in ("layernorm_forward", "layernorm_backward"):
@@ -204,7 +204,7 @@ def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch):
     (lambda x, w: ([[1.0]], None, None), TypeError, "x must be a numpy or cupy array"),
 ])
 def test_bad_forward_input_raises_before_launch(monkeypatch, bad, err, match):
-    from kernels import launch
+    from minigrad.kernels import launch
 
     monkeypatch.setattr(launch, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     x = np.random.default_rng(0).standard_normal((8, 8))
@@ -214,7 +214,7 @@ def test_bad_forward_input_raises_before_launch(monkeypatch, bad, err, match):
 
 
 def test_bad_backward_input_raises_before_launch(monkeypatch):
-    from kernels import launch
+    from minigrad.kernels import launch
 
     monkeypatch.setattr(launch, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     x = np.zeros((4, 5))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bert import BertConfig, BertModel, WeightsError, load_weights
+from minigrad.models.bert import BertConfig, BertModel, WeightsError, load_weights
 
 DATA = Path(__file__).parent / "data" / "minilm_reference.npz"
 COS_MIN, ABS_MAX = 0.99999, 1e-4
@@ -34,7 +34,7 @@ needs_package = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def minilm():
-    from models.minilm import MiniLM
+    from minigrad.models.minilm import MiniLM
     return MiniLM.from_pretrained()
 
 
@@ -105,7 +105,7 @@ def test_similar_sentences_are_closer(minilm):
 
 @needs_package
 def test_bundled_weights_into_another_config_name_tensor_and_shapes():
-    from models.minilm import MiniLM
+    from minigrad.models.minilm import MiniLM
 
     with pytest.raises(WeightsError) as e:
         MiniLM.from_pretrained(config=BertConfig(intermediate_size=1024))
@@ -117,7 +117,7 @@ def test_bundled_weights_into_another_config_name_tensor_and_shapes():
 def test_embed_cli_prints_pairwise_cosines(capsys, minilm):
     import re
 
-    from models.embed_cli import main
+    from minigrad.models.embed_cli import main
 
     sentences = ["A man is eating food.", "A man is eating a piece of bread.", "Short."]
     assert main(["embed", *sentences]) == 0
@@ -130,7 +130,7 @@ def test_embed_cli_prints_pairwise_cosines(capsys, minilm):
 
 
 def test_embed_cli_bad_folder_is_one_line(tmp_path, capsys):
-    from models.embed_cli import main
+    from minigrad.models.embed_cli import main
 
     assert main(["embed", "x", "--model", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
@@ -178,7 +178,7 @@ def test_from_pretrained_folder_roundtrip_and_config_override(tmp_path):
     pytest.importorskip("tokenizers", reason="needs tokenizers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from models.minilm import MiniLM
+    from minigrad.models.minilm import MiniLM
 
     cfg = _tiny_config()
     model = BertModel(cfg)

@@ -19,7 +19,7 @@ def _rows(prof):
 
 def _gpt_step_parts():
     from minigrad import optim
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.gpt import GPT, GPTConfig
 
     model = GPT(GPTConfig(), seed=0)          # the default config: 4 layers, 4 heads, n_embd 128, block 64
     opt = optim.AdamW(model.parameters(), lr=1e-3)

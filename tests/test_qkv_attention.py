@@ -92,7 +92,7 @@ def test_gradcheck_and_gradgradcheck(native_on, causal):
 
 def test_no_transposed_copies_in_the_graph(native_on):
     """The GPT's attention is one node between the c_attn and c_proj Linears (plus free reshapes)."""
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.gpt import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
     idx = np.arange(16).reshape(2, 8) % 11
     _, loss = model(idx, idx)

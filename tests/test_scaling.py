@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from models import scaling
+from minigrad.models import scaling
 
 
 def _parse(argv):

@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from models.seq2seq import DecoderCache, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
-from models.tasks import BOS, EOS, IGNORE, PAD, TASKS, Task, TaskData, TaskError, Vocab, get_task
-from models.train import read_log
+from minigrad.models.seq2seq import DecoderCache, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
+from minigrad.models.tasks import BOS, EOS, IGNORE, PAD, TASKS, Task, TaskData, TaskError, Vocab, get_task
+from minigrad.models.train import read_log
 
 EPS32 = float(np.finfo(np.float32).eps)
 # float32 results that differ only by summation order (padding, batch composition): a few
@@ -229,7 +229,7 @@ class ShortReverse(Task):
 
 def test_a_tiny_model_learns_a_trivial_task_quickly():
     from minigrad.optim import AdamW
-    from models.seq2seq_train import exact_match
+    from minigrad.models.seq2seq_train import exact_match
 
     d = TaskData(ShortReverse(), heldout_size=50)
     m = Seq2Seq(Seq2SeqConfig(vocab_size=len(d.vocab), max_len=d.max_len, n_layer=1, n_head=2, n_embd=32), seed=0)
@@ -248,7 +248,7 @@ def test_a_tiny_model_learns_a_trivial_task_quickly():
 
 
 def _train(capsys, *argv):
-    from models import cli
+    from minigrad.models import cli
 
     code = cli.main(["train", *map(str, argv)])
     out = capsys.readouterr()
@@ -264,7 +264,7 @@ def test_cli_trains_checkpoints_and_ends_with_exact_match(tmp_path, capsys):
     assert re.fullmatch(r"exact_match=[01]\.\d{4}", last)
     log = read_log(out_dir / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["step"] for r in log if "val_loss" in r] == [2, 4]
-    from models.checkpoint import load_checkpoint
+    from minigrad.models.checkpoint import load_checkpoint
     meta = load_checkpoint(out_dir).meta
     assert meta["model"] == "seq2seq" and meta["task"] == "sort" and meta["model_config"]["n_embd"] == 16
     # at --max-iters already: --resume only evaluates, here with a beam
@@ -275,7 +275,7 @@ def test_cli_trains_checkpoints_and_ends_with_exact_match(tmp_path, capsys):
 
 
 def test_ctrl_c_then_resume_logs_the_same_losses(tmp_path, capsys, monkeypatch):
-    from models.train import Trainer
+    from minigrad.models.train import Trainer
 
     common = ["--model", "seq2seq", "--max-iters", 8, "--eval-interval", 3, "--dropout", 0.1, *TINY]
     assert _train(capsys, "--out-dir", tmp_path / "ref", *common)[0] == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import checkpoint as C
-from models.train import TrainConfig, lr_at, read_log
+from minigrad.models import checkpoint as C
+from minigrad.models.train import TrainConfig, lr_at, read_log
 
 pytest.importorskip("safetensors", reason="checkpoints need the optional 'safetensors' package")
 
@@ -159,7 +159,7 @@ def corpus(tmp_path, monkeypatch):
 
 
 def _train(capsys, *argv):
-    from models import cli
+    from minigrad.models import cli
 
     code = cli.main(["train", *map(str, argv)])
     out = capsys.readouterr()
@@ -194,7 +194,7 @@ def test_train_cli_logs_evaluates_checkpoints_and_ends_with_val_loss(tmp_path, c
 
 
 def test_ctrl_c_saves_and_resume_logs_the_same_losses(tmp_path, corpus, capsys, monkeypatch):
-    from models.train import Trainer
+    from minigrad.models.train import Trainer
 
     common = ["--data", corpus, "--max-iters", 10, "--eval-interval", 4, "--dropout", "0.1", *TINY]
     assert _train(capsys, "--out-dir", tmp_path / "ref", *common)[0] == 0
@@ -242,9 +242,9 @@ def test_evaluation_does_not_shift_the_training_stream(tmp_path, corpus, capsys)
 
 
 def test_grad_accumulation_matches_one_big_batch(tmp_path):
-    from models.data import prepare
-    from models.gpt import GPT, GPTConfig
-    from models.train import Trainer
+    from minigrad.models.data import prepare
+    from minigrad.models.gpt import GPT, GPTConfig
+    from minigrad.models.train import Trainer
 
     data = prepare(CORPUS, "corpus", cache=tmp_path / "cache")
     cfg_model = GPTConfig(vocab_size=data.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
@@ -265,8 +265,8 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
 
 
 def test_weight_decay_applies_to_matrices_only():
-    from models.gpt import GPT, GPTConfig
-    from models.train import param_groups
+    from minigrad.models.gpt import GPT, GPTConfig
+    from minigrad.models.train import param_groups
 
     model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, bias=True))
     decay, no_decay = param_groups(model, 0.1)
@@ -305,7 +305,7 @@ def test_bad_requests_are_one_line_errors_and_overwrite_nothing(tmp_path, corpus
     model_file.write_bytes(model_file.read_bytes()[:100])
     code, out, err = _train(capsys, "--out-dir", out_dir, "--resume", "--max-iters", 5)
     assert code == 1 and "truncated" in err and err.count("\n") == 1
-    from models import cli
+    from minigrad.models import cli
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--bogus-flag", "1"])
@@ -314,7 +314,7 @@ def test_bad_requests_are_one_line_errors_and_overwrite_nothing(tmp_path, corpus
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, corpus, capsys):
-    from models.cli import _check_device
+    from minigrad.models.cli import _check_device
 
     if _check_device("cuda") is None:
         pytest.skip("a GPU is visible: --device cuda is valid here")
@@ -327,8 +327,8 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, corpus, capsys):
 
 def test_bench_torch_reference_is_the_same_model():
     pytest.importorskip("torch", reason="the PyTorch reference is optional (pip install torch)")
-    from models.bench import VOCAB, _minigrad_step, _torch_step
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.bench import VOCAB, _minigrad_step, _torch_step
+    from minigrad.models.gpt import GPT, GPTConfig
 
     cfg = GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32)
     model = GPT(cfg, seed=0)
@@ -341,8 +341,8 @@ def test_bench_torch_reference_is_the_same_model():
 
 
 def test_bench_train_last_line(capsys, monkeypatch):
-    from models import bench, cli
-    from models.gpt import GPTConfig
+    from minigrad.models import bench, cli
+    from minigrad.models.gpt import GPTConfig
 
     monkeypatch.setattr(bench, "BENCH_CONFIG", GPTConfig(vocab_size=bench.VOCAB, block_size=8, n_layer=1,
                                                          n_head=2, n_embd=16))  # the format, not the speed
@@ -359,7 +359,7 @@ def test_bench_train_last_line(capsys, monkeypatch):
 def test_tune_malloc_stops_per_step_page_faults():
     import resource
 
-    from models.train import tune_malloc
+    from minigrad.models.train import tune_malloc
 
     if not sys.platform.startswith("linux") or not tune_malloc():
         pytest.skip("glibc's mallopt is not available here")
@@ -380,7 +380,7 @@ def test_tune_malloc_stops_per_step_page_faults():
 def test_progress_and_plot_fall_back_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
     import io
 
-    from models.train import Progress, plot_log
+    from minigrad.models.train import Progress, plot_log
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -48,7 +48,7 @@ def test_dot_has_one_node_per_op_and_leaf_with_shapes_and_dtype(tmp_path):
 
 
 def _tiny_gpt_loss(n_layer):
-    from models.gpt import GPT, GPTConfig
+    from minigrad.models.gpt import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=n_layer, n_head=2, n_embd=8), seed=0)
     x = np.random.default_rng(0).integers(0, 11, (2, 8))
     return model, model(x, np.roll(x, 1, axis=1))[1]
