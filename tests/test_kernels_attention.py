@@ -332,11 +332,11 @@ def test_bench_without_gpu_says_so_and_succeeds():
 # Through minigrad: F.scaled_dot_product_attention runs these kernels under MINIGRAD_KERNELS=emulate.
 
 @pytest.fixture
-def emulate_kernels(monkeypatch):
-    """MINIGRAD_KERNELS=emulate, with minigrad.fused.launchers() wrapped so kernel calls are counted."""
+def emulate_kernels(monkeypatch, fast_paths):
+    """MINIGRAD_KERNELS=emulate, with minigrad.dispatch.launchers() wrapped so kernel calls are counted."""
     import types
 
-    from minigrad import fused
+    from minigrad import dispatch
 
     calls = []
 
@@ -346,10 +346,10 @@ def emulate_kernels(monkeypatch):
             return fn(*a, **k)
         return wrapper
 
-    ns = types.SimpleNamespace(**vars(fused.launchers()))
+    ns = types.SimpleNamespace(**vars(dispatch.launchers()))
     ns.attention_forward = counted(A.attention_forward)
     ns.attention_backward = counted(A.attention_backward)
-    monkeypatch.setattr(fused, "launchers", lambda: ns)
+    monkeypatch.setattr(dispatch, "launchers", lambda: ns)
     monkeypatch.setenv("MINIGRAD_KERNELS", "emulate")
     return calls
 

@@ -175,7 +175,7 @@ def test_gradcheck_float64_through_the_emulated_kernels():
         assert minigrad.gradcheck(lambda x, w, b: KernelLayerNorm.apply(x, w, b), (x, w, b), fast=C > 100)
 
 
-def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch):
+def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch, fast_paths):
     """MINIGRAD_KERNELS=emulate routes F.layer_norm through the kernels; gradcheck in float64."""
     import minigrad
     import minigrad.nn.functional as F

@@ -67,7 +67,7 @@ def test_installed_wheel_trains_natively_from_outside_the_repo(wheel, tmp_path):
     outside.mkdir()
     corpus = outside / "corpus.txt"
     corpus.write_text("To be, or not to be, that is the question. " * 200)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MINIGRAD_CPU_NATIVE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MINIGRAD_CPU_NATIVE", "MINIGRAD_IMPL")}
     env.update(MINIGRAD_CACHE_DIR=str(tmp_path / "cache"), MINIGRAD_DATA_DIR=str(tmp_path / "data"))
 
     probe = _run([py, "-c", "import minigrad, importlib.util as u; print(minigrad.__file__); "
