@@ -32,7 +32,7 @@ def launchers():
     from types import SimpleNamespace
 
     import minigrad.kernels.attention as attention
-    import minigrad.kernels.launch as launch
+    import minigrad.kernels.layernorm as launch
     return SimpleNamespace(
         layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
         attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)

@@ -34,11 +34,12 @@ def test_every_registered_kernel_compiles_without_warnings_or_spills():
 ])
 def test_check_fails_on_errors_and_warnings(tmp_path, monkeypatch, body, message):
     _nvrtc()
-    from minigrad.kernels import check, registry
+    from minigrad.kernels import check, layernorm, registry
+    from minigrad.kernels.family import Kernel
 
     (tmp_path / "bad.cu").write_text(f"template <typename T> __global__ void k(T* x) {{ {body} }}\n")
     monkeypatch.setattr(check, "KERNEL_DIR", tmp_path)
-    monkeypatch.setattr(registry, "KERNELS", [registry.Kernel("bad", "bad.cu", {"k": "k"}, registry.LAYERNORM_FORWARD)])
+    monkeypatch.setattr(registry, "KERNELS", [Kernel("bad", "bad.cu", {"k": "k"}, layernorm.FORWARD)])
     report = check.run_check(archs=("sm_80",), use_nvcc=False)
     assert any(message in e for e in report.errors), report.errors
 
@@ -52,3 +53,4 @@ ptxas         .     24 bytes stack frame, 8 bytes spill stores, 12 bytes spill l
 ptxas info    : Used 255 registers, used 1 barriers, 512 bytes smem, 360 bytes cmem[0]"""
     r = parse_ptxas(log)[("_Z1kIfEvPT_", "sm_80")]
     assert (r.registers, r.smem, r.stack, r.spill_stores, r.spill_loads) == (255, 512, 24, 8, 12)
+
