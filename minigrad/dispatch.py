@@ -140,10 +140,9 @@ def launchers():
     can swap one): layernorm_forward/backward and attention_forward/backward."""
     from types import SimpleNamespace
 
-    import minigrad.kernels.attention as attention
-    import minigrad.kernels.launch as launch
+    from minigrad.kernels import attention, layernorm
     return SimpleNamespace(
-        layernorm_forward=launch.layernorm_forward, layernorm_backward=launch.layernorm_backward,
+        layernorm_forward=layernorm.layernorm_forward, layernorm_backward=layernorm.layernorm_backward,
         attention_forward=attention.attention_forward, attention_backward=attention.attention_backward)
 
 

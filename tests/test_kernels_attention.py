@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigrad.kernels import attention as A
-from minigrad.kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
+from minigrad.kernels.attention import attention_backward_ref, attention_forward_ref, attention_probs
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -238,9 +238,11 @@ def test_gradcheck_float64_through_the_emulated_kernels():
 
 @pytest.fixture
 def no_launch(monkeypatch):
+    from minigrad.kernels import runtime
+
     def refuse(*a, **k):
         raise AssertionError("a kernel was launched for bad input")
-    monkeypatch.setattr(A, "_launch", refuse)
+    monkeypatch.setattr(runtime.Program, "launch", refuse)
 
 
 def _good():
@@ -289,9 +291,8 @@ def test_every_instantiation_fits_cuda_limits():
     # the kernels' __shared__ arrays; the emulator would refuse a launch above 48 KiB, as CUDA does.
     from minigrad.kernels import registry
     from minigrad.kernels.emulate.build import normalize
-    from minigrad.kernels.launch import get_module
 
-    smem = get_module("attention.cu", "emulate").lib.static_smem
+    smem = A.PROGRAM.module("emulate").lib.static_smem
     role_of = {fn: role for roles in (A.FORWARD_ROLES, A.BACKWARD_ROLES) for role, fn in roles.items()}
     names = []
     for fn, tiles in A.TILES.items():

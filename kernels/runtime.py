@@ -1,0 +1,205 @@
+"""The kernel runtime: compile a .cu file, load it, cache it, launch its kernels on CuPy or the
+CPU emulator. It knows no kernel family: a family module (kernels/layernorm.py, ...) hands it the
+file and the template instantiations to compile, and launches through it.
+
+    program = Program("layernorm.cu", ["layernorm_forward<float>", ...])
+    program.launch(name, grid, block, args, shared_mem=0, max_shared=None)
+        name        one of the program's instantiations, e.g. "layernorm_forward<float>" (the list
+                    is what CuPy's name_expressions and the emulator build compile; kernels/check.py
+                    compiles the same list, read from kernels/registry.py, with NVRTC)
+        grid/block  int or tuple of up to 3 ints
+        args        tuple: arrays (numpy under emulation, cupy on a GPU) or None for a null pointer,
+                    and NumPy scalars of the exact C type (np.int32, np.float32, np.float64, ...).
+                    Python int/float are refused: CuPy would pass them as long long/double.
+        shared_mem  dynamic shared memory in bytes; max_shared opts in above 48 KiB (as
+                    cudaFuncAttributeMaxDynamicSharedMemorySize would).
+    The backend is chosen from the arrays: any cupy.ndarray argument -> CuPy, else the emulator.
+    Each program is compiled once per process and backend (the emulator's .so is also cached on
+    disk by hash). Under the emulator, argument types are checked against the kernel's C signature.
+
+Also here, for launchers: check_array (validate an argument before any launch), array_module
+(numpy or cupy, from the arguments), KernelLaunchError (the emulator refused or aborted a launch).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).resolve().parent
+DEFAULT_SHARED_LIMIT = 48 * 1024
+# Options for cupy.RawModule. CuPy itself appends -ftz=true and the device's -arch; kernels/check.py
+# compiles with NVRTC_OPTIONS + CUPY_ADDED_OPTIONS + an arch, i.e. what CuPy ends up passing.
+NVRTC_OPTIONS = ("--std=c++17",)
+CUPY_ADDED_OPTIONS = ("-ftz=true",)
+
+class KernelLaunchError(RuntimeError):
+    """The emulator refused or aborted a launch (bad configuration, barrier/shuffle misuse)."""
+
+
+def _dims(v, what):
+    t = (v,) if isinstance(v, (int, np.integer)) else tuple(v)
+    if not 1 <= len(t) <= 3 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in t):
+        raise ValueError(f"{what} must be a positive int or a tuple of 1-3 positive ints, got {v!r}")
+    return tuple(int(d) for d in t) + (1,) * (3 - len(t))
+
+
+def is_cupy_array(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(*arrays):
+    """numpy, or cupy when any argument is a cupy.ndarray."""
+    if any(is_cupy_array(a) for a in arrays if a is not None):
+        import cupy
+
+        return cupy
+    return np
+
+
+def check_array(name, a, *, ndim=None, dtype=None, shape=None):
+    """Raise TypeError/ValueError naming `name` unless `a` is a C-contiguous array as required."""
+    if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (got strides {a.strides}); pass np.ascontiguousarray({name})")
+    return a
+
+
+# ----------------------------------------------------------------------------- emulator backend
+
+_CODE_OF_DTYPE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype(np.bool_): "?"}
+for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+    _d = np.dtype(_t)
+    _CODE_OF_DTYPE[_d] = ("i" if _d.kind == "i" else "u") + str(8 * _d.itemsize)
+_CTYPE_OF_CODE = {
+    "f": ctypes.c_float, "d": ctypes.c_double, "?": ctypes.c_bool,
+    "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
+    "u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32, "u64": ctypes.c_uint64,
+}
+
+
+class EmuModule:
+    """A .cu file built for the CPU emulator (kernels/emulate)."""
+
+    def __init__(self, cu, names):
+        from minigrad.kernels.emulate.build import build
+
+        self.cu = cu
+        self.lib = build(KERNEL_DIR / cu, names)
+        self.dll = ctypes.CDLL(str(self.lib.path))
+        self.dll.mgemu_launch.restype = ctypes.c_int
+        self.dll.mgemu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_size_t] * 3 + [
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        self.dll.mgemu_signature.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+        self._sigs = {}
+
+    def signature(self, name):
+        if name not in self._sigs:
+            buf = ctypes.create_string_buffer(1024)
+            if self.dll.mgemu_signature(name.encode(), buf, len(buf)) != 0:
+                raise KeyError(f"{self.cu}: kernel {name!r} is not registered; registered: {', '.join(self.lib.names)}")
+            s = buf.value.decode()
+            self._sigs[name] = s.split(",") if s else []
+        return self._sigs[name]
+
+    def _convert(self, name, i, code, a, keep):
+        where = f"kernel {name}, argument {i}"
+        if code.startswith("*"):
+            if a is None:
+                return ctypes.c_void_p(0)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{where} is a pointer ({code}); got {type(a).__name__}")
+            want = code[1:]
+            if want not in ("v", "x1") and _CODE_OF_DTYPE.get(a.dtype) != want:
+                raise TypeError(f"{where} points to {want}; got an array of {a.dtype}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{where}: array is not C-contiguous")
+            keep.append(a)
+            return ctypes.c_void_p(a.ctypes.data)
+        if not isinstance(a, np.generic):
+            raise TypeError(f"{where} is {code}; pass a NumPy scalar of that exact type (got {type(a).__name__} "
+                            f"{a!r}; CuPy would pass a Python int as long long and a float as double)")
+        if _CODE_OF_DTYPE.get(a.dtype) != code:
+            raise TypeError(f"{where} is {code}; got a NumPy {a.dtype} scalar")
+        return _CTYPE_OF_CODE[code](a.item())
+
+    def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
+        from minigrad.kernels.emulate.build import normalize
+
+        name = normalize(name)
+        sig = self.signature(name)
+        if len(args) != len(sig):
+            raise TypeError(f"kernel {name} takes {len(sig)} arguments ({', '.join(sig)}), got {len(args)}")
+        keep = []
+        values = [self._convert(name, i, c, a, keep) for i, (c, a) in enumerate(zip(sig, args))]
+        ptrs = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+        g, b = _dims(grid, "grid"), _dims(block, "block")
+        limit = DEFAULT_SHARED_LIMIT if max_shared is None else int(max_shared)
+        err = ctypes.create_string_buffer(2048)
+        rc = self.dll.mgemu_launch(name.encode(), *g, *b, int(shared_mem), int(self.lib.static_smem.get(name, 0)),
+                                   limit, ptrs, len(values), err, len(err))
+        if rc != 0:
+            raise KernelLaunchError(err.value.decode())
+
+
+# ----------------------------------------------------------------------------- CuPy backend
+
+
+class CupyModule:
+    """A .cu file compiled by NVRTC through cupy.RawModule (needs a GPU)."""
+
+    def __init__(self, cu, names):
+        import cupy
+
+        self.cu = cu
+        self.mod = cupy.RawModule(code=(KERNEL_DIR / cu).read_text(), options=NVRTC_OPTIONS,
+                                  name_expressions=list(names))
+        self._fns = {}
+
+    def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
+        if name not in self._fns:
+            self._fns[name] = self.mod.get_function(name)
+        fn = self._fns[name]
+        if shared_mem > DEFAULT_SHARED_LIMIT:
+            fn.max_dynamic_shared_size_bytes = int(max_shared or shared_mem)
+        # CuPy turns None into an invalid pointer (cupy#9046); a 64-bit zero is a null pointer.
+        args = tuple(np.uint64(0) if a is None else a for a in args)
+        fn(_dims(grid, "grid"), _dims(block, "block"), args, shared_mem=int(shared_mem))
+
+
+class Program:
+    """One .cu file in kernels/ (or a path) and the template instantiations compiled from it."""
+
+    def __init__(self, cu, names):
+        self.cu = cu
+        self.names = tuple(names)
+        self._modules = {}  # backend -> EmuModule | CupyModule
+        self._lock = threading.Lock()
+
+    def module(self, backend):
+        """The program compiled for backend "emulate" or "cuda" (once per process)."""
+        with self._lock:
+            mod = self._modules.get(backend)
+            if mod is None:
+                if backend == "emulate":
+                    mod = EmuModule(self.cu, self.names)
+                elif backend == "cuda":
+                    mod = CupyModule(self.cu, self.names)
+                else:
+                    raise ValueError(f"backend must be 'emulate' or 'cuda', got {backend!r}")
+                self._modules[backend] = mod
+        return mod
+
+    def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
+        backend = "cuda" if any(is_cupy_array(a) for a in args) else "emulate"
+        self.module(backend).launch(name, grid, block, args, shared_mem=shared_mem, max_shared=max_shared)
