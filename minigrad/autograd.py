@@ -287,7 +287,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             if prof is not None:
                 t0 = prof.clock()
             try:
-                in_grads = _backward_of(fn, out_grad, create_graph)
+                in_grads = _backward_of(fn, out_grad, create_graph, Tensor)
             except AnomalyError as e:   # an op inside this backward made the NaN: blame this op
                 raise AnomalyError(
                     f"{fn.op.__name__} produced NaN/Inf in its backward (in its {str(e).split(' ')[0]} step); the op "

@@ -85,15 +85,14 @@ def choose(cls, arrays, kwargs):
     return cls
 
 
-def backward_of(fn, g, create_graph):
-    """The input gradients of ``fn`` at output gradient ``g`` (a Tensor)."""
+def backward_of(fn, g, create_graph, tensor_class):
+    """The input gradients of ``fn`` at output gradient ``g`` (a Tensor), as Tensors or None."""
     if not create_graph and fn.backward_arrays is not None and (_impl == "auto" or fn.op is not type(fn)):
         # a variant's first-order backward reads what its own forward saved, whatever the mode now
         if _trace is not None:
             _trace.add(type(fn).__name__ + ".backward_arrays")
-        from .tensor import Tensor
-        make = Tensor._make
-        return tuple(a if a is None or isinstance(a, Tensor) else make(a) for a in fn.backward_arrays(g.data))
+        make = tensor_class._make
+        return tuple(a if a is None or isinstance(a, tensor_class) else make(a) for a in fn.backward_arrays(g.data))
     return fn.backward(g)
 
 
@@ -110,11 +109,11 @@ def trace():
         _trace = prev
 
 
-def all_variants(ops=None):
-    """{variant class name: op class name} of every declared variant (of ``ops``, default all ops)."""
-    from . import ops as ops_pkg
-    classes = ops if ops is not None else [c for c in vars(ops_pkg).values() if isinstance(c, type)]
-    return {v.__name__: c.__name__ for c in classes for v in getattr(c, "variants", ())}
+def all_variants(namespace):
+    """{variant class name: op class name} of every variant declared by the op classes in
+    ``namespace`` (a module such as minigrad.ops, or a dict)."""
+    items = vars(namespace).values() if not isinstance(namespace, dict) else namespace.values()
+    return {v.__name__: c.__name__ for c in items if isinstance(c, type) for v in getattr(c, "variants", ())}
 
 
 # ---------------------------------------------------------------- what a variant may ask

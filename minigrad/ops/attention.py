@@ -9,6 +9,7 @@ from .. import dispatch
 from ..autograd import Function
 from ..backend import device_of
 from ._util import unbroadcast, xp_of
+from .elementwise import Where
 from .shape import sum_to_array
 from .softmax import Softmax
 
@@ -45,14 +46,14 @@ def causal_mask(xp, tq, tk):
 
 def attention_probs(q, k, mask, scale):
     """The attention probabilities as a differentiable Tensor expression (for create_graph)."""
-    from ..functions import where
     s = (q @ k.swapaxes(-1, -2)) * scale
     if mask is None:
         return Softmax.apply(s, axis=-1)
     xp = xp_of(q.data)
     mask = xp.broadcast_to(mask, s.shape)
     any_key = mask.any(axis=-1, keepdims=True)
-    s = where(mask, s, -1e30)   # finite, so a row with no key stays NaN-free (it is zeroed below)
+    # a finite fill, so a row with no key stays NaN-free (it is zeroed below)
+    s = Where.apply(s, _T(xp.asarray(-1e30, dtype=s.dtype)), cond=mask)
     p = Softmax.apply(s, axis=-1)
     return p * _T((mask & any_key).astype(s.dtype))
 

@@ -14,6 +14,7 @@ from ._util import xp_of
 from .activations import normal_cdf_pdf
 from .attention import attention_grads, attention_reference, attention_vjp, causal_mask, softmax_ds_
 from .linalg import Linear
+from .shape import Concatenate
 from .special import gelu_and_slope
 
 
@@ -124,11 +125,11 @@ class QKVAttention(Function):
 
     def backward(self, g):
         """The attention vector-Jacobian product per head in Tensor ops (differentiable)."""
-        from ..functions import stack
         qkv = self.inputs[0]
         b, t, c3 = qkv.shape
         mask = causal_mask(xp_of(qkv.data), t, t) if self.is_causal else None
-        d = stack(attention_vjp(*self._heads(qkv), self._head_grad(g), mask, self.scale))  # (3, B, nh, T, hs)
+        grads = attention_vjp(*self._heads(qkv), self._head_grad(g), mask, self.scale)  # 3 × (B, nh, T, hs)
+        d = Concatenate.apply(*(d.expand_dims(0) for d in grads), axis=0)               # (3, B, nh, T, hs)
         return (d.transpose((1, 3, 0, 2, 4)).reshape((b, t, c3)),)
 
     def backward_arrays(self, g):
