@@ -304,14 +304,14 @@ class Trainer:
                 scaled.backward()
             total += float(loss.item())
         with t.phase("optimizer"):
-            if cfg.grad_clip > 0:
-                from minigrad.optim import clip_grad_norm_
-                # the data-parallel reduction measured the norm while the gradients were in cache
-                norm = self.parallel.grad_norm if self.parallel is not None else None
-                clip_grad_norm_(self.model.parameters(), cfg.grad_clip, norm=norm)
-            if self.parallel is not None and self.parallel.can_run_concurrently():
-                self.opt.step(pool=self.parallel.pool, workers=cfg.workers)
+            if self.parallel is not None:   # the gradient norm was measured in its reduction
+                if cfg.grad_clip > 0:
+                    self.parallel.clip_grad_norm_(cfg.grad_clip)
+                self.parallel.optimizer_step(self.opt)
             else:
+                if cfg.grad_clip > 0:
+                    from minigrad.optim import clip_grad_norm_
+                    clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.opt.step()
             self.opt.zero_grad()
         return total / cfg.grad_accum
