@@ -101,7 +101,7 @@ def test_shapes_and_loss():
     want = -lp[keep, tgt[keep]].mean()
     assert abs(loss.item() - want) <= 1e-5 * max(1.0, want)
     memory, mask = m.encode(src)
-    assert memory.shape == (3 * 9, 16) and mask.shape == (3, 1, 1, 9)
+    assert memory.shape == (3, 9, 16) and mask.shape == (3, 1, 1, 9)
 
 
 def test_padded_source_positions_do_not_change_the_output():
