@@ -11,6 +11,7 @@ args       NumPy arrays (device pointers, written back in place), None (a null p
            scalars of the parameter's exact type (np.int32, np.float32, ...)
 shared_mem bytes of dynamic shared memory (max_shared opts in above 48 KiB)
 schedule   "forward", "reverse" or "random:SEED": the order threads, warps and blocks run in
+           (None: emulate.settings() or $MINIGRAD_EMU_SCHEDULE)
 check      racecheck, memcheck and initcheck (see cuda_emu.h); off: the plain, faster library
 
 Errors are subclasses of KernelError (see errors.py): CompileError, LaunchConfigError, BarrierError,
@@ -61,4 +62,4 @@ def launch(source: str, name: str, grid, block, args, shared_mem: int = 0, sched
     if not isinstance(source, str):
         raise TypeError(f"source must be CUDA C text (str), got {type(source).__name__}")
     module_for(source).launch(name, grid, block, tuple(args), shared_mem=shared_mem, max_shared=max_shared,
-                              schedule=parse_schedule(schedule), check=check)
+                              schedule=None if schedule is None else parse_schedule(schedule), check=check)

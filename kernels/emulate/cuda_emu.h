@@ -335,9 +335,14 @@ inline uintptr_t g_stack_lo = 0, g_stack_len = 0;  // the running fiber's stack 
 inline uintptr_t g_tls_lo = 0, g_tls_len = 0;      // this module's TLS block (all shared memory)
 inline uintptr_t g_image_lo = 0, g_image_hi = 0;   // this library's mapped image (constants)
 inline uintptr_t g_load_base = 0;                  // for code offsets (addr2line)
-inline Cell* g_shadow = nullptr;
-inline size_t g_shadow_cells = 0;
-inline uint16_t* g_sym_of = nullptr;               // per TLS byte: 1 + index into g_syms, 0 = none
+// Shadow cells: one per 4-byte granule while every access to it covers the whole granule (float,
+// int, float4, double...), one per byte once an access touches part of it (the granule's cell is
+// copied into its four byte cells and g_split marks it).
+inline Cell* g_gshadow = nullptr;   // per granule
+inline Cell* g_bshadow = nullptr;   // per byte
+inline uint8_t* g_split = nullptr;  // per granule
+inline size_t g_shadow_bytes = 0;   // TLS bytes covered
+inline uint16_t* g_sym_of = nullptr;               // per TLS byte: 1 + index into g_syms (| 0x8000 if dynamic), 0 = none
 inline std::vector<SharedSym> g_syms;
 inline bool g_syms_dirty = true;
 inline uint32_t g_epoch = 1, g_block_epoch = 1;
@@ -479,7 +484,7 @@ inline const char* access_verb(int kind) { return kind == WRITE ? "writes" : kin
 
 // Describe TLS offset `o` as "array (N bytes) at byte B".
 inline void describe_shared(uint64_t o, char* out, size_t len) {
-  uint16_t s = g_sym_of ? g_sym_of[o] : 0;
+  uint16_t s = g_sym_of ? g_sym_of[o] & 0x7fff : 0;
   if (!s) { snprintf(out, len, "shared memory at TLS offset %llu", (unsigned long long)o); return; }
   const SharedSym& y = g_syms[s - 1];
   if (y.dynamic)
@@ -516,57 +521,75 @@ inline bool ordered(unsigned a, unsigned a_ws, unsigned b) {
              what, t1, first_verb, where, first_pc, t2, second_verb, n, second_pc);
 }
 
-inline void shared_access(uint64_t o, unsigned n, int kind, void* pc) {
-  const unsigned me = g_cur->linear;
-  // bounds: all n bytes inside one shared array (and inside the launch's dynamic bytes)
-  uint16_t s = g_sym_of ? g_sym_of[o] : 1;
-  bool inside = s != 0 && (!g_sym_of || (o + n <= g_tls_len && g_sym_of[o + n - 1] == s));
-  if (inside && g_sym_of && g_syms[s - 1].dynamic && o + n > g_syms[s - 1].off + g_dyn_smem) inside = false;
-  if (!inside) {
-    char t[48], where[256];
-    thread_name(me, t, sizeof t);
-    describe_shared(o, where, sizeof where);
-    if (s && g_syms[s - 1].dynamic)
-      fail_class(MGEMU_E_BOUNDS, "%s %s %u bytes at byte %llu of dynamic shared memory %s, past the %zu bytes the "
-                 "launch asked for (shared_mem) (@pc:%x@)", t, access_verb(kind), n,
-                 (unsigned long long)(o - g_syms[s - 1].off), g_syms[s - 1].name.c_str(), g_dyn_smem,
-                 code_offset(pc));
-    fail_class(MGEMU_E_BOUNDS, "%s %s %u bytes of shared memory outside every shared array (%s) (@pc:%x@)", t,
-               access_verb(kind), n, where, code_offset(pc));
+[[noreturn]] inline void shared_out_of_bounds(uint64_t o, unsigned n, int kind, void* pc, uint16_t s) {
+  char t[48], where[256];
+  thread_name(g_cur->linear, t, sizeof t);
+  describe_shared(o, where, sizeof where);
+  if (s && g_syms[s - 1].dynamic)
+    fail_class(MGEMU_E_BOUNDS, "%s %s %u bytes at byte %llu of dynamic shared memory %s, past the %zu bytes the "
+               "launch asked for (shared_mem) (@pc:%x@)", t, access_verb(kind), n,
+               (unsigned long long)(o - g_syms[s - 1].off), g_syms[s - 1].name.c_str(), g_dyn_smem, code_offset(pc));
+  fail_class(MGEMU_E_BOUNDS, "%s %s %u bytes of shared memory outside every shared array (%s) (@pc:%x@)", t,
+             access_verb(kind), n, where, code_offset(pc));
+}
+
+// The shadow cell of the granule or byte at `x` for an access [o, end): the granule's own cell if
+// the access covers it whole and it was never split, else the byte's (splitting it first).
+inline Cell* cell_at(uint64_t x, uint64_t o, uint64_t end, uint64_t* next) {
+  const uint64_t g = x / 4, lo = g * 4;
+  if (!g_split[g]) {
+    if (lo >= o && lo + 4 <= end) { *next = lo + 4; return &g_gshadow[g]; }
+    for (int k = 0; k < 4; ++k) g_bshadow[lo + k] = g_gshadow[g];
+    g_split[g] = 1;
   }
+  *next = x + 1;
+  return &g_bshadow[x];
+}
+
+inline void shared_access(uint64_t o, unsigned n, int kind, void* pc) {
+  const uint64_t end = o + n;
+  // bounds: all n bytes inside one shared array (and inside the launch's dynamic bytes)
+  if (g_sym_of) {
+    const uint16_t s = g_sym_of[o];
+    if (!s || end > g_tls_len || g_sym_of[end - 1] != s) shared_out_of_bounds(o, n, kind, pc, s & 0x7fff);
+    if ((s & 0x8000) && end > g_syms[(s & 0x7fff) - 1].off + g_dyn_smem) shared_out_of_bounds(o, n, kind, pc, s & 0x7fff);
+  }
+  const unsigned me = g_cur->linear;
   const uint32_t cur = g_epoch;
   const uint16_t ws = (uint16_t)warp_sync_count(me / 32);
   const uint32_t pc32 = code_offset(pc);
   bool delayed = false;
 restart:
-  Cell* c = g_shadow + o;
-  for (unsigned i = 0; i < n; ++i, ++c) {
+  for (uint64_t x = o, next; x < end; x = next) {
+    Cell* c = cell_at(x, o, end, &next);
     if (kind != WRITE && c->w_epoch < g_block_epoch) {
       if (!delayed) {
         // Nothing this block ran so far wrote it. Let the other threads run first (until they wait
-        // or exit): a write of theirs in this interval is a race with this read, not an
-        // initialisation; then look again.
+        // or exit): a write of theirs in this interval is then a race with this read, not an
+        // initialisation; with none, the read is of uninitialised memory.
         delayed = true;
         yield();
         goto restart;
       }
       char t[48], where[256];
       thread_name(me, t, sizeof t);
-      describe_shared(o + i, where, sizeof where);
+      describe_shared(x, where, sizeof where);
       fail_class(MGEMU_E_UNINIT, "%s %s %u bytes of %s that no thread of this block has written (@pc:%x@)", t,
                  access_verb(kind), n, where, pc32);
     }
-    if (kind == ATOMIC) continue;
+    if (kind == ATOMIC) continue;  // atomics never race with each other: bounds and initialisation only
     if (c->w_epoch == cur && c->w_tid != me && !ordered(c->w_tid, c->w_ws, me))
       hazard(kind == READ ? "read-after-write" : "write-after-write", c->w_tid, "wrote", c->w_pc, me,
-             kind == READ ? "read" : "wrote", pc32, o + i, n);
+             kind == READ ? "read" : "wrote", pc32, x, n);
     if (kind == READ) {
       if (c->r_epoch != cur) {
         c->r_epoch = cur;
         c->r_tid[0] = (uint16_t)me; c->r_ws[0] = ws; c->r_pc[0] = pc32;
         c->r_tid[1] = NO_THREAD;
       } else if (c->r_tid[0] == me) {
-        c->r_ws[0] = ws; c->r_pc[0] = pc32;
+        c->r_ws[0] = ws;
+      } else if (c->r_tid[1] == me) {
+        c->r_ws[1] = ws;
       } else {
         c->r_tid[1] = (uint16_t)me; c->r_ws[1] = ws; c->r_pc[1] = pc32;
       }
@@ -574,7 +597,7 @@ restart:
       if (c->r_epoch == cur)
         for (int r = 0; r < 2; ++r)
           if (c->r_tid[r] != NO_THREAD && c->r_tid[r] != me && !ordered(c->r_tid[r], c->r_ws[r], me))
-            hazard("write-after-read", c->r_tid[r], "read", c->r_pc[r], me, "wrote", pc32, o + i, n);
+            hazard("write-after-read", c->r_tid[r], "read", c->r_pc[r], me, "wrote", pc32, x, n);
       c->w_epoch = cur; c->w_tid = (uint16_t)me; c->w_ws = ws; c->w_pc = pc32;
     }
   }
@@ -983,19 +1006,29 @@ inline bool locate_module() {
 }
 // Shadow memory and the byte -> shared array map, sized to the TLS block, made once.
 inline bool prepare_shadow() {
-  if (!g_shadow || g_shadow_cells < g_tls_len) {
-    if (g_shadow) munmap(g_shadow, g_shadow_cells * sizeof(Cell));
-    size_t cells = g_tls_len ? g_tls_len : 1;
-    void* p = mmap(nullptr, cells * sizeof(Cell), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
-    if (p == MAP_FAILED) { g_shadow = nullptr; return false; }
-    g_shadow = (Cell*)p;
-    g_shadow_cells = cells;
+  if (!g_gshadow || g_shadow_bytes < g_tls_len) {
+    const size_t bytes = (g_tls_len ? g_tls_len : 4) + 4, granules = (bytes + 3) / 4;
+    if (g_gshadow) {
+      munmap(g_gshadow, granules * sizeof(Cell));
+      munmap(g_bshadow, bytes * sizeof(Cell));
+      munmap(g_split, granules);
+    }
+    auto map = [](size_t len) {
+      void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      return p == MAP_FAILED ? nullptr : p;
+    };
+    g_gshadow = (Cell*)map(granules * sizeof(Cell));
+    g_bshadow = (Cell*)map(granules * 4 * sizeof(Cell));
+    g_split = (uint8_t*)map(granules);
+    if (!g_gshadow || !g_bshadow || !g_split) { g_gshadow = nullptr; return false; }
+    g_shadow_bytes = granules * 4;
     g_epoch = g_block_epoch = 1;
     g_syms_dirty = true;
   }
   if (g_epoch > 0xF0000000u) {  // recycle the epochs: clear the shadow
-    madvise(g_shadow, g_shadow_cells * sizeof(Cell), MADV_DONTNEED);
+    madvise(g_gshadow, g_shadow_bytes / 4 * sizeof(Cell), MADV_DONTNEED);
+    madvise(g_bshadow, g_shadow_bytes * sizeof(Cell), MADV_DONTNEED);
+    madvise(g_split, g_shadow_bytes / 4, MADV_DONTNEED);
     g_epoch = g_block_epoch = 1;
   }
   if (g_syms_dirty) {
@@ -1003,9 +1036,9 @@ inline bool prepare_shadow() {
     g_sym_of = nullptr;
     if (!g_syms.empty()) {
       g_sym_of = new uint16_t[g_tls_len + 1]();
-      for (size_t i = 0; i < g_syms.size() && i < 0xfffe; ++i)
+      for (size_t i = 0; i < g_syms.size() && i < 0x7ffe; ++i)  // index + 1, high bit: dynamic
         for (uint64_t b = g_syms[i].off; b < g_syms[i].off + g_syms[i].size && b < g_tls_len; ++b)
-          g_sym_of[b] = (uint16_t)(i + 1);
+          g_sym_of[b] = (uint16_t)((i + 1) | (g_syms[i].dynamic ? 0x8000 : 0));
     }
     g_syms_dirty = false;
   }

@@ -241,6 +241,37 @@ class _Loaded:
         return self._poison[name]
 
 
+class _GuardedCopies:
+    """A checked launch runs on copies of its array arguments: each set of overlapping arrays in its own
+    buffer, between gaps that belong to no argument (as large as the data, 4 KiB at least), so an
+    access that runs off one array cannot land in a neighbour the allocator placed right after it.
+    The copies keep the originals' address modulo 256 (vector-load alignment) and are copied back,
+    where the kernel changed them, after the launch."""
+
+    def __init__(self, arrays):  # [(argument index, ndarray)]
+        groups = []  # [lo, hi, [(index, address)]]
+        for lo, hi, i in sorted((a.ctypes.data, a.ctypes.data + a.nbytes, i) for i, a in arrays):
+            if groups and lo < groups[-1][1]:
+                groups[-1][1] = max(groups[-1][1], hi)
+                groups[-1][2].append((i, lo))
+            else:
+                groups.append([lo, hi, [(i, lo)]])
+        self.address, self.copies = {}, []
+        for lo, hi, members in groups:
+            n = hi - lo
+            gap = max(4096, n)
+            buf = np.empty(n + 2 * gap + 256, np.uint8)
+            new = buf.ctypes.data + gap + (lo - (buf.ctypes.data + gap)) % 256
+            ctypes.memmove(new, lo, n)
+            self.address.update({i: new + (a - lo) for i, a in members})
+            self.copies.append((lo, new, n, buf))
+
+    def restore(self):
+        for lo, new, n, _ in self.copies:
+            if n and ctypes.string_at(new, n) != ctypes.string_at(lo, n):
+                ctypes.memmove(lo, new, n)
+
+
 class Module:
     """A .cu source built for the CPU emulator: plain and checked libraries, built on first use."""
 
@@ -338,6 +369,12 @@ class Module:
         keep, ranges = [], []
         pnames = self._param_names(name) if check else []
         values = [self._convert(name, i, c, a, keep, ranges, pnames) for i, (c, a) in enumerate(zip(sig, args))]
+        guard = None
+        if check:
+            guard = _GuardedCopies([(i, a) for i, (c, a) in enumerate(zip(sig, args)) if c[0] == "*" and a is not None])
+            for r in ranges:
+                if r.base:
+                    r.base = values[r.index].value = guard.address[r.index]
         ptrs = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
         limit = DEFAULT_SHARED_LIMIT if max_shared is None else int(max_shared)
         npoison, poison = loaded.poison(name)
@@ -345,9 +382,13 @@ class Module:
         sched_name = str(schedule).encode()
         opts = _Options(schedule.code, int(check), schedule.seed, len(ranges), arg_array, npoison, poison, sched_name)
         err = ctypes.create_string_buffer(4096)
-        rc = loaded.dll.mgemu_launch_ex(name.encode(), *g, *b, int(shared_mem),
-                                        int(loaded.lib.static_smem.get(name, 0)), limit, ptrs, len(values),
-                                        ctypes.byref(opts), err, len(err))
+        try:
+            rc = loaded.dll.mgemu_launch_ex(name.encode(), *g, *b, int(shared_mem),
+                                            int(loaded.lib.static_smem.get(name, 0)), limit, ptrs, len(values),
+                                            ctypes.byref(opts), err, len(err))
+        finally:
+            if guard is not None:
+                guard.restore()
         if rc != 0:
             msg = err.value.decode(errors="replace")
             cls = errors.BY_CODE.get(rc, errors.KernelError)
