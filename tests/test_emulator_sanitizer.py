@@ -13,6 +13,7 @@ A watchdog ends the process if a test hangs; an out-of-bounds write under the ch
 so the process survives every planted bug.
 """
 
+import dataclasses
 import faulthandler
 import re
 import shutil
@@ -22,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: the CPU emulator needs a C++ compiler")
 
-from minigrad.kernels import emulate  # noqa: E402
+from minigrad.kernels import emulate
 
 SCHEDULES = ["forward", "reverse", "random:1", "random:2"]
 
@@ -384,67 +385,62 @@ def test_correct_kernels_of_each_pattern_raise_nothing(schedule):
 
 # ----------------------------------------------------------------------------- 3. mutation tests
 
-# (id, file, [(text in the shipped file, replacement)], kernel version, validate case, expected error)
-GROUP_SUM_BROADCAST = (  # group_sum as "thread 0 sums the warps' partials and broadcasts them"
-    "  v = lane < nwarps ? red[lane] : T(0);\n  v = warp_sum(v);\n  __syncthreads();\n  return v;\n",
+@dataclasses.dataclass(frozen=True)
+class Plant:
+    what: str      # the bug, in words
+    cu: str        # the shipped file it goes into
+    kernel: str    # the registered kernel version whose launch hits it
+    case: tuple    # a validate case of that kernel (float32)
+    expected: type
+    edits: tuple   # (text of the shipped file, replacement), each found exactly once
+
+
+GROUP_SUM_TAIL = "  v = lane < nwarps ? red[lane] : T(0);\n  v = warp_sum(v);\n  __syncthreads();\n  return v;\n"
+GROUP_SUM_BROADCAST = (  # group_sum as "thread 0 sums the warps' partials, the others read the total"
     "  if (threadIdx.x == 0) { T t = T(0); for (int k = 0; k < nwarps; ++k) t += red[k]; red[0] = t; }\n"
     "  {BARRIER}\n  v = red[0];\n  __syncthreads();\n  return v;\n")
-LN_WIDE, LN_ROWS, LN_FUSED = (2, 1025, True), (7, 5, False), (9, 40, True)
+KOK_LOOP = ("        for (int j = tid; {BOUND}; j += S::NT)\n"
+            "            kok[j] = (k0 + j < Tk) && (!has_mask || key_mask[(long long)b * Tk + k0 + j]);\n"
+            "        __syncthreads();\n\n        T s[R][KPL];\n")
+LN_WIDE, LN_ROWS, LN_FUSED = (2, 1025, True), (7, 5, False), (9, 40, True)  # block per row; warp per row; fused bwd
 ATTN = (1, 1, 7, 7, 16, False, False)
 PLANTS = [
-    # races
-    ("broadcast barrier removed (thread 0 sums, others read)", "layernorm.cu",
-     [(GROUP_SUM_BROADCAST[0], GROUP_SUM_BROADCAST[1].replace("{BARRIER}", "// no barrier"))],
-     "layernorm_forward", LN_WIDE, emulate.RaceError),
-    ("four warps += into one shared slice (lost update)", "layernorm.cu",
-     [("  T* accw = reinterpret_cast<T*>(smem) + (long long)threadIdx.y * C;\n",
-       "  T* accw = reinterpret_cast<T*>(smem);\n"),
-      ("for (int k = 0; k < R; ++k) { tw += base[(long long)k * C + j];", "for (int k = 0; k < 1; ++k) { tw += base[(long long)k * C + j];")],
-     "layernorm_backward", LN_FUSED, emulate.RaceError),
-    ("no barrier between red writes and reads", "layernorm.cu",
-     [("  if (lane == 0) red[warp] = v;\n  __syncthreads();\n", "  if (lane == 0) red[warp] = v;\n")],
-     "layernorm_forward", LN_WIDE, emulate.RaceError),
-    ("no barrier after the K/V tile load", "attention.cu",
-     [("            kok[j] = (k0 + j < Tk) && (!has_mask || key_mask[(long long)b * Tk + k0 + j]);\n"
-       "        __syncthreads();\n\n        T s[R][KPL];\n",
-       "            kok[j] = (k0 + j < Tk) && (!has_mask || key_mask[(long long)b * Tk + k0 + j]);\n\n        T s[R][KPL];\n")],
-     "attention_forward", ATTN, emulate.RaceError),
-    ("no barrier between P and P.V", "attention.cu",
-     [("            for (int u = 0; u < S::CPL; ++u) acc[i][u] *= alpha;\n        }\n        __syncthreads();\n",
-       "            for (int u = 0; u < S::CPL; ++u) acc[i][u] *= alpha;\n        }\n")],
-     "attention_forward", ATTN, emulate.RaceError),
-    # out of bounds
-    ("a write one row past the end", "layernorm.cu",
-     [("  if (row >= N) return;  // only in warp-per-row mode (grid covers N exactly otherwise)\n",
-       "  if (row > N) return;\n")], "layernorm_forward", LN_ROWS, emulate.OutOfBoundsError),
-    ("a write one query past the end", "attention.cu",
-     [("        const int qi = q0 + rg + i * S::NRG;\n        if (qi < Tq) {\n            const T inv",
-       "        const int qi = q0 + rg + i * S::NRG;\n        if (qi <= Tq) {\n            const T inv")],
-     "attention_forward", ATTN, emulate.OutOfBoundsError),
-    # uninitialised shared memory
-    ("a read of unwritten static shared memory", "layernorm.cu",
-     [("  v = lane < nwarps ? red[lane] : T(0);\n", "  v = red[lane];\n")],
-     "layernorm_forward", LN_WIDE, emulate.UninitializedReadError),
-    ("a tail of static shared memory never written", "attention.cu",
-     [("        for (int j = tid; j < BK; j += S::NT)\n            kok[j] = (k0 + j < Tk) && (!has_mask || "
-       "key_mask[(long long)b * Tk + k0 + j]);\n        __syncthreads();\n\n        T s[R][KPL];\n",
-       "        for (int j = tid; j < min(BK, Tk - k0); j += S::NT)\n            kok[j] = (k0 + j < Tk) && (!has_mask || "
-       "key_mask[(long long)b * Tk + k0 + j]);\n        __syncthreads();\n\n        T s[R][KPL];\n")],
-     "attention_forward", ATTN, emulate.UninitializedReadError),
-    ("dynamic shared accumulator not zeroed", "layernorm.cu",
-     [("{ accw[i] = T(0); accb[i] = T(0); }", "{ accw[i] = T(0); }")],
-     "layernorm_backward", LN_FUSED, emulate.UninitializedReadError),
-    # barriers
-    ("a barrier only the first warp reaches", "attention.cu",
-     [("        __syncthreads();  // the previous tile's K, V, P are no longer read\n",
-       "        if (tid < 32) __syncthreads();\n")], "attention_forward", ATTN, emulate.BarrierError),
-    # shuffles
-    ("half-warp mask in a full-warp reduction", "layernorm.cu",
-     [("v += __shfl_xor_sync(0xffffffffu, v, o);", "v += __shfl_xor_sync(0x0000ffffu, v, o);")],
-     "layernorm_forward", LN_ROWS, emulate.ShuffleError),
-    ("group max with an unshifted group mask", "attention.cu",
-     [("x = attn_max(x, __shfl_xor_sync(0xffffffffu, x, off));",
-       "x = attn_max(x, __shfl_xor_sync((1u << G) - 1u, x, off));")], "attention_forward", ATTN, emulate.ShuffleError),
+    Plant("broadcast barrier removed (thread 0 sums, others read)", "layernorm.cu", "layernorm_forward", LN_WIDE,
+          emulate.RaceError, ((GROUP_SUM_TAIL, GROUP_SUM_BROADCAST.replace("{BARRIER}", "// no barrier")),)),
+    Plant("four warps += into one shared slice (lost update)", "layernorm.cu", "layernorm_backward", LN_FUSED,
+          emulate.RaceError,
+          (("  T* accw = reinterpret_cast<T*>(smem) + (long long)threadIdx.y * C;\n",
+            "  T* accw = reinterpret_cast<T*>(smem);\n"),
+           ("for (int k = 0; k < R; ++k) { tw +=", "for (int k = 0; k < 1; ++k) { tw +="))),
+    Plant("no barrier between the red writes and reads", "layernorm.cu", "layernorm_forward", LN_WIDE,
+          emulate.RaceError,
+          (("  if (lane == 0) red[warp] = v;\n  __syncthreads();\n", "  if (lane == 0) red[warp] = v;\n"),)),
+    Plant("no barrier after the K/V tile load", "attention.cu", "attention_forward", ATTN, emulate.RaceError,
+          ((KOK_LOOP.format(BOUND="j < BK"), KOK_LOOP.format(BOUND="j < BK").replace("        __syncthreads();\n", "")),)),
+    Plant("no barrier between P and P.V", "attention.cu", "attention_forward", ATTN, emulate.RaceError,
+          (("            for (int u = 0; u < S::CPL; ++u) acc[i][u] *= alpha;\n        }\n        __syncthreads();\n",
+            "            for (int u = 0; u < S::CPL; ++u) acc[i][u] *= alpha;\n        }\n"),)),
+    Plant("a write one row past the end", "layernorm.cu", "layernorm_forward", LN_ROWS, emulate.OutOfBoundsError,
+          (("  if (row >= N) return;  // only in warp-per-row mode (grid",
+            "  if (row > N) return;  // only in warp-per-row mode (grid"),)),
+    Plant("a write one query past the end", "attention.cu", "attention_forward", ATTN, emulate.OutOfBoundsError,
+          (("        if (qi < Tq) {\n            const T inv", "        if (qi <= Tq) {\n            const T inv"),)),
+    Plant("a read of unwritten static shared memory", "layernorm.cu", "layernorm_forward", LN_WIDE,
+          emulate.UninitializedReadError, (("  v = lane < nwarps ? red[lane] : T(0);\n", "  v = red[lane];\n"),)),
+    Plant("a tail of static shared memory never written", "attention.cu", "attention_forward", ATTN,
+          emulate.UninitializedReadError,
+          ((KOK_LOOP.format(BOUND="j < BK"), KOK_LOOP.format(BOUND="j < min(BK, Tk - k0)")),)),
+    Plant("a dynamic shared accumulator not zeroed", "layernorm.cu", "layernorm_backward", LN_FUSED,
+          emulate.UninitializedReadError, (("{ accw[i] = T(0); accb[i] = T(0); }", "{ accw[i] = T(0); }"),)),
+    Plant("a barrier only the first warp reaches", "attention.cu", "attention_forward", ATTN, emulate.BarrierError,
+          (("        __syncthreads();  // the previous tile's K, V, P are no longer read\n",
+            "        if (tid < 32) __syncthreads();\n"),)),
+    Plant("a half-warp mask in a full-warp reduction", "layernorm.cu", "layernorm_forward", LN_ROWS,
+          emulate.ShuffleError,
+          (("v += __shfl_xor_sync(0xffffffffu, v, o);", "v += __shfl_xor_sync(0x0000ffffu, v, o);"),)),
+    Plant("a group max with an unshifted group mask", "attention.cu", "attention_forward", ATTN, emulate.ShuffleError,
+          (("x = attn_max(x, __shfl_xor_sync(0xffffffffu, x, off));",
+            "x = attn_max(x, __shfl_xor_sync((1u << G) - 1u, x, off));"),)),
 ]
 
 
@@ -459,14 +455,14 @@ def _planted(cu, edits):
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reverse"])
-@pytest.mark.parametrize("plant", PLANTS, ids=[p[0] for p in PLANTS])
+@pytest.mark.parametrize("plant", PLANTS, ids=[p.what for p in PLANTS])
 def test_planted_bug_is_reported_by_its_class(plant, schedule):
     from minigrad.kernels.emulate.sanitize import run_case
 
-    what, cu, edits, kernel, case, expected = plant
-    with emulate.substitute(cu, _planted(cu, edits)), emulate.settings(schedule=schedule, check=True):
-        with pytest.raises(expected) as e:
-            run_case(kernel, case, np.float32)
+    expected = plant.expected
+    with emulate.substitute(plant.cu, _planted(plant.cu, plant.edits)), \
+            emulate.settings(schedule=schedule, check=True), pytest.raises(expected) as e:
+        run_case(plant.kernel, plant.case, np.float32)
     assert type(e.value) is expected
     msg = str(e.value)
     assert re.match(r"kernel (layernorm|attention)_\w+<float[^>]*>, block \(\d+,\d+,\d+\): ", msg), msg
@@ -509,8 +505,7 @@ def test_a_legal_but_wrong_shuffle_width_is_left_to_validation():
 def test_the_correct_broadcast_form_of_the_planted_race_is_clean():
     from minigrad.kernels.emulate.sanitize import run_case
 
-    src = _planted("layernorm.cu", [(GROUP_SUM_BROADCAST[0], GROUP_SUM_BROADCAST[1].replace("{BARRIER}",
-                                                                                            "__syncthreads();"))])
+    src = _planted("layernorm.cu", [(GROUP_SUM_TAIL, GROUP_SUM_BROADCAST.replace("{BARRIER}", "__syncthreads();"))])
     with emulate.substitute("layernorm.cu", src):
         for schedule in ("forward", "reverse"):
             with emulate.settings(schedule=schedule, check=True):

@@ -17,7 +17,6 @@ import statistics
 import time
 
 import numpy as np
-
 from minigrad.kernels.emulate.errors import KernelError
 from minigrad.kernels.emulate.module import parse_schedule, settings
 
