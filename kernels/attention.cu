@@ -1,6 +1,6 @@
 // attention.cu: fused softmax attention (FlashAttention-style), forward and backward.
 //
-// Semantics (shared with kernels/attention_ref.py and the NumPy path of
+// Semantics (shared with the reference in kernels/attention.py and the NumPy path of
 // F.scaled_dot_product_attention):
 //   q (B, H, Tq, d), k and v (B, H, Tk, d), o (B, H, Tq, d), lse (B, H, Tq); all C-contiguous,
 //   one scalar type T. Query i may attend key j iff

@@ -1,25 +1,32 @@
-"""Launchers for the fused attention kernels in attention.cu (forward, and backward in two kernels).
+"""The attention family: kernels/attention.cu's NumPy reference, launchers (forward, and backward in
+two kernels), kernel versions, validation cases and bench hooks.
 
     attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None) -> (o, lse)
     attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scale=None) -> (dq, dk, dv)
+    attention_forward_ref, attention_backward_ref: the definitions the kernels are validated against
 
 q (B, H, Tq, d), k and v (B, H, Tk, d), C-contiguous, one dtype (float32 or float64), 16 <= d <= 128;
 key_mask None or bool (B, Tk), True = attend; is_causal is bottom-right aligned (see attention.cu).
 Arrays decide where the kernels run: cupy arrays on the GPU (CuPy RawModule, NVRTC), numpy
-arrays on the CPU emulator (kernels/emulate). Bad input raises before any launch.
+arrays on the CPU emulator (kernels/emulate). Bad input raises before any launch. A kernel version
+is a Kernel line in KERNELS at the bottom (kernels/registry.py collects it), with its roles and
+its entry in TILES; `kernels=` runs a version's roles instead of the default ones.
 
 Every buffer a launcher allocates is recorded in ALLOCATIONS as (name, shape), so a test can
 prove no (Tq, Tk) buffer ever exists: the launchers allocate o, lse, dq, dk, dv and Drow only.
 """
-from pathlib import Path
-
 import numpy as np
 
-SOURCE = Path(__file__).with_name("attention.cu")
+from minigrad.kernels import runtime
+from minigrad.kernels.family import Kernel, Operation, instantiations
+from minigrad.kernels.runtime import array_module, is_cupy_array
+
+CU = "attention.cu"
+
 HEAD_DIMS = (16, 32, 64, 128)  # compile-time D; a runtime d runs in the smallest D >= d
 
 # Tile configurations, (scalar type, D) -> (BQ, BK, G, R): the single source of truth for what is
-# compiled (registry templates -> NVRTC check, CuPy name_expressions, emulator build) and launched.
+# compiled (KERNELS' templates -> PROGRAM, and the NVRTC check through the registry) and launched.
 # attention_fwd and attention_bwd_dq run one block of (BQ/R)*G threads per query tile of BQ rows;
 # attention_bwd_dkdv one block of (BK/R)*G threads per key tile of BK rows. Chosen so static shared
 # memory stays under 48 KiB with no spills on sm_80/sm_90 (`minigrad kernels check`).
@@ -46,13 +53,8 @@ ALLOCATIONS = []  # (name, shape) of every buffer allocated by a launcher, appen
 
 
 def templates(tiles):
-    """Registry template argument lists, e.g. 'float, 64, 64, 32, 4, 2' for every entry of tiles."""
+    """Kernel template argument lists, e.g. 'float, 64, 64, 32, 4, 2' for every entry of tiles."""
     return tuple(", ".join([ct, str(D), *map(str, cfg)]) for (ct, D), cfg in tiles.items())
-
-
-def name_expressions():
-    """Every instantiation of every function in TILES, spelled as the registry spells it."""
-    return [f"{fn}<{t}>" for fn, tiles in TILES.items() for t in templates(tiles)]
 
 
 def _kernel(fn, role, ctype, D):
@@ -72,21 +74,66 @@ def padded_head_dim(d):
 
 
 # ---------------------------------------------------------------------------------------------
+# Reference. Same semantics as the kernels and as the NumPy path of F.scaled_dot_product_attention:
+#   o (B, H, Tq, d); lse (B, H, Tq); query i may attend key j iff key_mask[b, j] (when given) and,
+#   when causal, j <= i + (Tk - Tq). A query row with no attendable key gets o = 0, lse = -inf and
+#   zero gradients. It materialises the (Tq, Tk) score matrix: for checking, not for speed.
+#   Works on numpy or cupy arrays (the array module is taken from q).
+
+def allowed_mask(xp, B, Tq, Tk, key_mask=None, is_causal=False):
+    """Bool (B or 1, 1, Tq, Tk): True where query i may attend key j."""
+    allowed = xp.ones((1, 1, Tq, Tk), dtype=bool)
+    if is_causal:
+        i = xp.arange(Tq)[:, None]
+        j = xp.arange(Tk)[None, :]
+        allowed = allowed & (j <= i + (Tk - Tq))[None, None]
+    if key_mask is not None:
+        allowed = allowed & xp.asarray(key_mask, dtype=bool)[:, None, None, :]
+    return allowed
+
+
+def attention_probs(q, k, key_mask=None, is_causal=False, scale=None):
+    """P (B, H, Tq, Tk), lse (B, H, Tq) and the scale used; fully masked rows give P = 0, lse = -inf."""
+    xp = array_module(q)
+    B, _, Tq, d = q.shape
+    Tk = k.shape[2]
+    if scale is None:
+        scale = 1.0 / float(d) ** 0.5
+    allowed = allowed_mask(xp, B, Tq, Tk, key_mask, is_causal)
+    s = xp.where(allowed, (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale), -xp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    e = xp.where(allowed, xp.exp(s - m), 0)
+    total = e.sum(axis=-1, keepdims=True)
+    p = e / xp.where(total > 0, total, 1)
+    with_keys = total[..., 0] > 0
+    lse = xp.where(with_keys, xp.log(xp.where(with_keys, total[..., 0], 1)) + m[..., 0], -xp.inf)
+    return p.astype(q.dtype), lse.astype(q.dtype), scale
+
+
+def attention_forward_ref(q, k, v, key_mask=None, is_causal=False, scale=None):
+    """Returns (o, lse)."""
+    p, lse, _ = attention_probs(q, k, key_mask, is_causal, scale)
+    return p @ v, lse
+
+
+def attention_backward_ref(q, k, v, o, lse, do, key_mask=None, is_causal=False, scale=None):
+    """Returns (dq, dk, dv) for the loss sum(o * do). lse is unused: P is recomputed here."""
+    p, _, scale = attention_probs(q, k, key_mask, is_causal, scale)
+    dv = p.swapaxes(-1, -2) @ do
+    dp = do @ v.swapaxes(-1, -2)
+    drow = (do * o).sum(axis=-1, keepdims=True)
+    ds = p * (dp - drow)
+    dq = (ds @ k) * q.dtype.type(scale)
+    dk = (ds.swapaxes(-1, -2) @ q) * q.dtype.type(scale)
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
 # Input checks: everything is validated before any launch.
 
-def _is_cupy(x):
-    return type(x).__module__.split(".")[0] == "cupy"
-
-
 def _is_array(x):
-    return isinstance(x, np.ndarray) or _is_cupy(x)
-
-
-def _array_module(a):
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy
+    return isinstance(x, np.ndarray) or is_cupy_array(x)
 
 
 def _check_inputs(q, k, v, key_mask, extra=()):
@@ -151,13 +198,8 @@ def _alloc(xp, name, shape, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launch: kernels/launch.py picks CuPy (cupy arrays) or the CPU emulator (numpy arrays) and
-# compiles the instantiations registered for attention.cu in kernels/registry.py.
-
-def _launch(name, grid, block, args):
-    from minigrad.kernels import launch
-    launch.launch(SOURCE.name, name, grid, block, args)
-
+# Launchers: PROGRAM (bottom) runs the instantiations on CuPy (cupy arrays) or the CPU emulator
+# (numpy arrays).
 
 def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None, kernels=None):
     """Fused attention forward: returns o (B, H, Tq, d) and lse (B, H, Tq), both q.dtype.
@@ -165,16 +207,16 @@ def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None, kerne
     kernels: {"forward": __global__ name} to run another registered version (default FORWARD_ROLES).
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask)
-    xp = _array_module(q)
+    xp = array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     o = _alloc(xp, "o", (B, H, Tq, d), q.dtype)
     lse = _alloc(xp, "lse", (B, H, Tq), q.dtype)
     has_mask = np.int32(key_mask is not None)
     name, rows, nt = _kernel((kernels or FORWARD_ROLES)["forward"], "forward", ctype, D)
-    _launch(name, B * H * (-(-Tq // rows)), nt,
-            (q, k, v, key_mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc,
-             np.int32(bool(is_causal)), has_mask))
+    PROGRAM.launch(name, B * H * (-(-Tq // rows)), nt,
+                   (q, k, v, key_mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc,
+                    np.int32(bool(is_causal)), has_mask))
     return o, lse
 
 
@@ -186,7 +228,7 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
     kernels: {"dq": name, "dkdv": name} to run another registered version (default BACKWARD_ROLES).
     """
     B, H, Tq, Tk, d = _check_inputs(q, k, v, key_mask, extra=(("o", o), ("lse", lse), ("do", do)))
-    xp = _array_module(q)
+    xp = array_module(q)
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
     dq = _alloc(xp, "dq", (B, H, Tq, d), q.dtype)
@@ -197,16 +239,14 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
     tail = (np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d), sc, np.int32(bool(is_causal)), has_mask)
     roles = kernels or BACKWARD_ROLES
     name, rows, nt = _kernel(roles["dq"], "dq", ctype, D)
-    _launch(name, B * H * (-(-Tq // rows)), nt, (q, k, v, o, lse, do, key_mask, dq, drow) + tail)
+    PROGRAM.launch(name, B * H * (-(-Tq // rows)), nt, (q, k, v, o, lse, do, key_mask, dq, drow) + tail)
     name, rows, nt = _kernel(roles["dkdv"], "dkdv", ctype, D)
-    _launch(name, B * H * (-(-Tk // rows)), nt, (q, k, v, lse, drow, do, key_mask, dk, dv) + tail)
+    PROGRAM.launch(name, B * H * (-(-Tk // rows)), nt, (q, k, v, lse, drow, do, key_mask, dk, dv) + tail)
     return dq, dk, dv
 
 
-
 # ---------------------------------------------------------------------------------------------
-# The workbench family (kernels/registry.py builds Family(**FORWARD_FAMILY) and
-# Family(**BACKWARD_FAMILY)): validate cases, references and bench configuration.
+# Workbench hooks (`minigrad kernels validate | bench`, kernels/attention_bench.py).
 # A case is (B, H, Tq, Tk, d, is_causal, masked). Validate cases leave every query row at least
 # one key (validate compares max|out - ref|, and an empty row's lse is -inf on both sides), and
 # Tk > 1 (with one key dq = dk = 0 exactly, so a relative error means nothing).
@@ -247,7 +287,6 @@ def _fwd_run(kernel, i):
 
 
 def _fwd_ref(i):
-    from minigrad.kernels.attention_ref import attention_forward_ref
     o, lse = attention_forward_ref(i["q"], i["k"], i["v"], i["key_mask"], i["is_causal"])
     return {"o": o, "lse": lse}
 
@@ -268,7 +307,6 @@ def _bwd_run(kernel, i):
 
 
 def _bwd_ref(i):
-    from minigrad.kernels.attention_ref import attention_backward_ref
     dq, dk, dv = attention_backward_ref(i["q"], i["k"], i["v"], i["o"], i["lse"], i["do"], i["key_mask"],
                                         i["is_causal"])
     return {"dq": dq, "dk": dk, "dv": dv}
@@ -285,7 +323,16 @@ def _bwd_bytes(case, dtype):
 
 
 _COMMON = {"cases": VALIDATE_CASES, "bench_cases": BENCH_CASES, "tolerance": TOLERANCE, "describe": describe}
-FORWARD_FAMILY = {"run": _fwd_run, "reference": _fwd_ref, "make_inputs": make_inputs, "bytes_moved": _fwd_bytes,
-                  "unfused": _fwd_ref, **_COMMON}
-BACKWARD_FAMILY = {"run": _bwd_run, "reference": _bwd_ref, "make_inputs": backward_inputs,
-                   "bytes_moved": _bwd_bytes, "unfused": _bwd_ref, **_COMMON}
+FORWARD = Operation(run=_fwd_run, reference=_fwd_ref, make_inputs=make_inputs, bytes_moved=_fwd_bytes,
+                    unfused=_fwd_ref, **_COMMON)
+BACKWARD = Operation(run=_bwd_run, reference=_bwd_ref, make_inputs=backward_inputs, bytes_moved=_bwd_bytes,
+                     unfused=_bwd_ref, **_COMMON)
+
+# ---------------------------------------------------------------------------------------------
+# Kernel versions: one line per version (its roles, its tiles' template arguments); check,
+# validate and bench run every line side by side. PROGRAM compiles every instantiation listed here.
+KERNELS = (
+    Kernel("attention_forward", CU, FORWARD_ROLES, FORWARD, templates(FORWARD_TILES)),
+    Kernel("attention_backward", CU, BACKWARD_ROLES, BACKWARD, templates(BACKWARD_TILES)),
+)
+PROGRAM = runtime.Program(CU, instantiations(KERNELS, CU))

@@ -2,7 +2,7 @@
 
 For each case (B, H, Tq, Tk, d, is_causal, masked) it reports, forward and forward+backward:
   time per call (median of `repeat` after `warmup`), TFLOP/s, % of the device's peak for the dtype,
-  the unfused array-library composition (kernels/attention_ref.py: scores, softmax, P @ V, all
+  the unfused array-library composition (kernels/attention.py's reference: scores, softmax, P @ V, all
   materialising (Tq, Tk)), PyTorch's scaled_dot_product_attention when torch sees the GPU,
   and the memory the call allocated beyond its inputs (CuPy memory pool growth).
 FLOPs follow the usual convention: forward 4·d per attendable (query, key) pair (two matmuls),
@@ -21,7 +21,6 @@ from functools import partial
 import numpy as np
 
 from minigrad.kernels import attention as A
-from minigrad.kernels.attention_ref import attention_backward_ref, attention_forward_ref
 
 # FP32 / FP64 lanes per SM by compute capability (CUDA programming guide, arithmetic throughput).
 _LANES = {(7, 0): (64, 32), (7, 5): (64, 2), (8, 0): (64, 32), (8, 6): (128, 2), (8, 7): (128, 2),
@@ -146,11 +145,11 @@ def _passes(i):
         A.attention_backward(q, k, v, o, lse, do, *args)
 
     def unfused_fwd():
-        attention_forward_ref(q, k, v, *args)
+        A.attention_forward_ref(q, k, v, *args)
 
     def unfused_fwd_bwd():
-        o, lse = attention_forward_ref(q, k, v, *args)
-        attention_backward_ref(q, k, v, o, lse, do, *args)
+        o, lse = A.attention_forward_ref(q, k, v, *args)
+        A.attention_backward_ref(q, k, v, o, lse, do, *args)
 
     return (("fwd", fused_fwd, unfused_fwd, 0), ("fwd+bwd", fused_fwd_bwd, unfused_fwd_bwd, 1))
 

@@ -1,7 +1,7 @@
 """`minigrad kernels bench [name]`: time per call, achieved GB/s and % of peak memory bandwidth of
 each registered kernel on a GPU, next to the unfused array-library (CuPy) composition.
 
-GB/s counts the minimum global-memory traffic of one call (Family.bytes_moved: each input read
+GB/s counts the minimum global-memory traffic of one call (Operation.bytes_moved: each input read
 once, each output written once), so it is comparable across implementations. Times are medians of
 `repeat` calls after `warmup` calls, measured with CUDA events. Without a GPU nothing is measured:
 the command says so and exits 0.
@@ -61,16 +61,16 @@ def bench(names=None, dtype=np.float32, warmup=10, repeat=50, out=print) -> int:
     for k in registry.KERNELS:
         if names and not any(n in k.name for n in names):
             continue
-        fam = k.family
-        if fam.bytes_moved is None or not fam.bench_cases:
+        op = k.op
+        if op.bytes_moved is None or not op.bench_cases:
             continue
-        for case in fam.bench_cases:
-            inputs = fam.make_inputs(cupy, np.random.default_rng(0), case, np.dtype(dtype))
-            t_fused = _time(cupy, lambda fam=fam, k=k, inputs=inputs: fam.run(k, inputs), warmup, repeat)
-            t_unf = _time(cupy, lambda fam=fam, inputs=inputs: fam.unfused(inputs), warmup, repeat) if fam.unfused else float("nan")
-            nbytes = fam.bytes_moved(case, dtype)
+        for case in op.bench_cases:
+            inputs = op.make_inputs(cupy, np.random.default_rng(0), case, np.dtype(dtype))
+            t_fused = _time(cupy, lambda op=op, k=k, inputs=inputs: op.run(k, inputs), warmup, repeat)
+            t_unf = _time(cupy, lambda op=op, inputs=inputs: op.unfused(inputs), warmup, repeat) if op.unfused else float("nan")
+            nbytes = op.bytes_moved(case, dtype)
             gbs, gbs_u = nbytes / t_fused / 1e9, nbytes / t_unf / 1e9
             pct = f"{100 * gbs / peak:.0f}%" if peak else "-"
-            out(f"{k.name}  {fam.describe(case)}  {np.dtype(dtype).name}  {t_fused * 1e6:.1f}  {gbs:.0f}  {pct}  "
+            out(f"{k.name}  {op.describe(case)}  {np.dtype(dtype).name}  {t_fused * 1e6:.1f}  {gbs:.0f}  {pct}  "
                 f"{t_unf * 1e6:.1f}  {gbs_u:.0f}  {t_unf / t_fused:.2f}x")
     return 0

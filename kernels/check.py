@@ -2,7 +2,7 @@
 
 1. NVRTC (the compiler CuPy's RawModule uses at run time; pip package nvidia-cuda-nvrtc 13.x)
    compiles each .cu file with all its registered name expressions for every arch (sm_80, sm_90),
-   with the options CuPy would use (launch.NVRTC_OPTIONS + launch.CUPY_ADDED_OPTIONS). An error,
+   with the options CuPy would use (runtime.NVRTC_OPTIONS + runtime.CUPY_ADDED_OPTIONS). An error,
    or any warning in the log, fails the check. NVRTC needs no GPU and no driver; it is loaded with
    ctypes (libnvrtc-builtins first, RTLD_GLOBAL), so CuPy is not required.
 2. Resource report from ptxas: NVRTC is asked for a cubin with --ptxas-options=-v (its bundled
@@ -194,7 +194,7 @@ def _nvcc_report(cu_path: Path, names, arch, notes):
 
 
 def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
-    from minigrad.kernels import launch, registry
+    from minigrad.kernels import registry, runtime
 
     report = CheckReport(rows=[], errors=[], notes=[])
     try:
@@ -202,7 +202,7 @@ def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
     except NvrtcUnavailable as e:
         report.errors.append(str(e))
         return report
-    options = list(launch.NVRTC_OPTIONS) + list(launch.CUPY_ADDED_OPTIONS)
+    options = list(runtime.NVRTC_OPTIONS) + list(runtime.CUPY_ADDED_OPTIONS)
     if use_nvcc and shutil.which("nvcc") is None:
         report.notes.append("nvcc not on PATH: the nvcc cross-check of the ptxas report is skipped")
         use_nvcc = False

@@ -2,7 +2,8 @@
 //
 // Header-free CUDA C (NVRTC gets no include paths; the CPU emulator compiles the same text).
 // Every kernel is a template on the scalar type T (float or double); all arithmetic is in T.
-// Instantiations are listed in kernels/registry.py (the list NVRTC, CuPy and the emulator compile).
+// Instantiations are listed in KERNELS in kernels/layernorm.py (the list NVRTC, CuPy and the
+// emulator compile), next to the launchers, the NumPy reference and the validation cases.
 //
 // Row groups. A "row group" of G = blockDim.x threads owns one row: G = 32 (one warp per row,
 // blockDim.y = R rows per block, grid = ceil(N / R)) for rows up to 1024 wide, or G = 64..1024 (a

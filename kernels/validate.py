@@ -1,9 +1,9 @@
 """`minigrad kernels validate`: every registered kernel against its NumPy reference.
 
-Runs each Family's validate cases on the CPU emulator (numpy inputs) and, when CuPy sees a GPU,
+Runs each operation's validate cases on the CPU emulator (numpy inputs) and, when CuPy sees a GPU,
 on the device (cupy inputs). The reference is evaluated in float64 on the same inputs; the error
 of an output is max |out - ref| (abs) and that divided by max |ref| (rel). A case fails when rel
-exceeds the family's tolerance for the dtype (1e-5 for float32, 1e-12 for float64 by default).
+exceeds the operation's tolerance for the dtype (1e-5 for float32, 1e-12 for float64 by default).
 """
 
 from __future__ import annotations
@@ -67,28 +67,28 @@ def validate(names=None, devices=None, seed=0):
     for k in registry.KERNELS:
         if names and not any(n in k.name for n in names):
             continue
-        fam = k.family
+        op = k.op
         for device in devices:
             if device == "gpu":
                 import cupy as xp
             else:
                 xp = np
-            for dtype in fam.dtypes:
+            for dtype in op.dtypes:
                 dt = np.dtype(dtype)
-                for case in fam.cases:
+                for case in op.cases:
                     rng = np.random.default_rng(seed)
-                    inputs = fam.make_inputs(np, rng, case, dt)
+                    inputs = op.make_inputs(np, rng, case, dt)
                     ref_in = {key: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
                               for key, v in inputs.items()}
                     run_in = {key: (xp.asarray(v) if isinstance(v, np.ndarray) else v) for key, v in inputs.items()}
-                    out = fam.run(k, run_in)
-                    ref = fam.reference(ref_in)
+                    out = op.run(k, run_in)
+                    ref = op.reference(ref_in)
                     for key, r in ref.items():
                         if r is None:
                             continue
                         a, rel = _errors(out.get(key), r) if out.get(key) is not None else (float("inf"),) * 2
-                        results.append(Result(k.name, device, dt.name, fam.describe(case), key, a, rel,
-                                              fam.tolerance[dt]))
+                        results.append(Result(k.name, device, dt.name, op.describe(case), key, a, rel,
+                                              op.tolerance[dt]))
     return results
 
 

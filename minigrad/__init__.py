@@ -1,8 +1,9 @@
 """minigrad: a small reverse-mode autograd engine over NumPy (CPU) and CuPy (GPU) arrays."""
-from . import backend
+from . import backend, dispatch
 from .autograd import detect_anomaly, enable_grad, grad, is_grad_enabled, no_grad
 from .functions import concatenate, maximum, minimum, ones, split, stack, tensor, where, zeros
 from .gradient_check import GradcheckError, gradcheck, gradgradcheck
+from .dispatch import get_impl, impl, set_impl
 from .tensor import Tensor
 
 float32 = "float32"
@@ -10,7 +11,8 @@ float64 = "float64"
 
 __all__ = ["Tensor", "backend", "grad", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
            "maximum", "minimum", "where", "concatenate", "stack", "split", "tensor", "zeros", "ones",
-           "gradcheck", "gradgradcheck", "GradcheckError", "nn", "optim", "profile"]
+           "gradcheck", "gradgradcheck", "GradcheckError", "nn", "optim", "profile", "dispatch", "impl",
+           "set_impl", "get_impl"]
 
 
 def __getattr__(name):

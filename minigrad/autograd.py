@@ -11,7 +11,9 @@ An op is a subclass of ``Function``:
 
 ``backward`` is written in Tensor ops, so with ``create_graph=True`` the gradient is itself
 a differentiable graph and second derivatives come for free. Without it, backward runs
-under ``no_grad`` and those Tensor ops are plain array arithmetic.
+under ``no_grad`` and those Tensor ops are plain array arithmetic. That pair is the op's
+reference; fast variants (native CPU loops, CUDA kernels, a first-order ``backward_arrays``)
+are declared beside it and chosen in one place, ``minigrad.dispatch``.
 
 The graph: each non-leaf Tensor keeps ``_ctx``, the Function that made it; the Function
 keeps its input Tensors. ``backward`` sorts the graph topologically with an explicit
@@ -25,6 +27,8 @@ import threading
 import traceback
 
 import numpy as np
+
+from .dispatch import backward_of as _backward_of, choose as _choose
 
 _state = threading.local()
 
@@ -119,6 +123,25 @@ class Function:
 
     __slots__ = ("inputs", "needs", "saved", "__dict__")
     differentiable = True      # False for ops whose output never carries grad (comparisons, argmax)
+    variants = ()              # fast variants, in order of preference (see minigrad.dispatch)
+    backward_arrays = None     # optional first-order backward: grad array -> one array/Tensor/None per input
+    op = None                  # the op class (a variant's op is the class it is a variant of)
+    kind = "reference"         # a variant's kind: "native", "kernel", "numpy", ...
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.op = cls
+        cls.variants = ()
+
+    @classmethod
+    def variant(cls, kind):
+        """Class decorator declaring a fast variant of this op (a subclass with a static ``takes``)."""
+        def register(v):
+            assert issubclass(v, cls) and hasattr(v, "takes"), f"{v.__name__} must subclass {cls.__name__} with takes()"
+            v.op, v.kind = cls, kind
+            cls.variants = cls.variants + (v,)
+            return v
+        return register
 
     def forward(self, *arrays, **kwargs):
         raise NotImplementedError
@@ -130,7 +153,6 @@ class Function:
     def apply(cls, *inputs, **kwargs):
         """Run forward on the inputs' arrays and, if any input needs grad, record the node."""
         Tensor = _tensor_class()
-        fn = cls()
         if len(inputs) == 1:
             arrays = [inputs[0].data]
         else:
@@ -144,6 +166,7 @@ class Function:
                     raise RuntimeError(f"{cls.__name__}: inputs are on different devices ({device} and {d}); "
                                        "move them with .to(device) first")
                 arrays.append(t.data)
+        fn = _choose(cls, arrays, kwargs)() if cls.variants else cls()
         prof = _profiler
         if prof is not None:
             t0 = prof.clock()
@@ -188,7 +211,7 @@ def _topo_order(roots):
         seen.add(id(fn))
         if fn.inputs is None:
             raise RuntimeError(
-                f"Trying to backward through the graph a second time (op {type(fn).__name__}): its saved "
+                f"Trying to backward through the graph a second time (op {fn.op.__name__}): its saved "
                 "values were freed after the first backward. Pass retain_graph=True to the first "
                 "backward() if you need to backward twice.")
         stack.append((fn, True))
@@ -264,19 +287,19 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             if prof is not None:
                 t0 = prof.clock()
             try:
-                in_grads = fn.backward(out_grad)
+                in_grads = _backward_of(fn, out_grad, create_graph, Tensor)
             except AnomalyError as e:   # an op inside this backward made the NaN: blame this op
                 raise AnomalyError(
-                    f"{type(fn).__name__} produced NaN/Inf in its backward (in its {str(e).split(' ')[0]} step); the op "
+                    f"{fn.op.__name__} produced NaN/Inf in its backward (in its {str(e).split(' ')[0]} step); the op "
                     f"was created at\n  {getattr(fn, '_where', '<unknown: enable detect_anomaly before the forward>')}"
                 ) from None
             if prof is not None:
-                prof.record(type(fn).__name__, "backward", t0, prof.clock(), fn, None, None)
+                prof.record(fn.op.__name__, "backward", t0, prof.clock(), fn, None, None)
             if _anomaly:
                 for ig in in_grads:
                     if ig is not None and _nonfinite(ig.data):
                         raise AnomalyError(
-                            f"{type(fn).__name__} produced NaN/Inf in its backward; the op was created at\n"
+                            f"{fn.op.__name__} produced NaN/Inf in its backward; the op was created at\n"
                             f"  {getattr(fn, '_where', '<unknown: enable detect_anomaly before the forward>')}")
             for t, ig in zip(fn.inputs, in_grads):
                 if ig is not None and t.requires_grad:

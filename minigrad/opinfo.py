@@ -101,6 +101,18 @@ def _sdpa_ref(q, k, v, causal=False, keep=None):
     return (e / np.where(d > 0, d, 1)) @ v
 
 
+def _gelu_mlp_ref(x, w1, b1, w2, b2):
+    h = x @ w1.T + b1
+    return (0.5 * h * (1 + _erf(h / math.sqrt(2)))) @ w2.T + b2
+
+
+def _qkv_ref(qkv, n_head=2, causal=True):
+    """q|k|v (B, T, 3C) -> per-head causal attention, heads side by side (B, T, C)."""
+    b, t, c3 = qkv.shape
+    q, k, v = qkv.reshape(b, t, 3, n_head, c3 // 3 // n_head).transpose(2, 0, 3, 1, 4)
+    return _sdpa_ref(q, k, v, causal).transpose(0, 2, 1, 3).reshape(b, t, c3 // 3)
+
+
 _KEEP = np.array([[True, True, False, True, False, True]], bool)[:, None, None, :]   # (1,1,1,6)
 _TARGET = np.array([1, 0, 3, 2, -100, 3])
 _IDX = np.array([[0, 2, 2], [4, 0, 2]])
@@ -192,6 +204,10 @@ OPS: list[OpInfo] = [
                                                                                  is_causal=True),
            lambda q, k, v: _sdpa_ref(q, k, v, True, _KEEP), ((1, 2, 4, 3), (1, 2, 6, 3), (1, 2, 6, 3)),
            kind="nn", hypothesis=False, note="bottom-right causal + key padding"),
+    OpInfo("gelu_mlp", lambda x, w1, b1, w2, b2: F.gelu_mlp(x, w1, b1, w2, b2), _gelu_mlp_ref,
+           ((4, 3), (5, 3), (5,), (2, 5), (2,)), kind="nn", hypothesis=False, note="the fused GPT MLP"),
+    OpInfo("qkv_self_attention", lambda qkv: F.qkv_self_attention(qkv, 2, is_causal=True), _qkv_ref,
+           ((2, 5, 12),), kind="nn", hypothesis=False, note="the fused GPT attention, 2 causal heads"),
     OpInfo("dropout_fixed_mask", lambda a: F.dropout(a, 0.3, True, np.random.default_rng(7)),
            lambda a: a * (np.random.default_rng(7).random(a.shape) >= 0.3) / 0.7, ((4, 5),), kind="nn",
            hypothesis=False, note="a seeded generator makes the mask fixed"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from . import fused
+from . import dispatch
 from .backend import get_array_module, to_host
 
 
@@ -132,7 +132,7 @@ class Adam(Optimizer):
             st["exp_avg"] = xp.zeros_like(w)
             st["exp_avg_sq"] = xp.zeros_like(w)
         m, v = st["exp_avg"], st["exp_avg_sq"]
-        lib = fused.cpu_native(w, grad, m, v)
+        lib = dispatch.cpu_native(w, grad, m, v)
         if lib is not None:   # the same math in one native pass over w, grad, m, v
             lib.adam_(w, grad, m, v, lr=lr, beta1=b1, beta2=b2, eps=g["eps"], weight_decay=wd,
                       decoupled=self.decoupled, step=t)

@@ -73,14 +73,23 @@ def rng():
 
 
 @pytest.fixture
-def native_on(monkeypatch):
+def fast_paths():
+    """The fast variants chosen (MINIGRAD_IMPL=auto) for a test about them, even when the suite runs
+    with MINIGRAD_IMPL=reference."""
+    from minigrad import dispatch
+    with dispatch.impl("auto"):
+        yield
+
+
+@pytest.fixture
+def native_on(monkeypatch, fast_paths):
     """The native CPU library on (and the CUDA kernels off): skips, saying why, without a compiler."""
     import warnings
 
-    from minigrad import fused
+    from minigrad import dispatch
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
     monkeypatch.setenv("MINIGRAD_KERNELS", "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if fused.cpu_native() is None:
+        if dispatch.cpu_native() is None:
             pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")

@@ -15,8 +15,8 @@ import pytest
 import minigrad as mg
 import minigrad.nn.functional as F
 import minigrad.optim as optim
-from minigrad import fused
-from minigrad.ops.nn_ops import attention_reference, causal_mask
+from minigrad import dispatch
+from minigrad.ops.attention import attention_reference, causal_mask
 from minigrad.ops.special import gelu_and_slope
 from minigrad.kernels.cpu import native
 
@@ -24,11 +24,11 @@ DTYPES = (np.float32, np.float64)
 
 
 @pytest.fixture
-def lib(monkeypatch):
+def lib(monkeypatch, fast_paths):
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib = fused.cpu_native()
+        lib = dispatch.cpu_native()
     if lib is None:
         pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
     return lib
@@ -74,11 +74,11 @@ def test_eligible_only_contiguous_float_ndarrays():
 
 def test_env_switch_turns_native_off(monkeypatch, lib):
     x = np.zeros(3, np.float32)
-    assert fused.cpu_native(x) is lib
+    assert dispatch.cpu_native(x) is lib
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "0")
-    assert fused.cpu_native(x) is None
+    assert dispatch.cpu_native(x) is None
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
-    assert fused.cpu_native(np.zeros((3, 3), np.float32).T[:2]) is None
+    assert dispatch.cpu_native(np.zeros((3, 3), np.float32).T[:2]) is None
 
 
 # ---------------------------------------------------------------- GELU
@@ -281,7 +281,7 @@ def test_adam_matches_numpy_bitwise(monkeypatch, lib, dtype, opt_cls, wd):
 
 # ---------------------------------------------------------------- fallback
 @pytest.fixture
-def fresh_native(monkeypatch, tmp_path):
+def fresh_native(monkeypatch, tmp_path, fast_paths):
     """A loader that has not loaded yet, with an empty cache; restored afterwards."""
     monkeypatch.setenv("MINIGRAD_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "1")
@@ -295,10 +295,10 @@ def test_missing_compiler_warns_once_and_numpy_runs(monkeypatch, fresh_native):
     monkeypatch.setenv("CXX", str(fresh_native.cache_dir() / "no-such-compiler"))
     x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="no-such-compiler"):
-        assert fused.cpu_native(x) is None
+        assert dispatch.cpu_native(x) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")                # the second call stays quiet
-        assert fused.cpu_native(x) is None
+        assert dispatch.cpu_native(x) is None
         y = F.gelu(mg.Tensor(x)).numpy()
     np.testing.assert_array_equal(y, gelu_and_slope(x)[0])
 

@@ -445,7 +445,7 @@ PLANTS = [
 
 
 def _planted(cu, edits):
-    from minigrad.kernels.launch import KERNEL_DIR
+    from minigrad.kernels.runtime import KERNEL_DIR
 
     text = (KERNEL_DIR / cu).read_text()
     for old, new in edits:

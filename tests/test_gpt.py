@@ -160,25 +160,25 @@ def test_dropout_uses_the_models_seeded_generator():
     assert np.array_equal(a(x)[0].numpy(), a(x)[0].numpy())  # eval mode: deterministic
 
 
-def test_fused_kernel_path_matches_the_reference(monkeypatch):
+def test_fused_kernel_path_matches_the_reference(monkeypatch, fast_paths):
     """The CUDA kernels' path (through the CPU emulator) gives the model the same logits, grads and cache."""
     import shutil
 
     if shutil.which("g++") is None:
         pytest.skip("the CUDA-kernel emulator needs g++")
-    from minigrad import fused
+    from minigrad import dispatch
 
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=32)  # head size 32
     x, y = _ids((2, 8), 11), _ids((2, 8), 11, seed=1)
     calls = []
-    real = fused.launchers()
+    real = dispatch.launchers()
     spy = type(real)(**{name: (lambda f, name=name: lambda *a, **k: calls.append(name) or f(*a, **k))(fn)
                         for name, fn in vars(real).items()})
-    monkeypatch.setattr(fused, "launchers", lambda: spy)
+    monkeypatch.setattr(dispatch, "launchers", lambda: spy)
     runs = {}
     for mode in ("off", "emulate"):
         monkeypatch.setenv("MINIGRAD_KERNELS", mode)
-        assert fused.use_kernels("cpu") == (mode == "emulate")
+        assert dispatch.use_kernels("cpu") == (mode == "emulate")
         m = GPT(cfg, seed=0)
         logits, loss = m(x, y)
         loss.backward()

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigrad.kernels import attention as A
-from minigrad.kernels.attention_ref import attention_backward_ref, attention_forward_ref, attention_probs
+from minigrad.kernels.attention import attention_backward_ref, attention_forward_ref, attention_probs
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -238,9 +238,11 @@ def test_gradcheck_float64_through_the_emulated_kernels():
 
 @pytest.fixture
 def no_launch(monkeypatch):
+    from minigrad.kernels import runtime
+
     def refuse(*a, **k):
         raise AssertionError("a kernel was launched for bad input")
-    monkeypatch.setattr(A, "_launch", refuse)
+    monkeypatch.setattr(runtime.Program, "launch", refuse)
 
 
 def _good():
@@ -289,9 +291,8 @@ def test_every_instantiation_fits_cuda_limits():
     # the kernels' __shared__ arrays; the emulator would refuse a launch above 48 KiB, as CUDA does.
     from minigrad.kernels import registry
     from minigrad.kernels.emulate.build import normalize
-    from minigrad.kernels.launch import get_module
 
-    smem = get_module("attention.cu", "emulate").lib.static_smem
+    smem = A.PROGRAM.module("emulate").lib.static_smem
     role_of = {fn: role for roles in (A.FORWARD_ROLES, A.BACKWARD_ROLES) for role, fn in roles.items()}
     names = []
     for fn, tiles in A.TILES.items():
@@ -332,11 +333,11 @@ def test_bench_without_gpu_says_so_and_succeeds():
 # Through minigrad: F.scaled_dot_product_attention runs these kernels under MINIGRAD_KERNELS=emulate.
 
 @pytest.fixture
-def emulate_kernels(monkeypatch):
-    """MINIGRAD_KERNELS=emulate, with minigrad.fused.launchers() wrapped so kernel calls are counted."""
+def emulate_kernels(monkeypatch, fast_paths):
+    """MINIGRAD_KERNELS=emulate, with minigrad.dispatch.launchers() wrapped so kernel calls are counted."""
     import types
 
-    from minigrad import fused
+    from minigrad import dispatch
 
     calls = []
 
@@ -346,10 +347,10 @@ def emulate_kernels(monkeypatch):
             return fn(*a, **k)
         return wrapper
 
-    ns = types.SimpleNamespace(**vars(fused.launchers()))
+    ns = types.SimpleNamespace(**vars(dispatch.launchers()))
     ns.attention_forward = counted(A.attention_forward)
     ns.attention_backward = counted(A.attention_backward)
-    monkeypatch.setattr(fused, "launchers", lambda: ns)
+    monkeypatch.setattr(dispatch, "launchers", lambda: ns)
     monkeypatch.setenv("MINIGRAD_KERNELS", "emulate")
     return calls
 

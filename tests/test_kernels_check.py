@@ -1,6 +1,7 @@
 """The NVRTC compile check (kernels/check.py): every registered instantiation compiles for sm_80 and
 sm_90 without errors or warnings, and ptxas reports no spills. Skipped only when NVRTC 13 is not
-installed (CI installs nvidia-cuda-nvrtc)."""
+installed (CI installs nvidia-cuda-nvrtc). And the layout the table relies on: no file in kernels/
+imports in a circle, and family modules never import the registry."""
 
 import pytest
 
@@ -34,11 +35,12 @@ def test_every_registered_kernel_compiles_without_warnings_or_spills():
 ])
 def test_check_fails_on_errors_and_warnings(tmp_path, monkeypatch, body, message):
     _nvrtc()
-    from minigrad.kernels import check, registry
+    from minigrad.kernels import check, layernorm, registry
+    from minigrad.kernels.family import Kernel
 
     (tmp_path / "bad.cu").write_text(f"template <typename T> __global__ void k(T* x) {{ {body} }}\n")
     monkeypatch.setattr(check, "KERNEL_DIR", tmp_path)
-    monkeypatch.setattr(registry, "KERNELS", [registry.Kernel("bad", "bad.cu", {"k": "k"}, registry.LAYERNORM_FORWARD)])
+    monkeypatch.setattr(registry, "KERNELS", [Kernel("bad", "bad.cu", {"k": "k"}, layernorm.FORWARD)])
     report = check.run_check(archs=("sm_80",), use_nvcc=False)
     assert any(message in e for e in report.errors), report.errors
 
@@ -52,3 +54,63 @@ ptxas         .     24 bytes stack frame, 8 bytes spill stores, 12 bytes spill l
 ptxas info    : Used 255 registers, used 1 barriers, 512 bytes smem, 360 bytes cmem[0]"""
     r = parse_ptxas(log)[("_Z1kIfEvPT_", "sm_80")]
     assert (r.registers, r.smem, r.stack, r.spill_stores, r.spill_loads) == (255, 512, 24, 8, 12)
+
+
+def _kernels_import_graph(root):
+    """{module: modules of kernels/ it imports}, from the AST of every file under root (function-local
+    imports included); `from minigrad.kernels import x` counts as importing module x."""
+    import ast
+
+    files = {}
+    for p in root.rglob("*.py"):
+        name = ".".join(("minigrad.kernels", *p.relative_to(root).with_suffix("").parts))
+        files[name.removesuffix(".__init__")] = p
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            else:
+                assert not isinstance(node, ast.ImportFrom), f"{path}: relative imports are not read here"
+                continue
+            for n in names:
+                while n and n not in files:
+                    n = n.rpartition(".")[0]
+                if n and n != mod:
+                    deps.add(n)
+        graph[mod] = deps
+    return graph
+
+
+def _circles(graph):
+    """Every set of modules that reach each other (strongly connected components of > 1 module)."""
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for w in graph[todo.pop()]:
+                if w not in seen:
+                    seen.add(w)
+                    todo.append(w)
+        return seen
+
+    reached = {m: reach(m) for m in graph}
+    return {frozenset([m, *(w for w in reached[m] if m in reached[w])]) for m in graph if m in reached[m]}
+
+
+def test_kernels_modules_import_no_circle():
+    from pathlib import Path
+
+    import minigrad.kernels
+
+    graph = _kernels_import_graph(Path(minigrad.kernels.__file__).parent)
+    assert _circles(graph) == set(), _circles(graph)
+    # the runtime knows no family; family modules never import the table
+    assert graph["minigrad.kernels.runtime"] <= {"minigrad.kernels.emulate.build"}
+    for family in ("layernorm", "attention"):
+        assert "minigrad.kernels.registry" not in graph[f"minigrad.kernels.{family}"]
+    assert {"minigrad.kernels.layernorm", "minigrad.kernels.attention"} <= graph["minigrad.kernels.registry"]
+    # the checker sees a circle when there is one
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}

@@ -140,7 +140,7 @@ NAMES = ["rotate_block", "rotate_dynamic<float>", "rotate_dynamic<double>", "shu
 
 @pytest.fixture(scope="module")
 def mod(tmp_path_factory):
-    from minigrad.kernels.launch import EmuModule
+    from minigrad.kernels.runtime import EmuModule
 
     path = tmp_path_factory.mktemp("emu") / "emu_test.cu"
     path.write_text(SOURCE)
@@ -241,7 +241,7 @@ def test_math_builtins(mod):
     ("trap_kernel", 32, "__trap"),
 ])
 def test_misuse_raises_naming_the_kernel_and_never_hangs(mod, watchdog, kernel, block, message):
-    from minigrad.kernels.launch import KernelLaunchError
+    from minigrad.kernels.runtime import KernelLaunchError
 
     with pytest.raises(KernelLaunchError, match=message) as e:
         mod.launch(kernel, 2, block, (np.zeros(block, np.float32),))
@@ -254,14 +254,14 @@ def test_misuse_raises_naming_the_kernel_and_never_hangs(mod, watchdog, kernel, 
 
 @pytest.mark.parametrize("block", [1025, (1024, 2), (1, 1, 65), (2048,)])
 def test_oversize_block_is_refused(mod, block):
-    from minigrad.kernels.launch import KernelLaunchError
+    from minigrad.kernels.runtime import KernelLaunchError
 
     with pytest.raises(KernelLaunchError, match="exceeds CUDA's limit of 1024 threads"):
         mod.launch("rotate_block", 1, block, (np.zeros(4096, np.int32),))
 
 
 def test_shared_memory_limit_counts_static_and_dynamic(mod):
-    from minigrad.kernels.launch import KernelLaunchError
+    from minigrad.kernels.runtime import KernelLaunchError
 
     x = np.zeros(64, np.float32)
     mod.launch("big_static", 1, 64, (x,), shared_mem=16 * 1024)  # 32 + 16 KiB = exactly 48 KiB

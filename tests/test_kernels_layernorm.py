@@ -61,19 +61,19 @@ def _f64(a):
 
 
 def _check_case(xp, N, C, dtype, affine, seed=0):
-    from minigrad.kernels import launch, reference
+    from minigrad.kernels import layernorm
 
     dtype = np.dtype(dtype)
     x, dy, w, b = _case(np.random.default_rng(seed), N, C, dtype, affine)
     dev = [None if a is None else xp.asarray(a) for a in (x, dy, w, b)]
-    y, mean, rstd = launch.layernorm_forward(dev[0], dev[2], dev[3], 1e-5)
-    yr, mr, rr = reference.layernorm_forward(_f64(x), _f64(w), _f64(b), 1e-5)
+    y, mean, rstd = layernorm.layernorm_forward(dev[0], dev[2], dev[3], 1e-5)
+    yr, mr, rr = layernorm.layernorm_forward_ref(_f64(x), _f64(w), _f64(b), 1e-5)
     tol = TOL[dtype]
     for name, out, ref in (("y", y, yr), ("mean", mean, mr), ("rstd", rstd, rr)):
         assert out.dtype == dtype
         assert _rel(out, ref) <= tol, f"{name} {N}x{C} {dtype}: rel error {_rel(out, ref):.2e} > {tol}"
-    dx, dw, db = launch.layernorm_backward(dev[1], dev[0], dev[2], mean, rstd)
-    dxr, dwr, dbr = reference.layernorm_backward(_f64(dy), _f64(x), _f64(w), _host(mean).astype(np.float64),
+    dx, dw, db = layernorm.layernorm_backward(dev[1], dev[0], dev[2], mean, rstd)
+    dxr, dwr, dbr = layernorm.layernorm_backward_ref(_f64(dy), _f64(x), _f64(w), _host(mean).astype(np.float64),
                                                  _host(rstd).astype(np.float64))
     assert _rel(dx, dxr) <= tol, f"dx {N}x{C} {dtype}: rel error {_rel(dx, dxr):.2e}"
     assert _rel(db, dbr) <= tol, f"dbias {N}x{C} {dtype}: rel error {_rel(db, dbr):.2e}"
@@ -110,7 +110,7 @@ def test_fixed_shapes_including_uncached_rows(device, N, C, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_not_16_byte_aligned_take_the_scalar_path(dtype):
-    from minigrad.kernels import launch, reference
+    from minigrad.kernels import layernorm
 
     N, C = 3, 64  # C is a multiple of the vector width, but the rows start 4 bytes off alignment
     item = np.dtype(dtype).itemsize
@@ -118,53 +118,53 @@ def test_rows_not_16_byte_aligned_take_the_scalar_path(dtype):
     x = buf[4:].view(dtype).reshape(N, C)
     x[...] = np.random.default_rng(2).standard_normal((N, C))
     assert x.ctypes.data % 16 != 0 and x.flags.c_contiguous
-    out = launch.layernorm_forward(x, None, None, 1e-5)
-    ref = reference.layernorm_forward(x.astype(np.float64), None, None, 1e-5)
+    out = layernorm.layernorm_forward(x, None, None, 1e-5)
+    ref = layernorm.layernorm_forward_ref(x.astype(np.float64), None, None, 1e-5)
     for o, r in zip(out, ref):
         assert _rel(o, r) <= TOL[np.dtype(dtype)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_dweight_dbias_are_bit_identical_on_repeat(device):
-    from minigrad.kernels import launch
+    from minigrad.kernels import layernorm
 
     xp = _xp(device)
     x, dy, w, b = (xp.asarray(a) for a in _case(np.random.default_rng(3), 700, 96, np.float32, True))
-    _, mean, rstd = launch.layernorm_forward(x, w, b, 1e-5)
-    first = launch.layernorm_backward(dy, x, w, mean, rstd)
+    _, mean, rstd = layernorm.layernorm_forward(x, w, b, 1e-5)
+    first = layernorm.layernorm_backward(dy, x, w, mean, rstd)
     for _ in range(2):
-        again = launch.layernorm_backward(dy, x, w, mean, rstd)
+        again = layernorm.layernorm_backward(dy, x, w, mean, rstd)
         for a, b2 in zip(first, again):
             assert _host(a).tobytes() == _host(b2).tobytes()
 
 
 def test_backward_options():
-    from minigrad.kernels import launch, reference
+    from minigrad.kernels import layernorm
 
     x, dy, w, _ = _case(np.random.default_rng(1), 6, 40, np.float64, True)
-    _, mean, rstd = launch.layernorm_forward(x, None, None, 1e-5)
-    dx, dw, db = launch.layernorm_backward(dy, x, None, mean, rstd, bias=False)
+    _, mean, rstd = layernorm.layernorm_forward(x, None, None, 1e-5)
+    dx, dw, db = layernorm.layernorm_backward(dy, x, None, mean, rstd, bias=False)
     assert dw is None and db is None
-    np.testing.assert_allclose(dx, reference.layernorm_backward(dy, x, None, mean, rstd)[0], rtol=0, atol=1e-12)
-    _, mean, rstd = launch.layernorm_forward(x, w, None, 1e-5)
-    dx, dw, db = launch.layernorm_backward(dy, x, w, mean, rstd)
+    np.testing.assert_allclose(dx, layernorm.layernorm_backward_ref(dy, x, None, mean, rstd)[0], rtol=0, atol=1e-12)
+    _, mean, rstd = layernorm.layernorm_forward(x, w, None, 1e-5)
+    dx, dw, db = layernorm.layernorm_backward(dy, x, w, mean, rstd)
     np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12)
 
 
 def test_gradcheck_float64_through_the_emulated_kernels():
     """Central differences of the kernel forward vs the kernel backward (minigrad.gradcheck)."""
     import minigrad
-    from minigrad.kernels import launch
+    from minigrad.kernels import layernorm
     from minigrad.autograd import Function
 
     class KernelLayerNorm(Function):
         def forward(self, x, w, b):
-            y, self.mean, self.rstd = launch.layernorm_forward(x, w, b, 1e-5)
+            y, self.mean, self.rstd = layernorm.layernorm_forward(x, w, b, 1e-5)
             self.x, self.w = x, w
             return y
 
         def backward(self, g):
-            dx, dw, db = launch.layernorm_backward(np.ascontiguousarray(g.data), self.x, self.w, self.mean, self.rstd)
+            dx, dw, db = layernorm.layernorm_backward(np.ascontiguousarray(g.data), self.x, self.w, self.mean, self.rstd)
             return minigrad.Tensor(dx), minigrad.Tensor(dw), minigrad.Tensor(db)
 
     rng = np.random.default_rng(0)
@@ -175,16 +175,16 @@ def test_gradcheck_float64_through_the_emulated_kernels():
         assert minigrad.gradcheck(lambda x, w, b: KernelLayerNorm.apply(x, w, b), (x, w, b), fast=C > 100)
 
 
-def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch):
+def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch, fast_paths):
     """MINIGRAD_KERNELS=emulate routes F.layer_norm through the kernels; gradcheck in float64."""
     import minigrad
     import minigrad.nn.functional as F
-    from minigrad.kernels import launch
+    from minigrad.kernels import layernorm
 
     calls = []
     for name in ("layernorm_forward", "layernorm_backward"):
-        real = getattr(launch, name)
-        monkeypatch.setattr(launch, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+        real = getattr(layernorm, name)
+        monkeypatch.setattr(layernorm, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
     monkeypatch.setenv("MINIGRAD_KERNELS", "emulate")
     rng = np.random.default_rng(1)
     x = minigrad.Tensor(rng.standard_normal((2, 3, 16)), requires_grad=True)
@@ -204,24 +204,24 @@ def test_functional_layer_norm_runs_the_kernels_under_emulate(monkeypatch):
     (lambda x, w: ([[1.0]], None, None), TypeError, "x must be a numpy or cupy array"),
 ])
 def test_bad_forward_input_raises_before_launch(monkeypatch, bad, err, match):
-    from minigrad.kernels import launch
+    from minigrad.kernels import layernorm, runtime
 
-    monkeypatch.setattr(launch, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
+    monkeypatch.setattr(runtime.Program, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     x = np.random.default_rng(0).standard_normal((8, 8))
     w = np.ones(8)
     with pytest.raises(err, match=match):
-        launch.layernorm_forward(*bad(x, w), 1e-5)
+        layernorm.layernorm_forward(*bad(x, w), 1e-5)
 
 
 def test_bad_backward_input_raises_before_launch(monkeypatch):
-    from minigrad.kernels import launch
+    from minigrad.kernels import layernorm, runtime
 
-    monkeypatch.setattr(launch, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
+    monkeypatch.setattr(runtime.Program, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     x = np.zeros((4, 5))
     m = np.zeros(4)
     with pytest.raises(ValueError, match="dy must have shape"):
-        launch.layernorm_backward(np.zeros((4, 6)), x, None, m, m)
+        layernorm.layernorm_backward(np.zeros((4, 6)), x, None, m, m)
     with pytest.raises(TypeError, match="rstd must have dtype float64"):
-        launch.layernorm_backward(x, x, None, m, m.astype(np.float32))
+        layernorm.layernorm_backward(x, x, None, m, m.astype(np.float32))
     with pytest.raises(ValueError, match="mean must have shape"):
-        launch.layernorm_backward(x, x, None, np.zeros(3), m)
+        layernorm.layernorm_backward(x, x, None, np.zeros(3), m)

@@ -200,7 +200,7 @@ def test_tensor_basics():
 @pytest.mark.parametrize("idx_shape, trailing", [((7,), (3,)), ((4, 5), (2, 3)), ((2,), ()), ((3, 3), (1,))])
 def test_scatter_add_rows_matches_add_at(idx_shape, trailing):
     """The embedding backward's sorted reduceat equals np.add.at, repeated and negative indices included."""
-    from minigrad.ops.shape import scatter_add
+    from minigrad.ops.shape import scatter_add_sorted
     rng = np.random.default_rng(len(idx_shape) + len(trailing))
     n = 4
     idx = rng.integers(-n, n, idx_shape)
@@ -208,6 +208,6 @@ def test_scatter_add_rows_matches_add_at(idx_shape, trailing):
     want = rng.standard_normal((n,) + trailing)
     got = want.copy()
     np.add.at(want, idx, vals)
-    scatter_add(got, idx, vals)
+    scatter_add_sorted(got, idx, vals)
     rtol, atol = tol(np.float64, ulps=8 * idx.size)
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)

@@ -17,7 +17,7 @@ check      racecheck, memcheck and initcheck (see cuda_emu.h); off: the plain, f
 Errors are subclasses of KernelError (see errors.py): CompileError, LaunchConfigError, BarrierError,
 ShuffleError, RaceError, OutOfBoundsError, UninitializedReadError, TrapError.
 
-The shipped kernels run through the same machinery (kernels/launch.py's EmuModule is a Module):
+The shipped kernels run through the same machinery (kernels/runtime.py's EmuModule is a Module):
 `with emulate.settings(schedule="reverse", check=True): ...` runs every emulated launch in the block
 that way; MINIGRAD_EMU_SCHEDULE and MINIGRAD_EMU_CHECK set the defaults (forward, off).
 `minigrad kernels sanitize` runs the shipped kernels under every schedule with the checks.

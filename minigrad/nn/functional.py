@@ -9,11 +9,8 @@ import math
 
 import numpy as np
 
-from ..ops import Relu, Sigmoid, Tanh
-from .. import fused
-from ..backend import device_of
-from ..ops.nn_ops import (Attention, CrossEntropy, Gelu, GeluMLP, LayerNorm, Linear, LogSoftmax, LogSumExp,
-                          QKVAttention, Softmax)
+from ..ops import (Attention, CrossEntropy, Gelu, GeluMLP, LayerNorm, Linear, LogSoftmax, LogSumExp, QKVAttention,
+                   Relu, Sigmoid, Softmax, Tanh)
 from ..tensor import Tensor, _axes, _axis
 
 
@@ -125,11 +122,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         # a (B, 1, 1, Tk) mask is a key-padding mask, which the fused kernel takes as (B, Tk)
         if q.ndim == 4 and mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[2] == 1 and mask.shape[3] == tk:
             key_mask = q._xp.ascontiguousarray(q._xp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], tk)))
-    kernel_ok = (q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
-                 and q.shape[:2] == k.shape[:2] == v.shape[:2] and q.dtype == k.dtype == v.dtype
-                 and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None))
-    return Attention.apply(q, k, v, mask=mask, scale=scale, is_causal=is_causal, key_mask=key_mask,
-                           kernel_ok=kernel_ok)
+    return Attention.apply(q, k, v, mask=mask, scale=scale, is_causal=is_causal, key_mask=key_mask)
 
 
 def qkv_self_attention(qkv: Tensor, num_heads: int, is_causal: bool = False, scale=None) -> Tensor:
@@ -137,38 +130,33 @@ def qkv_self_attention(qkv: Tensor, num_heads: int, is_causal: bool = False, sca
 
     Equal to: q, k, v = the three (B, T, E) thirds of the last axis; each split into num_heads
     heads (B, num_heads, T, E // num_heads); scaled_dot_product_attention(q, k, v, is_causal=...,
-    scale=...) per head; the heads put back side by side. On the CPU this is one native op that
-    reads the heads in place (ops.nn_ops.QKVAttention); on a GPU, under MINIGRAD_KERNELS=emulate,
-    or without the native library it is that composition, so the attention kernels still run.
+    scale=...) per head; the heads put back side by side. One op (ops.fused.QKVAttention): on the
+    CPU a native pass that reads the heads in place, on a GPU the fused attention kernels.
     """
     if qkv.ndim != 3 or qkv.shape[-1] % 3:
         raise ValueError(f"qkv_self_attention: qkv must be (B, T, 3E), got shape {qkv.shape}")
     e = qkv.shape[-1] // 3
     if num_heads < 1 or e % num_heads:
         raise ValueError(f"qkv_self_attention: embedding size {e} is not divisible by num_heads {num_heads}")
-    b, t, hs = qkv.shape[0], qkv.shape[1], e // num_heads
+    hs = e // num_heads
     scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
-    if not fused.use_kernels(device_of(qkv.data)) and fused.cpu_native(qkv.data) is not None:
-        return QKVAttention.apply(qkv, n_head=num_heads, is_causal=bool(is_causal), scale=scale)
-    heads = qkv.reshape((b, t, 3, num_heads, hs)).transpose(2, 0, 3, 1, 4)   # (3, B, nh, T, hs)
-    y = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=is_causal, scale=scale)
-    return y.transpose(0, 2, 1, 3).reshape((b, t, e))
+    return QKVAttention.apply(qkv, n_head=num_heads, is_causal=bool(is_causal), scale=scale)
 
 
 def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias, proj_weight: Tensor, proj_bias) -> Tensor:
     """linear(gelu(linear(x, fc_weight, fc_bias)), proj_weight, proj_bias), exact GELU.
 
-    x (N, C) rows; weights (out, in) as nn.Linear keeps them; biases may be None. On the CPU one
-    op whose hidden activation is computed in place (ops.nn_ops.GeluMLP); otherwise (CuPy, other
-    ranks, no native library) exactly that composition.
+    x (…, C); weights (out, in) as nn.Linear keeps them; biases may be None. One op
+    (ops.fused.GeluMLP) over the rows of x.
     """
+    if x.ndim < 1 or fc_weight.ndim != 2 or proj_weight.ndim != 2 or x.shape[-1] != fc_weight.shape[1] \
+            or proj_weight.shape[1] != fc_weight.shape[0]:
+        raise ValueError(f"gelu_mlp: input {x.shape}, fc_weight {fc_weight.shape} and proj_weight "
+                         f"{proj_weight.shape} do not fit (weights are (out, in))")
     biases = [b for b in (fc_bias, proj_bias) if b is not None]
-    arrays = [t.data for t in (x, fc_weight, proj_weight, *biases)]
-    # cpu_native also requires one dtype across the arrays
-    if x.ndim == 2 and not fused.use_kernels(device_of(x.data)) and fused.cpu_native(*arrays) is not None:
-        return GeluMLP.apply(x, fc_weight, proj_weight, *biases, has_b1=fc_bias is not None,
-                             has_b2=proj_bias is not None)
-    return linear(gelu(linear(x, fc_weight, fc_bias)), proj_weight, proj_bias)
+    y = GeluMLP.apply(x.reshape((-1, x.shape[-1])), fc_weight, proj_weight, *biases,
+                      has_b1=fc_bias is not None, has_b2=proj_bias is not None)
+    return y if x.ndim == 2 else y.reshape(x.shape[:-1] + (proj_weight.shape[0],))
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
@@ -204,7 +192,7 @@ def embedding(idx, weight: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
-    """x @ weight.T + bias, weight (out, in) as in PyTorch; one op (see ops.nn_ops.Linear)."""
+    """x @ weight.T + bias, weight (out, in) as in PyTorch; one op (see ops.linalg.Linear)."""
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input of shape {x.shape} does not fit weight {weight.shape} (out, in)")
     if bias is not None and bias.shape != (weight.shape[0],):

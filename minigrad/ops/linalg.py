@@ -1,4 +1,4 @@
-"""Matrix multiplication, with NumPy's 1-D, 2-D and batched-broadcast rules."""
+"""Matrix multiplication (NumPy's 1-D, 2-D and batched-broadcast rules) and the affine map Linear."""
 from __future__ import annotations
 
 from ..autograd import Function
@@ -40,3 +40,40 @@ class MatMul(Function):
             gb = unbroadcast(a2.swapaxes(-1, -2) @ g2, b2.shape)
             gb = gb.reshape(b.shape) if b.ndim == 1 else gb
         return ga, gb
+
+
+class Linear(Function):
+    """y = x Wᵀ + b: x (…, in), W (out, in), b (out,).
+
+    One op rather than matmul + transpose + add, so the weight gradient gᵀx comes out as a
+    contiguous (out, in) array and no transposed view has to be copied into W.grad."""
+
+    def forward(self, x, w, b=None):
+        if x.dtype != w.dtype:
+            raise TypeError(f"linear: dtype mismatch, input {x.dtype} and weight {w.dtype}")
+        # fold leading dims into rows: one GEMM (a batched (B, T, in) @ (in, out) is several times slower)
+        y = x.reshape(-1, x.shape[-1]) @ w.T if x.ndim > 2 else x @ w.T
+        if b is not None:
+            y += b
+        return y.reshape(x.shape[:-1] + (w.shape[0],)) if x.ndim > 2 else y
+
+    def backward(self, g):
+        x, w = self.inputs[0], self.inputs[1]
+        n_out, n_in = w.shape
+        g2 = g.reshape((-1, n_out))                                   # (N, out)
+        gx = (g2 @ w).reshape(x.shape) if x.requires_grad else None   # (…, in)
+        gw = g2.swapaxes(0, 1) @ x.reshape((-1, n_in)) if w.requires_grad else None   # (out, in)
+        if len(self.inputs) == 2:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=0) if self.inputs[2].requires_grad else None)
+
+    def backward_arrays(self, g):
+        """The same two GEMMs (and the bias row sum) on arrays."""
+        x, w = self.inputs[0], self.inputs[1]
+        n_out, n_in = w.shape
+        g2 = g.reshape(-1, n_out)
+        out = ((g2 @ w.data).reshape(x.shape) if x.requires_grad else None,
+               g2.T @ x.data.reshape(-1, n_in) if w.requires_grad else None)
+        if len(self.inputs) == 2:
+            return out
+        return out + ((g2.sum(axis=0) if self.inputs[2].requires_grad else None),)

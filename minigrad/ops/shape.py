@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import fused
-from ..autograd import Function, is_grad_enabled
+from .. import dispatch
+from ..autograd import Function
 from ..backend import get_array_module
 from ..tensor import Tensor
 from ._util import xp_of
@@ -20,8 +20,9 @@ class Reshape(Function):
                              f"into shape {shape}") from None
 
     def backward(self, g):
-        if not is_grad_enabled():            # first order: a view of the array, no op to record
-            return (Tensor._make(g.data.reshape(self.src)),)
+        return (g.reshape(self.src),)
+
+    def backward_arrays(self, g):            # a view of the array, no op to record
         return (g.reshape(self.src),)
 
 
@@ -31,8 +32,9 @@ class Transpose(Function):
         return a.transpose(axes)
 
     def backward(self, g):
-        if not is_grad_enabled():
-            return (Tensor._make(g.data.transpose(self.inv)),)
+        return (g.transpose(self.inv),)
+
+    def backward_arrays(self, g):
         return (g.transpose(self.inv),)
 
 
@@ -103,10 +105,12 @@ class GetItem(Function):
             raise IndexError(f"{e} (tensor shape {a.shape})") from None
 
     def backward(self, g):
-        if not is_grad_enabled() and _is_basic(self.idx):
-            # first order, a basic slice: the engine adds the slice into one buffer (see SliceGrad)
-            return (SliceGrad(self.shape, self.idx, g.data),)
         return (IndexAdd.apply(g, shape=self.shape, idx=self.idx),)
+
+    def backward_arrays(self, g):
+        if _is_basic(self.idx):    # a basic slice: the engine adds it into one buffer (see SliceGrad)
+            return (SliceGrad(self.shape, self.idx, g),)
+        return (IndexAdd.apply(Tensor._make(g), shape=self.shape, idx=self.idx),)
 
 
 class SliceGrad(Tensor):
@@ -148,45 +152,70 @@ class IndexAdd(Function):
 
     def forward(self, g, shape, idx):
         self.idx = idx
-        xp = xp_of(g)
-        out = xp.zeros(shape, dtype=g.dtype)
+        out = xp_of(g).zeros(shape, dtype=g.dtype)
         if _is_basic(idx):
             out[idx] = g          # a basic index never repeats an element
         else:
-            scatter_add(out, idx, g)
+            self._scatter_add(out, idx, g)
         return out
+
+    @staticmethod
+    def _scatter_add(out, idx, values):
+        """out[idx] += values with repeated indices accumulating, on numpy or cupy."""
+        xp = get_array_module(out)
+        if hasattr(xp, "add") and hasattr(xp.add, "at"):
+            xp.add.at(out, idx, values)
+        else:  # older CuPy
+            import cupyx
+            cupyx.scatter_add(out, idx, values)
 
     def backward(self, gg):
         return (gg[self.idx],)
 
 
-def scatter_add(out, idx, values):
-    """out[idx] += values with repeated indices accumulating, on numpy or cupy."""
-    xp = get_array_module(out)
-    if xp is np and isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size > 1:
-        _scatter_add_rows(out, idx, values)
-        return
-    if hasattr(xp, "add") and hasattr(xp.add, "at"):
-        xp.add.at(out, idx, values)
-    else:  # older CuPy
-        import cupyx
-        cupyx.scatter_add(out, idx, values)
+def _row_indices(g, idx):
+    """Whether idx is an integer NumPy array indexing axis 0 (an embedding's backward) of NumPy g."""
+    return type(g) is np.ndarray and isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and idx.size > 1
 
 
-def _scatter_add_rows(out, idx, values):
-    """out[idx] += values for an integer index array on axis 0 (an embedding's backward).
+def _rows(out, idx, values):
+    """idx flattened into [0, V) (indices were bounds-checked in forward) and values as (N, …) rows."""
+    flat = idx.reshape(-1) % out.shape[0]
+    return flat, values.reshape((flat.size,) + out.shape[1:])
 
-    np.add.at is slow (a Python-level iterator per element). The native library adds the rows in
-    order (np.add.at's sums, bit for bit); without it the rows are sorted by index (stably, so
-    each index's rows are summed in their original order), summed per index with one reduceat,
-    and added once per distinct index.
-    """
-    flat = idx.reshape(-1) % out.shape[0]                   # indices were bounds-checked in forward
-    rows = values.reshape((flat.size,) + out.shape[1:])
-    lib = fused.cpu_native(out, rows) if out.ndim == 2 else None
-    if lib is not None:                                     # a loop over the rows, in order
-        lib.scatter_add_rows(out, flat, rows)
-        return
+
+@IndexAdd.variant("native")
+class IndexAddNative(IndexAdd):
+    """The rows added in order by a native loop (np.add.at's sums, bit for bit)."""
+
+    @staticmethod
+    def takes(g, shape, idx):
+        return _row_indices(g, idx) and len(shape) == 2 and dispatch.cpu_native(g) is not None
+
+    @staticmethod
+    def _scatter_add(out, idx, values):
+        flat, rows = _rows(out, idx, values)
+        dispatch.cpu_native(out).scatter_add_rows(out, flat, rows)
+
+
+@IndexAdd.variant("numpy")
+class IndexAddSorted(IndexAdd):
+    """np.add.at is slow (a Python-level iterator per element): sort the rows by index instead."""
+
+    @staticmethod
+    def takes(g, shape, idx):
+        return _row_indices(g, idx)
+
+    @staticmethod
+    def _scatter_add(out, idx, values):
+        scatter_add_sorted(out, idx, values)
+
+
+def scatter_add_sorted(out, idx, values):
+    """out[idx] += values for an integer index array on axis 0: the rows sorted by index (stably,
+    so each index's rows are summed in their original order), summed per index with one reduceat,
+    and added once per distinct index."""
+    flat, rows = _rows(out, idx, values)
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))

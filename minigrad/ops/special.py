@@ -28,17 +28,18 @@ def erf_array(x):
     return (xp.sign(x) * y).astype(x.dtype, copy=False)
 
 
-def gelu_and_slope(x, block=32768):
-    """Exact GELU y = x Φ(x) and its slope dy/dx = Φ(x) + x φ(x), in one blocked pass over x.
-
-    float32 on the CPU: A&S 7.1.26 erf evaluated in place on cache-sized blocks (about 20 cheap
-    ufunc passes per block, no full-size temporaries). Other dtypes and devices: plain array code
-    with the exact erf. Returns (y, slope), both shaped like x.
-    """
+def gelu_and_slope(x):
+    """Exact GELU y = x Φ(x) and its slope dy/dx = Φ(x) + x φ(x), on any array module.
+    Returns (y, slope), both shaped like x."""
     xp = xp_of(x)
-    if x.dtype != np.float32 or xp is not np:
-        cdf = 0.5 * (1.0 + erf_array(x * (1.0 / math.sqrt(2.0))))
-        return x * cdf, cdf + x * xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    cdf = 0.5 * (1.0 + erf_array(x * (1.0 / math.sqrt(2.0))))
+    return x * cdf, cdf + x * xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+
+
+def gelu_and_slope_blocked(x, block=32768):
+    """gelu_and_slope for a float32 NumPy array, in one blocked pass over x: A&S 7.1.26 erf
+    evaluated in place on cache-sized blocks (about 20 cheap ufunc passes per block, no full-size
+    temporaries)."""
     f = np.float32
     xf = np.ascontiguousarray(x).reshape(-1)
     y, slope = np.empty_like(xf), np.empty_like(xf)
@@ -87,4 +88,4 @@ def erf(x):
     return Erf.apply(x)
 
 
-__all__ = ["erf", "erf_array", "Erf", "gelu_and_slope"]
+__all__ = ["erf", "erf_array", "Erf", "gelu_and_slope", "gelu_and_slope_blocked"]

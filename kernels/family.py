@@ -1,0 +1,78 @@
+"""What a family module declares: its kernel versions (Kernel) and, per operation, the workbench
+hooks that `minigrad kernels validate | bench` call (Operation).
+
+A family is one .cu file and the Python module next to it (layernorm.cu + layernorm.py). The module
+lists its versions in KERNELS; kernels/registry.py collects every family's KERNELS into the table.
+
+    Kernel(name, cu, roles, op, templates=FLOATS)
+
+    name       unique label printed by check/validate/bench, e.g. "layernorm_forward"
+    cu         the .cu file in kernels/
+    roles      {role: __global__ function name}: the kernels one call of this version launches;
+               op.run passes the dict to the family's launcher (its kernels= argument)
+    op         an Operation (below), shared by all versions of one operation (e.g. layernorm backward)
+    templates  template argument lists; each role is instantiated as f"{fn}<{t}>" for every t
+               (for tile-templated kernels e.g. ("float, 64", "double, 64"))
+
+Operation fields:
+    run(kernel, inputs) -> dict of outputs    launches the version (numpy inputs: emulator; cupy: GPU)
+    reference(inputs) -> dict of outputs      NumPy/CuPy reference with the same keys
+    make_inputs(xp, rng, case, dtype) -> dict inputs for one case (xp is numpy or cupy)
+    cases                                     validate cases (small: they run on the emulator)
+    dtypes                                    dtypes validated (default float32, float64)
+    tolerance {dtype: rel}                    max |out - ref| / max |ref| allowed per output
+    bench_cases                               GPU benchmark cases
+    bytes_moved(case, dtype) -> int           minimum global-memory traffic of one call
+    unfused(inputs) -> dict                   the unfused array-library composition (bench)
+    describe(case) -> str                     how a case is printed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+FLOATS = ("float", "double")
+DEFAULT_TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    run: Callable
+    reference: Callable
+    make_inputs: Callable
+    cases: tuple
+    bench_cases: tuple = ()
+    bytes_moved: Callable | None = None
+    unfused: Callable | None = None
+    dtypes: tuple = (np.float32, np.float64)
+    tolerance: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
+    describe: Callable = str
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    name: str
+    cu: str
+    roles: dict
+    op: Operation
+    templates: tuple = FLOATS
+
+    @property
+    def instantiations(self) -> tuple:
+        return tuple(f"{fn}<{t}>" for fn in self.roles.values() for t in self.templates)
+
+
+def instantiations(kernels, cu) -> list:
+    """Every name expression the versions in `kernels` register for `cu`, without duplicates, in order."""
+    seen = []
+    for k in kernels:
+        if k.cu == cu:
+            for n in k.instantiations:
+                if n not in seen:
+                    seen.append(n)
+    if not seen:
+        raise KeyError(f"no kernels registered for {cu}; add Kernel(...) lines to its family's KERNELS")
+    return seen

@@ -1,0 +1,173 @@
+"""Scaled dot-product attention: softmax(q kᵀ · scale, masked) v, with its native CPU and CUDA
+kernel variants, and the Tensor-op pieces (probabilities, vector-Jacobian product) that the
+create_graph backwards of this op and of the fused QKVAttention share."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dispatch
+from ..autograd import Function
+from ..backend import device_of
+from ._util import unbroadcast, xp_of
+from .elementwise import Where
+from .shape import sum_to_array
+from .softmax import Softmax
+
+
+def _T(a):
+    from ..tensor import Tensor
+    return Tensor._make(a)
+
+
+def attention_reference(q, k, v, mask, scale):
+    """softmax(q kᵀ scale, masked) v on arrays. mask: bool (…, Tq, Tk), True = may attend, or None.
+    A query row with no attendable key gets a zero output row. Returns (o, p), p (…, Tq, Tk)."""
+    xp = xp_of(q)
+    s = q @ k.swapaxes(-1, -2)                                # (…, Tq, Tk), scaled and softmaxed in place
+    s *= scale
+    if mask is not None:
+        s += xp.where(mask, 0.0, -xp.inf).astype(s.dtype)      # an additive bias: one broadcast pass
+    m = s.max(axis=-1, keepdims=True)
+    if mask is not None:
+        m = xp.where(xp.isfinite(m), m, 0).astype(s.dtype, copy=False)
+    s -= m
+    xp.exp(s, out=s)
+    den = s.sum(axis=-1, keepdims=True)
+    if mask is not None:
+        den[den == 0] = 1
+    s /= den
+    return s @ v, s
+
+
+def causal_mask(xp, tq, tk):
+    """(Tq, Tk) bool, bottom-right aligned: query i sees key j iff j <= i + (Tk - Tq)."""
+    return xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + (tk - tq)
+
+
+def attention_probs(q, k, mask, scale):
+    """The attention probabilities as a differentiable Tensor expression (for create_graph)."""
+    s = (q @ k.swapaxes(-1, -2)) * scale
+    if mask is None:
+        return Softmax.apply(s, axis=-1)
+    xp = xp_of(q.data)
+    mask = xp.broadcast_to(mask, s.shape)
+    any_key = mask.any(axis=-1, keepdims=True)
+    # a finite fill, so a row with no key stays NaN-free (it is zeroed below)
+    s = Where.apply(s, _T(xp.asarray(-1e30, dtype=s.dtype)), cond=mask)
+    p = Softmax.apply(s, axis=-1)
+    return p * _T((mask & any_key).astype(s.dtype))
+
+
+def attention_vjp(q, k, v, g, mask, scale):
+    """(dq, dk, dv) of attention at g (…, Tq, dv), in Tensor ops with p recomputed from q and k,
+    so the gradient is itself differentiable (create_graph). Shapes before unbroadcasting."""
+    p = attention_probs(q, k, mask, scale)
+    dv = p.swapaxes(-1, -2) @ g
+    dp = g @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv
+
+
+class Attention(Function):
+    """scaled_dot_product_attention(q, k, v): q (…, Tq, d), k and v (…, Tk, d) -> (…, Tq, d).
+
+    ``mask``: None or bool broadcastable to (…, Tq, Tk), True = may attend (is_causal folded in below).
+    ``key_mask``: the same information as (B, Tk) when the mask is a pure key-padding mask and
+    q is (B, H, Tq, d), so the variants can take it. The reference keeps p (…, Tq, Tk).
+    """
+
+    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+        self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
+        o, self.p = attention_reference(q, k, v, self._full_mask(xp_of(q), q, k), scale)
+        return o
+
+    def _full_mask(self, xp, q, k):
+        m = self.mask
+        if self.is_causal:
+            c = causal_mask(xp, q.shape[-2], k.shape[-2])
+            m = c if m is None else (m & c)
+        return m
+
+    def backward(self, g):
+        q, k, v = self.inputs
+        dq, dk, dv = attention_vjp(q, k, v, g, self._full_mask(xp_of(q.data), q.data, k.data), self.scale)
+        return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+
+    def backward_arrays(self, g):
+        q, k, v = (t.data for t in self.inputs)
+        grads = attention_grads(q, k, v, self.p, g, self._ds_)
+        return tuple(sum_to_array(d, t.shape) for d, t in zip(grads, self.inputs))
+
+    def _ds_(self, ds, p):
+        softmax_ds_(ds, p, self.scale)
+
+
+def attention_grads(q, k, v, p, g, ds_):
+    """(dq, dk, dv) on arrays from the saved probabilities p (…, Tq, Tk) and g (…, Tq, dv):
+    dv = pᵀ g; ds = p ∘ (g vᵀ - rowsum(g vᵀ ∘ p)) · scale, by ``ds_`` in place; dq = ds k; dk = dsᵀ q."""
+    dv = p.swapaxes(-1, -2) @ g
+    ds = g @ v.swapaxes(-1, -2)                               # dp, turned into ds in place
+    ds_(ds, p)
+    return ds @ k, ds.swapaxes(-1, -2) @ q, dv
+
+
+def softmax_ds_(ds, p, scale):
+    """In place: ds (…, Tk) <- p ∘ (ds − rowsum(ds ∘ p)) · scale."""
+    rows = (ds * p).sum(axis=-1, keepdims=True)
+    ds -= rows
+    ds *= p
+    ds *= scale
+
+
+@Attention.variant("kernel")
+class AttentionKernel(Attention):
+    """The fused CUDA kernels (kernels/attention.cu): q, k, v (B, H, T, d) with 16 <= d <= 128, causal
+    and/or a (B, Tk) key mask; no (Tq, Tk) array is stored, only o and the row log-sum-exps."""
+
+    @staticmethod
+    def takes(q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+        return (q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
+                and q.shape[:2] == k.shape[:2] == v.shape[:2] and q.dtype == k.dtype == v.dtype
+                and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None)
+                and dispatch.use_kernels(device_of(q)))
+
+    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+        xp = xp_of(q)
+        self.scale, self.is_causal, self.key_mask = scale, is_causal, key_mask
+        self.o, self.lse = dispatch.launchers().attention_forward(
+            xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v),
+            key_mask=key_mask, is_causal=is_causal, scale=scale)
+        self.mask = mask
+        return self.o
+
+    def backward_arrays(self, g):
+        xp = xp_of(g)
+        q, k, v = (xp.ascontiguousarray(t.data) for t in self.inputs)
+        return dispatch.launchers().attention_backward(
+            q, k, v, self.o, self.lse, xp.ascontiguousarray(g),
+            key_mask=self.key_mask, is_causal=self.is_causal, scale=self.scale)
+
+
+@Attention.variant("native")
+class AttentionNative(Attention):
+    """The scale, causal/key mask and softmax fused into one native pass over the scores, and the
+    backward's ds in one more (kernels/cpu/fast_cpu.cpp); the GEMMs stay NumPy's."""
+
+    @staticmethod
+    def takes(q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+        if mask is not None and (key_mask is None or q.ndim != 4 or k.ndim > 4
+                                 or key_mask.shape != (q.shape[0], k.shape[-2])):
+            return False
+        return type(q) is np.ndarray and dispatch.native_dtype(q.dtype, k.dtype)
+
+    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+        self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
+        s = q @ k.swapaxes(-1, -2)                            # (…, Tq, Tk), softmaxed in place
+        self.p = dispatch.cpu_native(s).softmax_(s, scale, causal=is_causal, key_mask=key_mask)
+        return s @ v
+
+    def _ds_(self, ds, p):
+        lib = dispatch.cpu_native(ds, p) if ds.shape == p.shape else None
+        if lib is None:
+            return super()._ds_(ds, p)
+        lib.attention_ds_(ds, p, self.scale)

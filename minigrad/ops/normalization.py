@@ -1,0 +1,122 @@
+"""Layer normalisation over the last dimension, with its native CPU and CUDA-kernel variants."""
+from __future__ import annotations
+
+from .. import dispatch
+from ..autograd import Function
+from ..backend import device_of
+from ._util import xp_of
+
+
+class LayerNorm(Function):
+    """y = (x - mean) * rstd * weight + bias over the last dimension (x reshaped to rows (N, C)).
+
+    Reference: keeps xhat (N, C) and rstd (N, 1). The variants keep mean and rstd (N, 1) instead
+    and recompute xhat from x in their backward."""
+
+    def forward(self, x, weight=None, bias=None, eps=1e-5):
+        self.eps, self.has_w, self.has_b = eps, weight is not None, bias is not None
+        c = x.shape[-1]
+        y = self._rows(x.reshape(-1, c), weight, bias, eps)    # (N, C)
+        return y.reshape(x.shape)
+
+    def _rows(self, x2, weight, bias, eps):
+        xp = xp_of(x2)
+        c = x2.shape[1]
+        mean = x2.mean(axis=1, keepdims=True)
+        xhat = x2 - mean                                       # (N, C), normalised in place below
+        var = xp.einsum("ij,ij->i", xhat, xhat)[:, None] * (1.0 / c)
+        rstd = 1.0 / xp.sqrt(var + eps)                        # (N, 1)
+        xhat *= rstd
+        self.xhat, self.rstd = xhat, rstd
+        y = xhat * weight if weight is not None else xhat.copy()
+        if bias is not None:
+            y += bias
+        return y
+
+    def backward(self, g):
+        """dx = rstd (gx - mean(gx) - xhat mean(gx xhat)), gx = g w; dw = Σ g xhat; db = Σ g (rows),
+        with xhat and rstd recomputed from x in Tensor ops (so create_graph differentiates them)."""
+        x, w = self.inputs[0], (self.inputs[1] if self.has_w else None)
+        c = x.shape[-1]
+        g2 = g.reshape((-1, c))
+        x2 = x.reshape((-1, c))
+        xc = x2 - x2.mean(axis=1, keepdims=True)
+        rstd = ((xc * xc).mean(axis=1, keepdims=True) + self.eps) ** -0.5
+        xhat = xc * rstd
+        gx = g2 * w if w is not None else g2
+        dx = rstd * (gx - gx.mean(axis=1, keepdims=True) - xhat * (gx * xhat).mean(axis=1, keepdims=True))
+        return self._outputs(dx.reshape(x.shape), lambda: (g2 * xhat).sum(axis=0), lambda: g2.sum(axis=0))
+
+    def backward_arrays(self, g):
+        """The same formulas on arrays, with the saved xhat and rstd."""
+        x, w = self.inputs[0], (self.inputs[1] if self.has_w else None)
+        g2 = g.reshape(-1, x.shape[-1])
+        return self._backward_rows(g2, self.xhat, self.rstd, w)
+
+    def _backward_rows(self, g2, xhat, rstd, w):
+        xp = xp_of(g2)
+        c = g2.shape[1]
+        gx = g2 * w.data if w is not None else g2.copy()
+        m2 = xp.einsum("ij,ij->i", gx, xhat)[:, None] * (1.0 / c)
+        gx -= gx.mean(axis=1, keepdims=True)
+        gx -= xhat * m2
+        gx *= rstd
+        return self._outputs(gx.reshape(self.inputs[0].shape), lambda: xp.einsum("ij,ij->j", g2, xhat),
+                             lambda: g2.sum(axis=0))
+
+    def _outputs(self, dx, dweight, dbias):
+        """(dx, [dweight], [dbias]) for the inputs this op was called with; a gradient is computed
+        only if its input wants one."""
+        out = [dx]
+        if self.has_w:
+            out.append(dweight() if self.inputs[1].requires_grad else None)
+        if self.has_b:
+            out.append(dbias() if self.inputs[-1].requires_grad else None)
+        return tuple(out)
+
+
+@LayerNorm.variant("kernel")
+class LayerNormKernel(LayerNorm):
+    """The CUDA kernels (kernels/layernorm.cu) on "cuda", or emulated on the CPU."""
+
+    @staticmethod
+    def takes(x, weight=None, bias=None, eps=1e-5):
+        return dispatch.use_kernels(device_of(x))
+
+    def _rows(self, x2, weight, bias, eps):
+        y, self.mean, self.rstd = dispatch.launchers().layernorm_forward(
+            xp_of(x2).ascontiguousarray(x2), weight, bias, eps)
+        return y
+
+    def backward_arrays(self, g):
+        x, w = self.inputs[0], (self.inputs[1] if self.has_w else None)
+        xp, c = xp_of(g), x.shape[-1]
+        dx, dw, db = dispatch.launchers().layernorm_backward(
+            xp.ascontiguousarray(g.reshape(-1, c)), xp.ascontiguousarray(x.data.reshape(-1, c)),
+            w.data if w is not None else None, self.mean, self.rstd, bias=self.has_b)
+        return self._outputs(dx.reshape(x.shape), lambda: dw, lambda: db)
+
+
+@LayerNorm.variant("native")
+class LayerNormNative(LayerNorm):
+    """The native CPU loops (kernels/cpu/fast_cpu.cpp): one pass each way, xhat never stored."""
+
+    @staticmethod
+    def takes(x, weight=None, bias=None, eps=1e-5):
+        return dispatch.cpu_native(x, weight, bias) is not None
+
+    def _rows(self, x2, weight, bias, eps):
+        y, self.mean, self.rstd = dispatch.cpu_native(x2).layernorm_forward(x2, weight, bias, eps)
+        return y
+
+    def backward_arrays(self, g):
+        x, w = self.inputs[0], (self.inputs[1] if self.has_w else None)
+        c = x.shape[-1]
+        g2, x2, wd = g.reshape(-1, c), x.data.reshape(-1, c), (w.data if w is not None else None)
+        lib = dispatch.cpu_native(g2, x2, self.mean, self.rstd, wd)
+        if lib is None:     # g is not a contiguous array of x's dtype: the reference formula
+            return self._backward_rows(g2, (x2 - self.mean) * self.rstd, self.rstd, w)
+        need_dw = self.has_w and w.requires_grad
+        need_db = self.has_b and self.inputs[-1].requires_grad
+        dx, dw, db = lib.layernorm_backward(g2, x2, self.mean, self.rstd, wd, need_dw, need_db)
+        return self._outputs(dx.reshape(x.shape), lambda: dw, lambda: db)
