@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from minigrad.kernels.emulate import errors
+from minigrad.kernels.emulate.errors import BY_CODE, KernelError, LaunchConfigError
 from minigrad.kernels.emulate.build import build, normalize
 
 DEFAULT_SHARED_LIMIT = 48 * 1024
@@ -391,7 +391,7 @@ class Module:
                 guard.restore()
         if rc != 0:
             msg = err.value.decode(errors="replace")
-            cls = errors.BY_CODE.get(rc, errors.KernelError)
-            if cls is not errors.LaunchConfigError:
+            cls = BY_CODE.get(rc, KernelError)
+            if cls is not LaunchConfigError:
                 msg = _resolve_pcs(msg, loaded.lib.path) + f" [schedule {schedule}]"
             raise cls(msg, kernel=name, schedule=str(schedule))
