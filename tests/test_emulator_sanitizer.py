@@ -165,7 +165,7 @@ def test_shared_memory_races_are_named(kernel, hazard, schedule):
     threads = re.findall(r"thread \((\d+),0,0\)", msg)
     assert len(threads) == 2 and threads[0] != threads[1], msg
     assert re.search(r"shared array s \(256 bytes\) at byte \d+", msg), msg
-    assert re.search(r"at <source>:\d+\).*at <source>:\d+\)", msg), msg  # both source lines
+    assert re.search(r"at source.cu:\d+\).*at source.cu:\d+\)", msg), msg  # both source lines
     assert msg.endswith(f"[schedule {schedule}]")
     assert e.value.kernel == kernel and e.value.schedule == schedule
 
@@ -310,7 +310,7 @@ def test_barrier_shuffle_compile_and_configuration_errors_are_kernel_errors():
         _launch("divergent", 1, 2048, (np.zeros(64, np.float32),))
     with pytest.raises(emulate.CompileError) as e:
         emulate.launch("__global__ void k(float* x) { x[0] = undeclared; }", "k", 1, 1, (np.zeros(1, np.float32),))
-    assert "undeclared" in e.value.output and "<source>:1" in e.value.output
+    assert "undeclared" in e.value.output and "source.cu:1" in e.value.output
     assert all(issubclass(c, emulate.KernelError) for c in (emulate.RaceError, emulate.OutOfBoundsError,
                                                             emulate.UninitializedReadError, emulate.CompileError))
 

@@ -39,7 +39,15 @@ from minigrad.kernels.emulate.errors import (  # noqa: F401
     TrapError,
     UninitializedReadError,
 )
-from minigrad.kernels.emulate.module import Module, Schedule, current, parse_schedule, settings, substitute  # noqa: F401
+from minigrad.kernels.emulate.module import (  # noqa: F401
+    Module,
+    Schedule,
+    current,
+    parse_schedule,
+    plain_kernels,
+    settings,
+    substitute,
+)
 
 SCHEDULES = ("forward", "reverse", "random:SEED")
 
@@ -47,12 +55,13 @@ _lock = threading.Lock()
 _modules: dict = {}
 
 
-def module_for(source: str, label: str = "<source>") -> Module:
-    """The Module of a CUDA C text (one per distinct text and label, per process)."""
+def module_for(source: str, label: str = "source.cu") -> Module:
+    """The Module of a CUDA C text (one per distinct text and label, per process); messages and compiler
+    errors name the source `label`."""
     key = (hashlib.sha256(source.encode()).hexdigest(), label)
     with _lock:
         if key not in _modules:
-            _modules[key] = Module(label, source=source, per_name=True)
+            _modules[key] = Module(label, plain_kernels(source), source=source, grow=True)
         return _modules[key]
 
 

@@ -2,7 +2,7 @@
 
     lib = build("kernels/layernorm.cu", ["layernorm_forward<float>", ...])
     lib = build("kernels/layernorm.cu", names, check=True)     # the sanitizer build
-    lib = build("<source>", names, source=text)                # CUDA C text, not a file
+    lib = build("source.cu", names, source=text)               # CUDA C text, not a file (shown as source.cu)
     lib.path           # the cached .so
     lib.static_smem    # {name expression: bytes of static __shared__ memory}
     lib.static_ranges  # {name expression: [(TLS offset, bytes), ...]} of those arrays (poisoned per block)
@@ -53,9 +53,10 @@ CXXFLAGS = [
 ]
 _COMPILE = [f for f in CXXFLAGS if f != "-shared"] + ["-c"]
 # Instrumentation of the kernels' unit in the checked build. No loop is turned into a memset/memcpy
-# call (the hooks would not see it).
+# call (the hooks would not see it). Line tables only, as DWARF 4: with DWARF 5 the addr2line here
+# (binutils 2.40) names the generated wrapper instead of the #line file for a relative name.
 CHECK_FLAGS = ["-DMGEMU_CHECK", "-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0",
-               "-fno-tree-loop-distribute-patterns", "-g1"]
+               "-fno-tree-loop-distribute-patterns", "-g1", "-gdwarf-4"]
 MAX_DYNAMIC_SMEM = 227 * 1024  # must match MGEMU_MAX_DYNAMIC_SMEM in cuda_emu.h
 
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\b[^;]*?\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")

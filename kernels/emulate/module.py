@@ -1,7 +1,7 @@
 """Load emulator libraries and launch their kernels, with a schedule and, on request, the checks.
 
     m = Module("kernels/layernorm.cu", names)          # a .cu file and its instantiations
-    m = Module("<source>", source=text, per_name=True)  # CUDA C text; one library per launched kernel
+    m = Module("source.cu", source=text, grow=True)    # CUDA C text; kernels added as they are launched
     m.launch(name, grid, block, args, shared_mem=0, max_shared=None, schedule=None, check=None)
 
 schedule / check left as None come from `settings()` (innermost `with settings(...)`), else from the
@@ -30,8 +30,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from minigrad.kernels.emulate.errors import BY_CODE, KernelError, LaunchConfigError
 from minigrad.kernels.emulate.build import build, normalize
+from minigrad.kernels.emulate.errors import BY_CODE, CompileError, KernelError, LaunchConfigError
 
 DEFAULT_SHARED_LIMIT = 48 * 1024
 
@@ -272,15 +272,34 @@ class _GuardedCopies:
                 ctypes.memmove(lo, new, n)
 
 
-class Module:
-    """A .cu source built for the CPU emulator: plain and checked libraries, built on first use."""
+def plain_kernels(source: str) -> list[str]:
+    """Names of the non-template __global__ functions of a CUDA C text (comments ignored)."""
+    text = re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.DOTALL)
+    names = []
+    for m in re.finditer(r"__global__\s+(?:void\s+)?(?:__launch_bounds__\s*\([^)]*\)\s*)?(?:void\s+)?"
+                         r"([A-Za-z_]\w*)\s*\(", text):
+        before = text[:m.start()]
+        start = max(before.rfind(";"), before.rfind("}"))
+        if "template" not in before[start + 1:] and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
 
-    def __init__(self, path, names=(), *, source: str | None = None, per_name: bool = False):
+
+class Module:
+    """A .cu source built for the CPU emulator: plain and checked libraries, built on first use.
+
+    names fixed (a shipped file and its registered instantiations); per_name: one library per
+    launched kernel (a planted copy of a shipped file); grow: one library holding the source's
+    non-template kernels and every instantiation launched so far (rebuilt when a new one comes)."""
+
+    def __init__(self, path, names=(), *, source: str | None = None, per_name: bool = False, grow: bool = False):
         self.path = Path(path)
         self.cu = self.path.name
         self._source = source
         self.names = tuple(normalize(n) for n in names)
         self.per_name = per_name
+        self.grow = grow
+        self._grown = {}  # check -> names of the latest library
         self._loaded = {}
         self._sigs = {}
         self._params = {}
@@ -303,6 +322,20 @@ class Module:
     def loaded(self, name: str, check: bool) -> _Loaded:
         if self.per_name:
             return self._load((name,), check)
+        if self.grow:
+            names = self._grown.get(check, self.names)
+            if name not in names:
+                names = names + (name,)
+            try:
+                loaded = self._load(names, check)
+            except CompileError:
+                if len(names) == 1:
+                    raise
+                loaded = self._load((name,), check)  # the detected names do not all compile: build alone
+                self.per_name = True
+                return loaded
+            self._grown[check] = names
+            return loaded
         if name not in self.names:
             raise KeyError(f"{self.cu}: kernel {name!r} is not registered; registered: {', '.join(self.names)}")
         return self._load(self.names, check)
