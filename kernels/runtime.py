@@ -101,7 +101,17 @@ class EmuModule:
 
 
 class CupyModule:
-    """A .cu file compiled by NVRTC through cupy.RawModule (needs a GPU)."""
+    """A .cu file compiled by NVRTC through cupy.RawModule (needs a GPU).
+
+    launch() checks what the emulator checks, before CUDA would fail with a bare error code:
+    static + dynamic shared memory within the limit (48 KiB, or max_shared when the caller opts
+    in, itself within the device's opt-in maximum, cudaDevAttrMaxSharedMemoryPerBlockOptin), and
+    the block within the kernel's max_threads_per_block (fewer than 1024 when registers run short).
+    Above 48 KiB the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize is raised to what the
+    launch needs, once per size. A None argument is passed as a 64-bit zero: a null pointer.
+    """
+
+    _OPTIN_ATTR = 97   # cudaDevAttrMaxSharedMemoryPerBlockOptin (driver_types.h; not exported by every CuPy)
 
     def __init__(self, cu, names):
         import cupy
@@ -109,17 +119,43 @@ class CupyModule:
         self.cu = cu
         self.mod = cupy.RawModule(code=(KERNEL_DIR / cu).read_text(), options=NVRTC_OPTIONS,
                                   name_expressions=list(names))
-        self._fns = {}
+        self._fns = {}        # name -> (RawKernel, static shared bytes, max threads per block)
+        self._dynamic = {}    # name -> the max dynamic shared memory attribute set so far
+
+    def _function(self, name):
+        if name not in self._fns:
+            fn = self.mod.get_function(name)
+            self._fns[name] = (fn, int(fn.shared_size_bytes), int(fn.max_threads_per_block))
+        return self._fns[name]
+
+    @staticmethod
+    def _optin_limit():
+        import cupy
+
+        rt = cupy.cuda.runtime
+        return int(rt.deviceGetAttribute(CupyModule._OPTIN_ATTR, cupy.cuda.Device().id))
 
     def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
-        if name not in self._fns:
-            self._fns[name] = self.mod.get_function(name)
-        fn = self._fns[name]
-        if shared_mem > DEFAULT_SHARED_LIMIT:
-            fn.max_dynamic_shared_size_bytes = int(max_shared or shared_mem)
-        # CuPy turns None into an invalid pointer (cupy#9046); a 64-bit zero is a null pointer.
+        fn, static, max_threads = self._function(name)
+        g, b = _dims(grid, "grid"), _dims(block, "block")
+        shared_mem = int(shared_mem)
+        if b[0] * b[1] * b[2] > max_threads:
+            raise KernelLaunchError(f"kernel {name}: block {b} has {b[0] * b[1] * b[2]} threads; this kernel can "
+                                    f"launch at most {max_threads} per block on this device (registers)")
+        limit = DEFAULT_SHARED_LIMIT if max_shared is None else int(max_shared)
+        if static + shared_mem > limit:
+            raise KernelLaunchError(f"kernel {name}: shared memory {static + shared_mem} bytes (static {static} + "
+                                    f"dynamic {shared_mem}) exceeds the limit of {limit} bytes")
+        if static + shared_mem > DEFAULT_SHARED_LIMIT and self._dynamic.get(name, -1) < shared_mem:
+            optin = self._optin_limit()
+            if static + shared_mem > optin:
+                raise KernelLaunchError(f"kernel {name}: shared memory {static + shared_mem} bytes (static {static} + "
+                                        f"dynamic {shared_mem}) exceeds this device's opt-in maximum of {optin}")
+            fn.max_dynamic_shared_size_bytes = shared_mem
+            self._dynamic[name] = shared_mem
+        # a 64-bit zero is a null pointer whatever CuPy does with None (older CuPy: cupy#9046)
         args = tuple(np.uint64(0) if a is None else a for a in args)
-        fn(_dims(grid, "grid"), _dims(block, "block"), args, shared_mem=int(shared_mem))
+        fn(g, b, args, shared_mem=shared_mem)
 
 
 class Program:

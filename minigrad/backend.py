@@ -4,8 +4,22 @@ Every op works on ``xp = get_array_module(array)``: numpy on "cpu", cupy on "cud
 and the strict test module (``minigrad.strict``) when the tests ask for it. No op
 imports numpy for array work on its own; numpy is only used here and for host-side
 metadata (dtypes, shapes).
+
+The default device: host data (Python numbers and lists, numpy arrays) given to a Tensor
+without ``device=`` lands on ``get_default_device()``, "cpu" unless ``set_default_device``
+(or ``with default_device("cuda"):``) says otherwise. Device arrays (cupy) stay where they are.
+``python -m pytest --device cuda`` runs the suites this way.
+
+The strict module stands in for a device in two ways (tests only; ``MINIGRAD_STRICT``):
+  =1     every "cpu" tensor holds StrictArrays (NumPy-only code fails as it would on CuPy);
+  =cuda  "cuda" is served by the strict module instead of CuPy and "cpu" stays NumPy, so the
+         device machinery (default device, .to("cuda"), variant choice by device) runs on a
+         machine without a GPU: ``MINIGRAD_STRICT=cuda python -m pytest --device cuda``.
 """
 from __future__ import annotations
+
+import contextlib
+import os
 
 import numpy as np
 
@@ -27,8 +41,49 @@ def _try_cupy():
     return _cupy or None
 
 
+def strict_stands_in_for_cuda() -> bool:
+    """Whether MINIGRAD_STRICT=cuda made the strict test module serve device "cuda" (read once)."""
+    return _strict_cuda
+
+
+_strict_cuda = os.environ.get("MINIGRAD_STRICT", "").strip().lower() == "cuda"
+
+
 def cuda_available() -> bool:
-    return _try_cupy() is not None
+    return _strict_cuda or _try_cupy() is not None
+
+
+_default_device = "cpu"
+
+
+def get_default_device() -> str:
+    """Where a Tensor made from host data without ``device=`` goes ("cpu" unless set)."""
+    return _default_device
+
+
+def set_default_device(device) -> str:
+    """Set the default device ("cpu" or "cuda"; "cuda" needs a GPU); returns the previous one."""
+    global _default_device
+    device = check_device(device)
+    prev, _default_device = _default_device, device
+    return prev
+
+
+@contextlib.contextmanager
+def default_device(device):
+    """``with default_device("cuda"):`` tensors made from host data inside land on the GPU."""
+    prev = set_default_device(device)
+    try:
+        yield
+    finally:
+        set_default_device(prev)
+
+
+def is_device_array(a) -> bool:
+    """Whether ``a`` is an array of a device module (cupy; the strict stand-in under MINIGRAD_STRICT=cuda),
+    as opposed to host data (numpy arrays and scalars, Python numbers and lists)."""
+    mod = type(a).__module__
+    return mod.startswith("cupy") or (_strict_cuda and mod == "minigrad.strict")
 
 
 def get_array_module(a):
@@ -43,28 +98,33 @@ def get_array_module(a):
 
 
 def device_of(a) -> str:
-    """'cpu' for numpy (and the strict test arrays, which stand in for a device), 'cuda' for cupy."""
-    return "cuda" if type(a).__module__.startswith("cupy") else "cpu"
+    """'cuda' for cupy arrays, 'cpu' for numpy. The strict test arrays report 'cpu', or 'cuda'
+    under MINIGRAD_STRICT=cuda."""
+    return "cuda" if is_device_array(a) else "cpu"
 
 
 def xp_of(device: str):
     """The array module for a device name."""
     if device == "cpu":
         from . import strict
-        return strict if strict.enabled() else np
+        return strict if strict.enabled() and not _strict_cuda else np
     if device == "cuda":
+        if _strict_cuda:
+            from . import strict
+            return strict
         cp = _try_cupy()
         if cp is None:
             raise RuntimeError(
-                "device 'cuda' needs CuPy and a CUDA GPU: install minigrad[cuda] "
-                f"(e.g. pip install cupy-cuda12x) on a machine with a GPU ({_cupy_error})")
+                "device 'cuda' needs CuPy and a CUDA GPU: install minigrad[cuda13] (CUDA 13 driver) or "
+                f"minigrad[cuda12] (CUDA 12) on a machine with a GPU ({_cupy_error})")
         return cp
     raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 
 
 def check_device(device) -> str:
+    """'cpu' or 'cuda' from a device name ('cuda:0' is 'cuda'; None is the default device)."""
     if device is None:
-        return "cpu"
+        return _default_device
     device = str(device)
     if device.startswith("cuda"):
         xp_of("cuda")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .backend import xp_of
+from .backend import check_device, xp_of
 from .tensor import Tensor, _axis, _lift
 
 
@@ -70,11 +70,13 @@ def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
 
-def zeros(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+def zeros(*shape, dtype=np.float32, device=None, requires_grad=False) -> Tensor:
+    """device None: the default device (minigrad.backend.get_default_device())."""
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(xp_of(device).zeros(shape, dtype=dtype), requires_grad=requires_grad)
+    return Tensor(xp_of(check_device(device)).zeros(shape, dtype=dtype), requires_grad=requires_grad)
 
 
-def ones(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+def ones(*shape, dtype=np.float32, device=None, requires_grad=False) -> Tensor:
+    """device None: the default device (minigrad.backend.get_default_device())."""
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(xp_of(device).ones(shape, dtype=dtype), requires_grad=requires_grad)
+    return Tensor(xp_of(check_device(device)).ones(shape, dtype=dtype), requires_grad=requires_grad)

@@ -35,22 +35,21 @@ class Optimizer:
             for p in g["params"]:
                 p.grad = None
 
-    def step(self, pool=None, workers: int = 1):
-        """Update every parameter that has a gradient. With ``pool`` (a concurrent.futures
-        executor) the updates, independent per parameter and GIL-free inside NumPy and the native
-        loops, are split into ``workers`` groups of about equal size that run on it."""
-        work = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        for p, _ in work:                         # state entries are created here, on one thread
-            self.state.setdefault(id(p), {"step": 0})["step"] += 1
+    def step(self):
+        """Update every parameter that has a gradient."""
+        for p, group in self.params_with_grad():
+            self.update(p, group)
 
-        def run(items):
-            for p, g in items:
-                self._update(p.data, p.grad.data, self.state[id(p)], g)
+    def params_with_grad(self) -> list[tuple]:
+        """(parameter, its group) for every parameter that has a gradient, in group order."""
+        return [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
 
-        if pool is None or workers < 2:
-            run(work)
-        else:
-            list(pool.map(run, balanced(work, [p.data.size for p, _ in work], workers)))
+    def update(self, p, group) -> None:
+        """One parameter's step: count it, then apply the update rule in place. Parameters are
+        independent: updating them in any order, or on several threads, gives the same result."""
+        state = self.state.setdefault(id(p), {"step": 0})
+        state["step"] += 1
+        self._update(p.data, p.grad.data, state, group)
 
     def _update(self, w, grad, state, group):
         raise NotImplementedError
@@ -194,29 +193,17 @@ class WarmupCosine:
         return lr
 
 
-def balanced(items, sizes, n: int) -> list[list]:
-    """items split into n lists of about equal total size (largest first, each to the lightest list)."""
-    groups, load = [[] for _ in range(n)], [0] * n
-    for size, i in sorted(((s, i) for i, s in enumerate(sizes)), key=lambda t: -t[0]):
-        j = load.index(min(load))
-        groups[j].append(items[i])
-        load[j] += size
-    return [g for g in groups if g]
-
-
 def grad_sq_norm(g) -> float:
     """Σ g² of one gradient array as a Python float: one BLAS dot, no temporaries."""
     return float(get_array_module(g).vdot(g.ravel(), g.ravel()))
 
 
-def clip_grad_norm_(parameters, max_norm, eps=1e-6, norm=None):
-    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before.
-    ``norm``: that global norm, when the caller has already computed it (sqrt of Σ grad_sq_norm)."""
+def clip_grad_norm_(parameters, max_norm, eps=1e-6):
+    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before."""
     grads = [p.grad.data for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    # the sum over tensors is in float64
-    total = math.sqrt(sum(grad_sq_norm(g) for g in grads)) if norm is None else float(norm)
+    total = math.sqrt(sum(grad_sq_norm(g) for g in grads))    # the sum over tensors is in float64
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for g in grads:

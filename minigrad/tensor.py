@@ -14,6 +14,8 @@ class Tensor:
 
     ``data`` is a numpy.ndarray on "cpu" and a cupy.ndarray on "cuda". Python numbers and
     lists become float32 (ints become int64); arrays keep their dtype unless ``dtype`` is given.
+    Without ``device``, a cupy array stays on "cuda" and host data goes to
+    ``minigrad.backend.get_default_device()`` ("cpu" unless set).
     """
 
     __slots__ = ("data", "requires_grad", "grad", "_ctx", "__weakref__")
@@ -22,8 +24,8 @@ class Tensor:
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
             data = data.data
-        if device is None:
-            device = backend.device_of(data) if hasattr(data, "dtype") else "cpu"
+        if device is None:   # device arrays stay where they are; host data goes to the default device
+            device = backend.device_of(data) if backend.is_device_array(data) else backend.get_default_device()
         device = backend.check_device(device)
         xp = backend.xp_of(device)
         if dtype is None and not hasattr(data, "dtype"):
@@ -305,14 +307,21 @@ _SCALAR_TYPES = (np.float32, np.float64, np.int64, np.int32, np.bool_, np.float1
 def _lift(o, like: Tensor) -> Tensor:
     """Turn the other operand of a binary op into a Tensor on ``like``'s device.
 
-    A Python number takes ``like``'s dtype (no silent float64 upcast of float32 work)."""
+    A Python number takes ``like``'s dtype (no silent float64 upcast of float32 work). A NumPy
+    scalar or 0-d host array is a value with its own dtype on any device (it promotes as NumPy 2
+    promotes it: ``float32 tensor * np.float64(2)`` is float64 on "cpu" and "cuda" alike). Other
+    host data goes where ``Tensor(o)`` would put it, the default device, which must be ``like``'s."""
     if isinstance(o, Tensor):
         return o
     xp = like._xp
     if isinstance(o, (int, float, bool)) and like.dtype.kind in _FLOAT_KINDS:
         return Tensor._make(xp.asarray(o, dtype=like.dtype))
-    if hasattr(o, "dtype") and backend.device_of(o) != like.device:
-        raise RuntimeError(f"an operand is on {backend.device_of(o)} but the tensor is on {like.device}")
+    if isinstance(o, np.generic) or (type(o) is np.ndarray and o.ndim == 0):
+        return Tensor._make(xp.asarray(o))       # an explicit upload of one value on a device
+    src = backend.device_of(o) if backend.is_device_array(o) else backend.get_default_device()
+    if src != like.device:
+        what = f"on {src}" if backend.is_device_array(o) else f"host data (default device {src})"
+        raise RuntimeError(f"an operand is {what} but the tensor is on {like.device}")
     return Tensor._make(xp.asarray(o) if not hasattr(o, "shape") or backend.get_array_module(o) is not xp
                         else o)
 

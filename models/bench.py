@@ -19,7 +19,8 @@ import numpy as np
 from minigrad.bench import wall_times
 from minigrad.models.data_parallel import split_rows
 from minigrad.models.gpt import GPT, GPTConfig
-from minigrad.models.train import TrainConfig, Trainer
+from minigrad.models.train_config import TrainConfig
+from minigrad.models.trainer import Trainer
 
 VOCAB = 84  # the Shakespeare character vocabulary
 BENCH_CONFIG = GPTConfig(vocab_size=VOCAB)  # the `minigrad train` default
@@ -130,7 +131,7 @@ def _torch_times(warmup: int, total: int, seed: int) -> tuple[list[float], str] 
 
 
 def _torch_child() -> int:
-    from minigrad.models.train import tune_malloc
+    from minigrad.models.trainer import tune_malloc
 
     warmup, total, seed = (int(a) for a in sys.argv[1:4])
     try:

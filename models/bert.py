@@ -3,8 +3,8 @@
 Module and parameter names mirror Hugging Face's BertModel, so a `model.safetensors` written by
 transformers loads name for name: `embeddings.word_embeddings.weight`,
 `encoder.layer.{i}.attention.self.query.weight`, ... Shapes: B batch, T tokens, C hidden_size,
-nh heads, hs = C // nh, I intermediate_size. Inside the encoder the hidden states are kept as
-(B*T, C), so every Linear is a single 2-D GEMM (NumPy's batched 3-D matmul is several times slower).
+nh heads, hs = C // nh, I intermediate_size. The hidden states are (B, T, C); each Linear folds
+B and T into rows, so it is a single 2-D GEMM (NumPy's batched 3-D matmul is several times slower).
 """
 from __future__ import annotations
 
@@ -97,17 +97,16 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(C, C)
 
     def forward(self, x, mask):
-        """x (B*T, C), mask (B, 1, 1, T) bool, True = a real token -> (B*T, C)."""
-        B, T = mask.shape[0], mask.shape[-1]
-        C = x.shape[1]
+        """x (B, T, C), mask (B, 1, 1, T) bool, True = a real token -> (B, T, C)."""
+        B, T, C = x.shape
         hs = C // self.nh
 
-        def heads(t):  # (B*T, C) -> (B, nh, T, hs)
+        def heads(t):  # (B, T, C) -> (B, nh, T, hs)
             return t.reshape(B, T, self.nh, hs).transpose(0, 2, 1, 3)
 
         y = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
                                            attn_mask=mask)          # (B, nh, T, hs)
-        return y.transpose(0, 2, 1, 3).reshape(B * T, C)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
 class BertSelfOutput(nn.Module):
@@ -138,7 +137,7 @@ class BertIntermediate(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.approximate = _ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x):  # (B*T, C) -> (B*T, I)
+    def forward(self, x):  # (B, T, C) -> (B, T, I)
         return F.gelu(self.dense(x), self.approximate)
 
 
@@ -192,9 +191,7 @@ class BertModel(nn.Module):
         for name, a in (("token_type_ids", types), ("attention_mask", am)):
             if a.shape != (B, T):
                 raise ValueError(f"BertModel: {name} has shape {tuple(a.shape)}, input_ids {(B, T)}")
-        C = cfg.hidden_size
-        x = self.embeddings(ids, types).reshape(B * T, C)   # the residual stream stays 2-D: one GEMM per Linear
-        return self.encoder(x, am[:, None, None, :]).reshape(B, T, C)
+        return self.encoder(self.embeddings(ids, types), am[:, None, None, :])   # (B, T, C)
 
 
 def load_weights(model: BertModel, tensors: dict, source="weights") -> None:

@@ -10,6 +10,9 @@ A save writes a fresh hidden directory (each file fsynced), renames it into plac
 latest.json with os.replace, and only then deletes older checkpoints. A crash at any point leaves
 latest.json naming a complete checkpoint. Loads verify sizes and checksums, so a truncated or
 corrupt file is reported in one line instead of being half-read.
+
+An optimizer's state goes in as one more array group (its moment buffers, "<param index>.<name>")
+and a JSON part (hyperparameters and step counts): optim_state and load_optim.
 """
 from __future__ import annotations
 
@@ -199,3 +202,32 @@ def check_arrays(expected: dict, got: dict, what: str, where) -> None:
         if tuple(got[k].shape) != tuple(shape):
             raise CheckpointError(f"checkpoint {where}: {what} {k} has shape {tuple(got[k].shape)}, "
                                   f"expected {tuple(shape)}")
+
+
+# --------------------------------------------------------------------------- optimizer state
+def optim_state(opt) -> tuple[dict, dict]:
+    """Optimizer state split for a checkpoint: ({"<param index>.<buffer>": array}, JSON-able rest)."""
+    sd = opt.state_dict()
+    arrays, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if hasattr(v, "shape"):
+                arrays[f"{i}.{k}"] = np.asarray(v)
+            else:
+                scalars.setdefault(str(i), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["groups"]]
+    return arrays, {"groups": groups, "scalars": scalars}
+
+
+def load_optim(opt, arrays: dict, info: dict, where) -> None:
+    """Inverse of optim_state; a state that does not fit this optimizer is a CheckpointError."""
+    state: dict = {}
+    try:
+        for key, v in arrays.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        for i, st in info["scalars"].items():
+            state.setdefault(int(i), {}).update(st)
+        opt.load_state_dict({"groups": info["groups"], "state": state})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {where}: optimizer state does not fit this model ({e})") from None

@@ -34,7 +34,7 @@ import numpy as np
 import minigrad
 from minigrad import Tensor
 from minigrad.nn.layers import Dropout
-from minigrad.optim import balanced, grad_sq_norm
+from minigrad.optim import grad_sq_norm
 
 
 def split_rows(batch, n: int):
@@ -51,6 +51,30 @@ def split_rows_by_targets(batch, n: int, ignore_index: int):
     parts = split_rows(batch, n)
     total = int(np.count_nonzero(batch[-1] != ignore_index))
     return [(b, int(np.count_nonzero(b[-1] != ignore_index)) / total) for b, _ in parts]
+
+
+def balanced(items, sizes, n: int) -> list[list]:
+    """items split into n lists of about equal total size (largest first, each to the lightest list)."""
+    groups, load = [[] for _ in range(n)], [0] * n
+    for size, i in sorted(((s, i) for i, s in enumerate(sizes)), key=lambda t: -t[0]):
+        j = load.index(min(load))
+        groups[j].append(items[i])
+        load[j] += size
+    return [g for g in groups if g]
+
+
+def pooled_step(opt, pool, workers: int) -> None:
+    """``opt.step()`` with the per-parameter updates split into ``workers`` groups of about equal
+    size that run on ``pool`` (a concurrent.futures executor). The updates are independent per
+    parameter and release the GIL inside NumPy and the native loops, so the result equals the
+    serial step bit for bit."""
+    work = opt.params_with_grad()
+
+    def run(items):
+        for p, group in items:
+            opt.update(p, group)
+
+    list(pool.map(run, balanced(work, [p.data.size for p, _ in work], workers)))
 
 
 def _blas_controller():
@@ -246,6 +270,27 @@ class DataParallel:
             reduce(indices)
         self.grad_norm = math.sqrt(sum(sq))
         return float(sum(weight * r[0] for (_, weight), r in zip(parts, results)))
+
+    # ---- after the step: clipping and the optimizer
+    def clip_grad_norm_(self, max_norm: float, eps: float = 1e-6) -> float:
+        """``optim.clip_grad_norm_`` over the parameters, with the global norm that ``step`` measured
+        while each gradient was in cache (no second pass over the gradients)."""
+        if self.grad_norm is None:
+            raise RuntimeError("DataParallel.clip_grad_norm_: no step has run yet, so no norm was measured")
+        coef = max_norm / (self.grad_norm + eps)
+        if coef < 1.0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.data *= coef
+        return self.grad_norm
+
+    def optimizer_step(self, opt) -> None:
+        """``opt.step()``, its per-parameter updates spread over the workers' threads when they may
+        run concurrently (see can_run_concurrently)."""
+        if self.can_run_concurrently():
+            pooled_step(opt, self.pool, self.workers)
+        else:
+            opt.step()
 
     def close(self) -> None:
         self.stop_workers()

@@ -1,7 +1,8 @@
 """A decoder-only GPT built from minigrad.nn: pre-LayerNorm blocks, causal attention, tied head.
 
 Shapes: B batch, T tokens in this call, Tk tokens attended to (T, or cached + T), C = n_embd,
-nh = n_head, hs = C // nh, V = vocab_size.
+nh = n_head, hs = C // nh, V = vocab_size. The residual stream is (B, T, C); each Linear folds
+B and T into rows, so it is still one 2-D GEMM.
 """
 from __future__ import annotations
 
@@ -59,19 +60,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout, generator=rng)
 
-    def forward(self, x, B: int, T: int, cache: KVCache | None = None, layer: int = 0):
-        """x: (B*T, C) -> (B*T, C)."""
-        C = x.shape[1]
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        """x: (B, T, C) -> (B, T, C)."""
+        B, T, C = x.shape
         nh = self.n_head
         if cache is None:   # one fused op on the CPU; the attention kernels on a GPU
-            y = F.qkv_self_attention(self.c_attn(x).reshape(B, T, 3 * C), nh, is_causal=True)  # (B, T, C)
-            return self.resid_drop(self.c_proj(y.reshape(B * T, C)))
+            y = F.qkv_self_attention(self.c_attn(x), nh, is_causal=True)  # (B, T, 3C) -> (B, T, C)
+            return self.resid_drop(self.c_proj(y))
         qkv = self.c_attn(x).reshape(B, T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)
         k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs)
         # is_causal is bottom-right aligned: query i (of T) sees keys j <= i + Tk - T.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B * T, C)  # (B*T, C)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.c_proj(y))
 
 
@@ -82,8 +83,11 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.drop = nn.Dropout(config.dropout, generator=rng)
 
-    def forward(self, x):  # (B*T, C) -> (B*T, C): c_proj(gelu(c_fc(x))), one op on the CPU
-        return self.drop(F.gelu_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias))
+    def forward(self, x):  # (B, T, C) -> (B, T, C): c_proj(gelu(c_fc(x))), one op on the CPU
+        B, T, C = x.shape
+        y = F.gelu_mlp(x.reshape(B * T, C), self.c_fc.weight, self.c_fc.bias, self.c_proj.weight,
+                       self.c_proj.bias)  # the fused op takes rows: (B*T, C)
+        return self.drop(y.reshape(B, T, C))
 
 
 class Block(nn.Module):
@@ -94,9 +98,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config, rng)
 
-    def forward(self, x, B: int, T: int, cache=None, layer=0):
-        """x: (B*T, C), the residual stream kept 2-D so every Linear is one GEMM."""
-        x = x + self.attn(self.ln_1(x), B, T, cache, layer)
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        """x: (B, T, C) -> (B, T, C); with a cache, x continues the cached tokens."""
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -144,20 +148,20 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         xp = self.wte.weight._xp
-        C, V = self.config.n_embd, self.config.vocab_size
+        V = self.config.vocab_size
         tok = self.wte(minigrad.Tensor(xp.asarray(idx_data)))  # (B, T, C)
         pos = self.wpe.weight[start:start + T]  # (T, C): rows start..start+T-1, a slice (cheap backward)
-        x = self.drop((tok + pos).reshape(B * T, C))  # (B*T, C)
+        x = self.drop(tok + pos)  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block(x, B, T, cache, i)
+            x = block(x, cache, i)
         if cache is not None:
             cache.length += T
         if last_only:
-            x = x.reshape(B, T, C)[:, -1, :]  # (B, C)
+            x = x[:, -1:, :]  # (B, 1, C)
             T = 1
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B*T, V): the head tied to the embedding
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V): the head tied to the embedding
         if targets is None:
-            return logits.reshape(B, T, V), None
+            return logits, None
         tgt = targets.data if isinstance(targets, minigrad.Tensor) else targets
-        loss = F.cross_entropy(logits, minigrad.Tensor(xp.asarray(tgt).reshape(B * T)))
-        return logits.reshape(B, T, V), loss
+        loss = F.cross_entropy(logits.reshape(B * T, V), minigrad.Tensor(xp.asarray(tgt).reshape(B * T)))
+        return logits, loss

@@ -336,8 +336,8 @@ def run(args) -> int:
     if args.n_embd % args.n_head:
         return _fail(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
     if args.device == "cuda":
-        from minigrad.models.cli import _check_device
-        problem = _check_device("cuda")
+        from minigrad.models.cli_common import check_device
+        problem = check_device("cuda")
         if problem:
             return _fail(problem)
     out_dir = Path(args.out_dir)

@@ -7,7 +7,7 @@ Token embeddings are shared by source, target and the output head (one character
 
 Shapes: B batch, S source tokens, T decoder tokens in this call, Tk decoder tokens attended to
 (T, or cached + T), C = n_embd, nh = n_head, hs = C // nh, V = vocab_size. Residual streams are
-kept 2-D, (B*S, C) and (B*T, C), so each Linear is one GEMM.
+(B, S, C) and (B, T, C); each Linear folds the leading dims into rows, so it is one 2-D GEMM.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class DecoderCache:
 
 
 class Attention(nn.Module):
-    """Multi-head attention on 2-D residual streams; self (kv from x) or cross (kv from memory)."""
+    """Multi-head attention; self (kv from x) or cross (kv from memory)."""
 
     def __init__(self, cfg: Seq2SeqConfig, rng: np.random.Generator):
         super().__init__()
@@ -80,18 +80,18 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(C, C, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout, generator=rng)
 
-    def kv(self, src, B: int, Tk: int):
-        """src (B*Tk, C) -> k, v each (B, nh, Tk, hs)."""
-        C = src.shape[1]
+    def kv(self, src):
+        """src (B, Tk, C) -> k, v each (B, nh, Tk, hs)."""
+        B, Tk, C = src.shape
         kv = self.kv_proj(src).reshape(B, Tk, 2, self.nh, C // self.nh).transpose(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
-    def forward(self, x, B: int, T: int, k, v, mask=None, is_causal=False):
-        """x (B*T, C) queries; k, v (B, nh, Tk, hs); mask (B, 1, 1, Tk) bool True = attend -> (B*T, C)."""
-        C = x.shape[1]
+    def forward(self, x, k, v, mask=None, is_causal=False):
+        """x (B, T, C) queries; k, v (B, nh, Tk, hs); mask (B, 1, 1, Tk) bool True = attend -> (B, T, C)."""
+        B, T, C = x.shape
         q = self.q_proj(x).reshape(B, T, self.nh, C // self.nh).transpose(0, 2, 1, 3)   # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, nh, T, hs)
-        return self.drop(self.out_proj(y.transpose(0, 2, 1, 3).reshape(B * T, C)))
+        return self.drop(self.out_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C)))
 
 
 class MLP(nn.Module):
@@ -101,8 +101,11 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout, generator=rng)
 
-    def forward(self, x):  # (N, C) -> (N, C): proj(gelu(fc(x))), one op on the CPU
-        return self.drop(F.gelu_mlp(x, self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias))
+    def forward(self, x):  # (B, T, C) -> (B, T, C): proj(gelu(fc(x))), one op on the CPU
+        B, T, C = x.shape
+        y = F.gelu_mlp(x.reshape(B * T, C), self.fc.weight, self.fc.bias, self.proj.weight,
+                       self.proj.bias)  # the fused op takes rows: (B*T, C)
+        return self.drop(y.reshape(B, T, C))
 
 
 class EncoderLayer(nn.Module):
@@ -113,10 +116,11 @@ class EncoderLayer(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg, rng)
 
-    def forward(self, x, B, S, mask):
+    def forward(self, x, mask):
+        """x (B, S, C), mask (B, 1, 1, S) bool True = a real token -> (B, S, C)."""
         h = self.ln_1(x)
-        k, v = self.attn.kv(h, B, S)
-        x = x + self.attn(h, B, S, k, v, mask)
+        k, v = self.attn.kv(h)
+        x = x + self.attn(h, k, v, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -130,21 +134,21 @@ class DecoderLayer(nn.Module):
         self.ln_3 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg, rng)
 
-    def forward(self, x, B, T, memory, S, mask, cache: DecoderCache | None = None, layer: int = 0):
-        """x (B*T, C), memory (B*S, C) the encoder output, mask (B, 1, 1, S)."""
+    def forward(self, x, memory, mask, cache: DecoderCache | None = None, layer: int = 0):
+        """x (B, T, C), memory (B, S, C) the encoder output, mask (B, 1, 1, S) -> (B, T, C)."""
         h = self.ln_1(x)
-        k, v = self.self_attn.kv(h, B, T)                     # (B, nh, T, hs)
+        k, v = self.self_attn.kv(h)                           # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.extend(layer, k, v)                  # (B, nh, Tk, hs)
         # causal, bottom-right aligned: with a cache the new queries see every cached key
-        x = x + self.self_attn(h, B, T, k, v, is_causal=True)
+        x = x + self.self_attn(h, k, v, is_causal=True)
         if cache is not None and cache.cross_kv[layer] is not None:
             ck, cv = (minigrad.Tensor(a) for a in cache.cross_kv[layer])
         else:
-            ck, cv = self.cross_attn.kv(memory, B, S)         # (B, nh, S, hs)
+            ck, cv = self.cross_attn.kv(memory)               # (B, nh, S, hs)
             if cache is not None:
                 cache.cross_kv[layer] = (ck.data, cv.data)
-        x = x + self.cross_attn(self.ln_2(x), B, T, ck, cv, mask)   # Tq = T, Tk = S
+        x = x + self.cross_attn(self.ln_2(x), ck, cv, mask)   # Tq = T, Tk = S
         return x + self.mlp(self.ln_3(x))
 
 
@@ -190,33 +194,32 @@ class Seq2Seq(nn.Module):
         return a
 
     def encode(self, src):
-        """src (B, S) ids, PAD = padding -> (memory (B*S, C), mask (B, 1, 1, S) bool True = real token)."""
+        """src (B, S) ids, PAD = padding -> (memory (B, S, C), mask (B, 1, 1, S) bool True = real token)."""
         src = self._ids(src, "src")
-        B, S = src.shape
+        S = src.shape[1]
         if S > self.config.max_len:
             raise ValueError(f"Seq2Seq: source of {S} tokens exceeds max_len {self.config.max_len}")
         xp = self.tok_emb.weight._xp
         mask = (src != PAD)[:, None, None, :]
-        x = self.drop((self.tok_emb(src) + self.src_pos(xp.arange(S))).reshape(B * S, -1))
+        x = self.drop(self.tok_emb(src) + self.src_pos(xp.arange(S)))   # (B, S, C)
         for layer in self.encoder:
-            x = layer(x, B, S, mask)
+            x = layer(x, mask)
         return self.ln_enc(x), mask
 
     def decode(self, dec_in, memory, mask, cache: DecoderCache | None = None):
         """dec_in (B, T) ids continuing the cache (if any) -> logits (B*T, V)."""
         dec_in = self._ids(dec_in, "decoder input")
         B, T = dec_in.shape
-        S = mask.shape[-1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_len:
             raise ValueError(f"Seq2Seq: decoder input of {start + T} tokens exceeds max_len {self.config.max_len}")
         xp = self.tok_emb.weight._xp
-        x = self.drop((self.tok_emb(dec_in) + self.tgt_pos(xp.arange(start, start + T))).reshape(B * T, -1))
+        x = self.drop(self.tok_emb(dec_in) + self.tgt_pos(xp.arange(start, start + T)))   # (B, T, C)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, B, T, memory, S, mask, cache, i)
+            x = layer(x, memory, mask, cache, i)
         if cache is not None:
             cache.length += T
-        return self.ln_dec(x) @ self.tok_emb.weight.T                # (B*T, V)
+        return self.ln_dec(x.reshape(B * T, -1)) @ self.tok_emb.weight.T   # (B*T, V)
 
     def forward(self, src, dec_in, targets=None):
         """-> (logits (B, T, V), mean cross-entropy over targets != IGNORE, or None)."""
@@ -291,11 +294,10 @@ def beam_search(model: Seq2Seq, src, beam: int, max_new: int, use_cache: bool = 
     model.eval()
     try:
         with no_grad():
-            memory, mask = model.encode(src)                         # (B*S, C), (B, 1, 1, S)
-            S, C = mask.shape[-1], memory.shape[1]
+            memory, mask = model.encode(src)                         # (B, S, C), (B, 1, 1, S)
             if N > 1:   # hypotheses of source b are rows b*N .. b*N+N-1
                 xp = memory._xp
-                memory = minigrad.Tensor(xp.repeat(memory.data.reshape(B, S, C), N, axis=0).reshape(B * N * S, C))
+                memory = minigrad.Tensor(xp.repeat(memory.data, N, axis=0))
                 mask = xp.repeat(mask, N, axis=0)
             tokens = np.full((B * N, 1), BOS, np.int64)
             scores = np.zeros((B, N))

@@ -1,6 +1,6 @@
 """`minigrad train --model seq2seq --task NAME [--beam N]`: train the encoder-decoder on a synthetic task.
 
-Reuses the GPT's loop (models.train.Trainer): AdamW with warmup + cosine, progress bar,
+Reuses the GPT's loop (models/trainer.py): AdamW with warmup + cosine, progress bar,
 log.jsonl, loss.png, crash-safe checkpoints, --resume, Ctrl-C. After training it decodes the
 fixed held-out set (greedy, or beam search with --beam N) and prints `exact_match=<fraction>`
 as its last line. Resuming a run that already reached --max-iters only re-evaluates it (e.g. with
@@ -14,6 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from minigrad.models.cli_common import (
+    DEFAULT_OUT,
+    check_device,
+    checkpoint_to_resume,
+    fail,
+    given,
+    refuse_to_overwrite,
+)
+from minigrad.models.train_config import TrainConfig, TrainError
 
 # Defaults for the seq2seq job (the GPT's flags are shared; these replace the GPT defaults).
 MODEL_DEFAULTS = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True}
@@ -45,48 +55,35 @@ def dispatch(args) -> int | None:
     if getattr(args, "model", "gpt") != "seq2seq":
         wrong = [f"--{k}" for k in ("task", "beam") if getattr(args, k, None) is not None]
         if wrong:
-            print(f"minigrad train: error: {' and '.join(wrong)} apply to --model seq2seq only", file=sys.stderr)
-            return 2
+            return fail("train", f"{' and '.join(wrong)} apply to --model seq2seq only", code=2)
         return None
     return run(args)
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"minigrad train: error: {message}", file=sys.stderr)
-    return code
-
-
 def run(args) -> int:
     from minigrad.models.checkpoint import CheckpointError
-    from minigrad.models.cli import _check_device
     from minigrad.models.tasks import TaskError
-    from minigrad.models.train import TrainError
 
-    problem = _check_device(args.device)
+    problem = check_device(args.device)
     if problem:
-        return _fail(problem)
+        return fail("train", problem)
     try:
         result = main(args)
     except (TrainError, CheckpointError, TaskError) as e:
-        return _fail(str(e))
+        return fail("train", str(e))
     if result.get("interrupted"):
         return 130
     print(f"exact_match={result['exact_match']:.4f}")
     return 0
 
 
-def _given(args, names) -> dict:
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
 def main(args) -> dict:
     """Train (or resume), then evaluate; returns Trainer.run()'s summary plus exact_match."""
-    from minigrad.models.checkpoint import CheckpointError, has_checkpoint
-    from minigrad.models.cli import DEFAULT_OUT
-    from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
+    from minigrad.models.checkpoint import CheckpointError
     from minigrad.models.data_parallel import split_rows_by_targets
+    from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
     from minigrad.models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
-    from minigrad.models.train import TrainConfig, Trainer, TrainError, checkpoint_to_resume
+    from minigrad.models.trainer import Trainer
 
     for k in GPT_ONLY_FLAGS:
         if getattr(args, k, None) is not None:
@@ -95,8 +92,8 @@ def main(args) -> dict:
     if beam < 1:
         raise TrainError(f"--beam must be at least 1, got {beam}")
     train_flags = [f for f in TrainConfig.__dataclass_fields__]
-    given_train = _given(args, train_flags)
-    given_model = _given(args, MODEL_FLAGS)
+    given_train = given(args, train_flags)
+    given_model = given(args, MODEL_FLAGS)
 
     task_name = args.task
     out_dir = Path(args.out_dir if args.out_dir != DEFAULT_OUT else f"out-seq2seq-{task_name or DEFAULT_TASK}")
@@ -121,9 +118,7 @@ def main(args) -> dict:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: model config or vocabulary is unusable ({e})") from None
     else:
-        if has_checkpoint(out_dir) and not args.force:
-            raise TrainError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
-                             "or --force to start afresh (or choose another --out-dir)")
+        refuse_to_overwrite(out_dir, args.force)
         task_name = task_name or DEFAULT_TASK
         train_opts = {**TRAIN_DEFAULTS, **TASK_TRAIN_DEFAULTS.get(task_name, {}), **given_train}
         vocab = Vocab()

@@ -93,3 +93,123 @@ def native_on(monkeypatch, fast_paths):
         warnings.simplefilter("ignore")
         if dispatch.cpu_native() is None:
             pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
+
+
+# ================================================================ the device the suites run on
+# `python -m pytest --device cuda` (or MINIGRAD_TEST_DEVICE=cuda) runs the device suites below with
+# every tensor made from host data on "cuda" (minigrad.backend.set_default_device): the tests keep
+# building tensors from NumPy arrays and comparing through .numpy(), unchanged. Without a GPU every
+# test is skipped with one reason and the run exits 0. `--device cpu` (the default) changes nothing.
+#
+# Under --device cuda a test is skipped, saying why, when it is about the CPU: a file outside
+# DEVICE_SUITES, a test using the native_on or strict_backend fixture, the emulator half of the
+# kernel files' own `device` parametrisation (run by the cpu suite), or an entry of CPU_ONLY.
+#
+# The mechanism runs on a machine without a GPU through the strict stand-in: with
+# MINIGRAD_STRICT=cuda the strict test module serves "cuda" instead of CuPy, so
+#     MINIGRAD_STRICT=cuda python -m pytest --device cuda
+# runs the whole device selection with every "cuda" tensor a StrictArray (the CUDA kernels are
+# switched off there: their launchers take numpy or cupy arrays only).
+DEVICE_SUITES = {
+    "test_ops.py", "test_shapes_hypothesis.py", "test_autograd.py", "test_gradcheck.py", "test_nn.py",
+    "test_optim.py", "test_gpt.py", "test_seq2seq.py", "test_kernels_layernorm.py", "test_kernels_attention.py",
+    "test_qkv_attention.py", "test_gelu_mlp.py", "test_dispatch.py", "test_errors.py", "test_device.py",
+}
+# node id (file::test for every parametrisation, or file::test[id] for one) -> why it cannot run
+# with its tensors on a GPU
+_DEVICE_MASK = "its reference draws dropout's CPU mask; on a device the mask comes from dropout_mask"
+CPU_ONLY = {
+    "tests/test_ops.py::test_forward_float64_matches_numpy[dropout_fixed_mask]": _DEVICE_MASK,
+    "tests/test_ops.py::test_forward_float32_matches_numpy[dropout_fixed_mask]": _DEVICE_MASK,
+    "tests/test_ops.py::test_tensor_basics": "asserts that a new tensor is on the cpu",
+    "tests/test_dispatch.py::test_every_variant_matches_its_reference":
+        "compares the CPU settings (native loops, NumPy, emulated kernels) with the reference",
+    "tests/test_errors.py::test_mixing_device_arrays_with_host_arrays_is_refused":
+        "the strict module stands in for the device array module there",
+    "tests/test_gpt.py::test_loss_gradient_matches_finite_differences_in_float64":
+        "perturbs p.data with a host NumPy array",
+    "tests/test_gpt.py::test_kv_cache_incremental_logits_match_the_full_forward":
+        "builds a KVCache with its default xp=numpy",
+    "tests/test_gpt.py::test_fused_kernel_path_matches_the_reference": "builds a KVCache with its default xp=numpy",
+    "tests/test_kernels_attention.py::test_gradcheck_float64_through_the_emulated_kernels": "runs the CUDA kernels through the CPU emulator (MINIGRAD_KERNELS=emulate on cpu tensors)",
+    "tests/test_kernels_attention.py::test_sdpa_uses_the_kernels_under_emulate_and_matches_the_reference_path": "runs the CUDA kernels through the CPU emulator (MINIGRAD_KERNELS=emulate on cpu tensors)",
+    "tests/test_kernels_attention.py::test_gradcheck_through_sdpa_with_the_emulated_kernels": "runs the CUDA kernels through the CPU emulator (MINIGRAD_KERNELS=emulate on cpu tensors)",
+    "tests/test_kernels_layernorm.py::test_gradcheck_float64_through_the_emulated_kernels": "runs the CUDA kernels through the CPU emulator (MINIGRAD_KERNELS=emulate on cpu tensors)",
+    "tests/test_kernels_layernorm.py::test_functional_layer_norm_runs_the_kernels_under_emulate": "runs the CUDA kernels through the CPU emulator (MINIGRAD_KERNELS=emulate on cpu tensors)",
+}
+_KERNEL_EMULATOR_PARAMS = {"emulator", "emulate"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", choices=("cpu", "cuda"), default=None,
+                     help="run the device suites with tensors on this device (default: $MINIGRAD_TEST_DEVICE or cpu)")
+
+
+def _test_device(config) -> str:
+    d = config.getoption("--device") or os.environ.get("MINIGRAD_TEST_DEVICE", "").strip().lower() or "cpu"
+    if d not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"MINIGRAD_TEST_DEVICE={d!r}: expected cpu or cuda")
+    return d
+
+
+def _no_gpu_reason():
+    """None when "cuda" can hold tensors here, else the one reason every device test is skipped for."""
+    from minigrad import backend
+    if backend.cuda_available():
+        return None
+    return ("no GPU: --device cuda needs CuPy and a CUDA device, and this machine has none "
+            f"({backend._cupy_error or 'cupy not importable'}); MINIGRAD_STRICT=cuda stands in for one")
+
+
+def pytest_configure(config):
+    config._minigrad_device = _test_device(config)
+    config._minigrad_skip_all = None
+    if config._minigrad_device != "cuda":
+        return
+    from minigrad import backend
+    config._minigrad_skip_all = _no_gpu_reason()
+    if config._minigrad_skip_all is None:
+        if backend.strict_stands_in_for_cuda():
+            os.environ["MINIGRAD_KERNELS"] = "off"
+        backend.set_default_device("cuda")
+
+
+def _cpu_only_reason(item):
+    path = os.path.basename(str(item.fspath))
+    if path not in DEVICE_SUITES:
+        return "--device cuda runs the device suites only; this file runs in the cpu suite"
+    for key in (item.nodeid, item.nodeid.split("[")[0]):
+        if key in CPU_ONLY:
+            return CPU_ONLY[key]
+    if "native_on" in item.fixturenames:
+        return "the native CPU loops take NumPy arrays only (the cpu suite runs this)"
+    if "strict_backend" in item.fixturenames:
+        return "the strict backend stands in for a device in the cpu suite"
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if params.get("device") in _KERNEL_EMULATOR_PARAMS:
+        return "the CPU-emulator half of the kernel tests runs in the cpu suite"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if config._minigrad_device != "cuda":
+        return
+    for item in items:
+        reason = config._minigrad_skip_all or _cpu_only_reason(item)
+        if reason:   # first, so that it wins over a test's own skipif (pytest evaluates skipif marks first)
+            item.add_marker(pytest.mark.skipif(True, reason=reason), append=False)
+
+
+def pytest_report_header(config):
+    from minigrad import backend
+    d = config._minigrad_device
+    if d == "cuda" and backend.strict_stands_in_for_cuda():
+        return "minigrad test device: cuda, served by the strict stand-in (MINIGRAD_STRICT=cuda)"
+    return f"minigrad test device: {d}" + (f" (every test skipped: {config._minigrad_skip_all})"
+                                           if config._minigrad_skip_all else "")
+
+
+@pytest.fixture
+def device(request) -> str:
+    """The device the suite runs on ("cpu" or "cuda"): where host data without device= lands."""
+    return request.config._minigrad_device

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import minigrad
-from minigrad.optim import AdamW, balanced
-from minigrad.models.data_parallel import DataParallel, split_rows
+from minigrad.optim import AdamW
+from minigrad.models.data_parallel import DataParallel, balanced, pooled_step, split_rows
 from minigrad.models.gpt import GPT, GPTConfig
 
 from conftest import tol
@@ -120,7 +120,10 @@ def test_pooled_optimizer_step_equals_serial():
             p.grad = minigrad.Tensor(g)
         opt = AdamW(ps, lr=0.1, weight_decay=0.1)
         for _ in range(3):
-            opt.step(pool=pool, workers=2)
+            if pool is None:
+                opt.step()
+            else:
+                pooled_step(opt, pool, 2)
         return [p.numpy() for p in ps]
     ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -182,13 +185,26 @@ def test_process_worker_error_is_reported_and_the_next_step_recovers():
 
 
 def test_step_measures_the_gradient_norm_for_clipping():
+    """The norm measured in the reduction is optim's global norm, and clipping with it scales the
+    gradients exactly as optim.clip_grad_norm_ does."""
     from minigrad.optim import clip_grad_norm_
     model = GPT(CFG, seed=8)
     dp = DataParallel(model, loss_fn, workers=2, backend="thread")
+    with pytest.raises(RuntimeError, match="no step has run yet"):
+        dp.clip_grad_norm_(1.0)
     dp.step(split_rows(batch(4, 5), 2), 0.5)
     dp.step(split_rows(batch(4, 6), 2), 0.5)            # accumulated: the norm is of the sum
     measured = dp.grad_norm
+    before = grads_of(model)
     assert measured == pytest.approx(clip_grad_norm_(model.parameters(), 1e9), rel=1e-12)
+    max_norm = measured / 3                              # a clip that bites
+    clip_grad_norm_(model.parameters(), max_norm)
+    want = grads_of(model)
+    for p, g in zip(model.parameters(), before):
+        p.grad.data[...] = g
+    assert dp.clip_grad_norm_(max_norm) == measured
+    for a, w in zip(grads_of(model), want):
+        np.testing.assert_array_equal(a, w)
     dp.close()
 
 

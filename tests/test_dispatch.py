@@ -3,7 +3,8 @@
 For every registered op (minigrad/opinfo.py) and both float types, the forward and the
 first-order gradients are computed once through the references (``minigrad.impl("reference")``)
 and again under each setting that makes variants run: the native CPU loops, NumPy without them,
-and the CUDA kernels through the CPU emulator (their own shapes: head sizes 16..128). A trace of
+the CUDA kernels through the CPU emulator (their own shapes: head sizes 16..128), and tensors on
+"cuda" served by the strict stand-in (the device variants; reference computed there too). A trace of
 what the dispatch point chose proves that every declared variant, and every op's array backward,
 was compared at least once.
 
@@ -23,14 +24,16 @@ import pytest
 
 import minigrad as mg
 import minigrad.nn.functional as F
-from minigrad import dispatch
+from minigrad import backend, dispatch
 from minigrad.opinfo import OPS
 
 from conftest import tol
 
 SETTINGS = {"native": {"MINIGRAD_CPU_NATIVE": "1", "MINIGRAD_KERNELS": "auto"},
             "numpy": {"MINIGRAD_CPU_NATIVE": "0", "MINIGRAD_KERNELS": "auto"},
-            "emulate": {"MINIGRAD_CPU_NATIVE": "0", "MINIGRAD_KERNELS": "emulate"}}
+            "emulate": {"MINIGRAD_CPU_NATIVE": "0", "MINIGRAD_KERNELS": "emulate"},
+            # tensors on "cuda" served by the strict stand-in (backend._strict_cuda): the device variants
+            "device": {"MINIGRAD_CPU_NATIVE": "0", "MINIGRAD_KERNELS": "off"}}
 
 
 def _run(fn, arrays, seed=0):
@@ -95,6 +98,12 @@ def test_every_variant_matches_its_reference(monkeypatch):
         if shutil.which("g++") is not None:
             for name, fn, arrays in _kernel_cases(np.random.default_rng(1), dtype):
                 _compare(name, fn, arrays, "emulate", monkeypatch, seen, errors)
+    monkeypatch.setattr(backend, "_strict_cuda", True)     # reference and variants both on the device
+    with backend.default_device("cuda"):
+        for dtype in (np.float64, np.float32):
+            for op in OPS:
+                _compare(op.name, op.fn, op.inputs(np.random.default_rng(0), dtype=dtype), "device",
+                         monkeypatch, seen, errors)
     assert not errors, "\n".join(errors)
 
     from minigrad import ops

@@ -261,3 +261,22 @@ def test_linear_flops_are_estimated_as_gemms():
     assert f == 2 * 24 * 8 * 5 + 24 * 5
     fb, _ = estimate("Linear", "backward", [(4, 6, 8), (5, 8), (5,)], (4, 6, 5), 4)
     assert fb == 2 * (2 * 24 * 8 * 5) + 24 * 5
+
+
+def test_flop_table_keys_are_the_op_class_names_the_engine_records():
+    """The table is keyed by ``type(fn).__name__``: a key that names no op (a renamed class) would
+    silently leave that op without an estimate."""
+    import minigrad.nn.functional  # noqa: F401  (imports every op module)
+    from minigrad.autograd import Function
+    from minigrad.profiler.flops import ESTIMATES
+
+    def subclasses(cls):
+        for s in cls.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    ops = {c.__name__ for c in subclasses(Function)}
+    assert set(ESTIMATES) <= ops, f"FLOP table keys that name no op: {sorted(set(ESTIMATES) - ops)}"
+    for name in ("MatMul", "Linear", "LayerNorm", "Attention", "QKVAttention", "GeluMLP", "CrossEntropy"):
+        assert name in ESTIMATES
+    assert estimate("Reshape", "forward", [(2, 3)], (6,), 4) == (None, None)   # views: no estimate

@@ -10,7 +10,7 @@ import pytest
 
 from minigrad.models.seq2seq import DecoderCache, Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
 from minigrad.models.tasks import BOS, EOS, IGNORE, PAD, TASKS, Task, TaskData, TaskError, Vocab, get_task
-from minigrad.models.train import read_log
+from minigrad.models.progress import read_log
 
 EPS32 = float(np.finfo(np.float32).eps)
 # float32 results that differ only by summation order (padding, batch composition): a few
@@ -101,7 +101,7 @@ def test_shapes_and_loss():
     want = -lp[keep, tgt[keep]].mean()
     assert abs(loss.item() - want) <= 1e-5 * max(1.0, want)
     memory, mask = m.encode(src)
-    assert memory.shape == (3 * 9, 16) and mask.shape == (3, 1, 1, 9)
+    assert memory.shape == (3, 9, 16) and mask.shape == (3, 1, 1, 9)
 
 
 def test_padded_source_positions_do_not_change_the_output():
@@ -275,7 +275,7 @@ def test_cli_trains_checkpoints_and_ends_with_exact_match(tmp_path, capsys):
 
 
 def test_ctrl_c_then_resume_logs_the_same_losses(tmp_path, capsys, monkeypatch):
-    from minigrad.models.train import Trainer
+    from minigrad.models.trainer import Trainer
 
     common = ["--model", "seq2seq", "--max-iters", 8, "--eval-interval", 3, "--dropout", 0.1, *TINY]
     assert _train(capsys, "--out-dir", tmp_path / "ref", *common)[0] == 0

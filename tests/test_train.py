@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from minigrad.models import checkpoint as C
-from minigrad.models.train import TrainConfig, lr_at, read_log
+from minigrad.models.progress import read_log
+from minigrad.models.train_config import TrainConfig, lr_at
 
 pytest.importorskip("safetensors", reason="checkpoints need the optional 'safetensors' package")
 
@@ -194,7 +195,7 @@ def test_train_cli_logs_evaluates_checkpoints_and_ends_with_val_loss(tmp_path, c
 
 
 def test_ctrl_c_saves_and_resume_logs_the_same_losses(tmp_path, corpus, capsys, monkeypatch):
-    from minigrad.models.train import Trainer
+    from minigrad.models.trainer import Trainer
 
     common = ["--data", corpus, "--max-iters", 10, "--eval-interval", 4, "--dropout", "0.1", *TINY]
     assert _train(capsys, "--out-dir", tmp_path / "ref", *common)[0] == 0
@@ -244,7 +245,7 @@ def test_evaluation_does_not_shift_the_training_stream(tmp_path, corpus, capsys)
 def test_grad_accumulation_matches_one_big_batch(tmp_path):
     from minigrad.models.data import prepare
     from minigrad.models.gpt import GPT, GPTConfig
-    from minigrad.models.train import Trainer
+    from minigrad.models.trainer import Trainer
 
     data = prepare(CORPUS, "corpus", cache=tmp_path / "cache")
     cfg_model = GPTConfig(vocab_size=data.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
@@ -266,7 +267,7 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
 
 def test_weight_decay_applies_to_matrices_only():
     from minigrad.models.gpt import GPT, GPTConfig
-    from minigrad.models.train import param_groups
+    from minigrad.models.trainer import param_groups
 
     model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, bias=True))
     decay, no_decay = param_groups(model, 0.1)
@@ -314,9 +315,9 @@ def test_bad_requests_are_one_line_errors_and_overwrite_nothing(tmp_path, corpus
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, corpus, capsys):
-    from minigrad.models.cli import _check_device
+    from minigrad.models.cli_common import check_device
 
-    if _check_device("cuda") is None:
+    if check_device("cuda") is None:
         pytest.skip("a GPU is visible: --device cuda is valid here")
     code, out, err = _train(capsys, "--data", corpus, "--out-dir", tmp_path / "run", "--device", "cuda")
     assert code == 1 and "--device cuda" in err and err.count("\n") == 1
@@ -359,7 +360,7 @@ def test_bench_train_last_line(capsys, monkeypatch):
 def test_tune_malloc_stops_per_step_page_faults():
     import resource
 
-    from minigrad.models.train import tune_malloc
+    from minigrad.models.trainer import tune_malloc
 
     if not sys.platform.startswith("linux") or not tune_malloc():
         pytest.skip("glibc's mallopt is not available here")
@@ -380,7 +381,7 @@ def test_tune_malloc_stops_per_step_page_faults():
 def test_progress_and_plot_fall_back_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
     import io
 
-    from minigrad.models.train import Progress, plot_log
+    from minigrad.models.progress import Progress, plot_log
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -161,7 +161,11 @@ def gelu_mlp(x: Tensor, fc_weight: Tensor, fc_bias, proj_weight: Tensor, proj_bi
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p). ``generator`` is a
-    numpy Generator (seedable); the default is minigrad.nn.functional.default_generator."""
+    numpy Generator (seedable); the default is minigrad.nn.functional.default_generator.
+
+    On "cpu" the mask is ``generator.random(x.shape) >= p``. On a device the generator gives one
+    64-bit seed per call and the mask is drawn on the device from it (dropout_mask): no host
+    array, no upload, and the same seed gives the same mask on every run."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
@@ -169,9 +173,51 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) ->
     if p == 1.0:
         return x * 0.0
     rng = generator if generator is not None else default_generator
+    if x.device != "cpu":
+        seed = int(rng.integers(0, 1 << 63))
+        return x * Tensor._make(dropout_mask(x._xp, seed, p, x.shape, x.dtype))
     keep = rng.random(x.shape) >= p
     mask = x._xp.asarray((keep / (1.0 - p)).astype(x.dtype))
     return x * Tensor._make(mask)
+
+
+# SplitMix64 (Steele, Lea, Flood 2014): the n-th output of a counter-based stream, so element i
+# of a mask depends on (seed, i) alone and any number of threads can draw in parallel.
+_SM_GAMMA, _SM_M1, _SM_M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_DROPOUT_KERNEL = None
+
+
+def dropout_mask(xp, seed: int, p: float, shape, dtype):
+    """The scaled keep-mask of dropout on array module ``xp``: element i (C order) is 1/(1-p) in
+    ``dtype`` when the top 53 bits of SplitMix64(seed + (i+1)·gamma) are >= ceil(p·2^53), else 0
+    (so each element is kept with probability 1-p, to 2^-53). Integer arithmetic throughout: one
+    fused elementwise kernel on CuPy and these array ops elsewhere give the same bits."""
+    dtype = np.dtype(dtype)
+    thresh = math.ceil(p * 2.0 ** 53)
+    scale = dtype.type(1.0 / (1.0 - p))
+    n = int(np.prod(shape, dtype=np.int64))
+    if xp.__name__.startswith("cupy"):
+        global _DROPOUT_KERNEL
+        if _DROPOUT_KERNEL is None:
+            _DROPOUT_KERNEL = xp.ElementwiseKernel(
+                "uint64 seed, uint64 thresh, T scale", "T mask",
+                f"""
+                unsigned long long z = seed + (unsigned long long)(i + 1) * {_SM_GAMMA}ull;
+                z = (z ^ (z >> 30)) * {_SM_M1}ull;
+                z = (z ^ (z >> 27)) * {_SM_M2}ull;
+                z ^= z >> 31;
+                mask = (z >> 11) >= thresh ? scale : (T)0;
+                """, "minigrad_dropout_mask")
+        out = xp.empty(shape, dtype=dtype)
+        _DROPOUT_KERNEL(np.uint64(seed), np.uint64(thresh), scale, out)
+        return out
+    u64 = np.uint64
+    z = xp.arange(1, n + 1, dtype=np.uint64) * u64(_SM_GAMMA) + u64(seed)
+    z = (z ^ (z >> u64(30))) * u64(_SM_M1)
+    z = (z ^ (z >> u64(27))) * u64(_SM_M2)
+    z = z ^ (z >> u64(31))
+    keep = (z >> u64(11)) >= u64(thresh)
+    return (keep.astype(dtype) * scale).reshape(shape)
 
 
 default_generator = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import dispatch
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module
 from ..tensor import Tensor
 from ._util import xp_of
 
@@ -220,6 +220,87 @@ def scatter_add_sorted(out, idx, values):
     ordered = flat[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     out[ordered[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+
+
+@IndexAdd.variant("device")
+class IndexAddSegmented(IndexAdd):
+    """On a device: cupy.add.at and cupyx.scatter_add accumulate repeated indices with float
+    atomics, whose order (and so the bits of the sum) changes from run to run. Instead the
+    elements are sorted by destination (stably) and each destination sums its elements in their
+    original order, one thread per (destination, column): identical bits on every run, and the
+    same bits as np.add.at and IndexAddSorted on the CPU."""
+
+    @staticmethod
+    def takes(g, shape, idx):
+        return device_of(g) == "cuda"
+
+    @staticmethod
+    def _scatter_add(out, idx, values):
+        scatter_add_segmented(out, idx, values)
+
+
+def scatter_add_segmented(out, idx, values):
+    """out[idx] += values (any advanced index; repeated destinations accumulate) by sort and
+    segmented sum, deterministic on any array module. ``out`` is C-contiguous and ``values`` has
+    the shape of ``out[idx]``.
+
+    An integer array indexing axis 0 (an embedding's gradient) scatters whole rows; any other
+    index is first turned into flat element positions (arange(out.size).reshape(out.shape)[idx])
+    and scatters single elements."""
+    xp = get_array_module(out)
+    if hasattr(idx, "dtype") and idx.dtype.kind in "iu" and out.ndim >= 1:
+        width = int(np.prod(out.shape[1:], dtype=np.int64))
+        flat = xp.asarray(idx).reshape(-1) % out.shape[0]               # (N,) destination rows
+        rows = values.reshape((flat.size, width))                        # (N, W) W = prod(out.shape[1:])
+        target = out.reshape((out.shape[0], width))                      # a view: out is contiguous
+    else:
+        flat = xp.arange(out.size).reshape(out.shape)[idx].reshape(-1)  # (N,) destination elements
+        rows = values.reshape((flat.size, 1))
+        target = out.reshape((-1, 1))
+    if rows.size == 0:
+        return
+    order = xp.argsort(flat, kind="stable")                              # (N,) rows grouped by destination
+    ordered = flat[order]
+    first = xp.concatenate((xp.ones(1, dtype=bool), ordered[1:] != ordered[:-1]))
+    starts = xp.flatnonzero(first)                                      # (S,) first row of each segment
+    bounds = xp.concatenate((starts, xp.asarray([flat.size], dtype=starts.dtype)))
+    target[ordered[starts]] += segment_sums(xp.ascontiguousarray(rows), order, bounds)
+
+
+_SEGMENT_SUM = None
+
+
+def segment_sums(rows, order, bounds):
+    """(S, W): row s is sum(rows[order[r]] for r in range(bounds[s], bounds[s+1])), added left to
+    right: the order np.add.at adds repeated rows in, so the result has its bits. On CuPy one thread
+    per output element runs that loop (CuPy's own add.reduceat takes differences of a cumulative
+    sum: other bits, and inaccurate for a small segment after large ones). On other array modules
+    (the tests' NumPy and strict runs of this code) step k adds the k-th row of every segment
+    longer than k: the same additions in the same order."""
+    xp = get_array_module(rows)
+    if not xp.__name__.startswith("cupy"):
+        lengths = bounds[1:] - bounds[:-1]
+        acc = rows[order[bounds[:-1]]]                      # (S, W) the first row of each segment
+        for k in range(1, int(lengths.max())):
+            live = xp.flatnonzero(lengths > k)
+            acc[live] += rows[order[bounds[live] + k]]
+        return acc
+    global _SEGMENT_SUM
+    if _SEGMENT_SUM is None:
+        _SEGMENT_SUM = xp.ElementwiseKernel(
+            "raw T rows, raw int64 order, raw int64 bounds, int64 width", "T seg",
+            """
+            const long long s = i / width, c = i % width;
+            long long r = bounds[s];
+            T acc = rows[order[r] * width + c];
+            for (++r; r < bounds[s + 1]; ++r) acc += rows[order[r] * width + c];
+            seg = acc;
+            """, "minigrad_segment_sum")
+    width = rows.shape[1]
+    seg = xp.empty((bounds.size - 1, width), dtype=rows.dtype)
+    _SEGMENT_SUM(rows.reshape(-1), order.astype(xp.int64, copy=False), bounds.astype(xp.int64, copy=False),
+                 width, seg)
+    return seg
 
 
 class Concatenate(Function):

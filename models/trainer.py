@@ -1,0 +1,255 @@
+"""The training loop: a model, a batch source and a loss in; optimiser steps, evaluations,
+log records and checkpoints out.
+
+`Trainer` takes
+    model       a minigrad.nn.Module
+    batches     batches(split, rng) -> batch (any object `loss_fn` understands)
+    loss_fn     loss_fn(model, batch) -> scalar Tensor
+    meta        JSON-able extras stored in every checkpoint (model config, vocabulary, ...)
+and owns the optimiser, lr schedule, accumulation, clipping, eval, logging, checkpoints, Ctrl-C.
+It knows nothing about GPT: `minigrad train` (models/train.py) and its seq2seq job
+(models/seq2seq_train.py) both run it.
+
+Reproducibility contract: training batches come only from `train_rng`, evaluation batches only
+from a generator derived from (seed, step), so evaluating never shifts the training stream and a
+resumed run logs exactly the losses of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import minigrad
+from minigrad import optim
+from minigrad.models.checkpoint import CheckpointError, check_arrays, load_optim, optim_state, save_checkpoint
+from minigrad.models.data_parallel import DataParallel
+from minigrad.models.progress import Progress, plot_log, read_log, rewrite_log
+from minigrad.models.train_config import TrainConfig, TrainError, lr_at
+
+EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
+
+
+def set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on parameters of >= 2 dims (matmul weights, embeddings) only."""
+    named = list(model.named_parameters())
+    decay = [p for _, p in named if p.ndim >= 2]
+    no_decay = [p for _, p in named if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class StepTimer:
+    """Phase hook: `with timer.phase(name):` around data / forward / backward / optimizer.
+
+    The default does nothing; a profiler (e.g. `minigrad train --profile`) can subclass it.
+    """
+
+    totals: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        yield
+
+
+class Trainer:
+    def __init__(self, model, batches, loss_fn, cfg: TrainConfig, out_dir, meta: dict | None = None,
+                 tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
+                 on_step=None, split=None):
+        """split: split(batch, n) -> [(slice, weight), ...] with weights summing to 1, so that the
+        batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.workers
+        workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread."""
+        cfg.check()
+        self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg
+        self.out_dir = Path(out_dir)
+        self.meta = dict(meta or {})
+        self.tokens_per_batch = tokens_per_batch
+        self.timer = timer or StepTimer()
+        self.quiet = quiet
+        self.on_step = on_step
+        self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                               betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.split = split if cfg.workers > 1 else None
+        self.parallel = DataParallel(model, loss_fn, cfg.workers) if self.split is not None else None
+        self.step = 0
+        self.train_rng = np.random.default_rng(cfg.seed)
+        self._stop = False
+        self.last_eval: dict = {}
+
+    # ---- state for checkpoints
+    def save(self) -> Path:
+        optim_arrays, optim_info = optim_state(self.opt)
+        dropout_rng = getattr(self.model, "dropout_rng", None)
+        meta = dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
+                    dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
+                    optim=optim_info, last_eval=self.last_eval)
+        arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
+        return save_checkpoint(self.out_dir, self.step, arrays, meta)
+
+    def load(self, ckpt) -> None:
+        """Restore weights, moments, step and RNG streams from a loaded Checkpoint (validated)."""
+        expected = {name: arr.shape for name, arr in self.model.state_dict().items()}
+        check_arrays(expected, ckpt.arrays["model"], "model weights", ckpt.path)
+        try:
+            self.model.load_state_dict(ckpt.arrays["model"])
+            self.train_rng.bit_generator.state = ckpt.meta["train_rng"]
+            dropout_rng = getattr(self.model, "dropout_rng", None)
+            if dropout_rng is not None and ckpt.meta.get("dropout_rng") is not None:
+                dropout_rng.bit_generator.state = ckpt.meta["dropout_rng"]
+            self.step = int(ckpt.meta["step"])
+            optim_info = ckpt.meta["optim"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: training state is incomplete ({e})") from None
+        load_optim(self.opt, ckpt.arrays.get("optim", {}), optim_info, ckpt.path)
+        self.last_eval = ckpt.meta.get("last_eval", {})
+
+    # ---- pieces of a step
+    def evaluate(self, iters: int) -> dict:
+        """Mean loss over `iters` batches of each split, drawn from a (seed, step) generator."""
+        self.model.eval()
+        out = {}
+        with minigrad.no_grad():
+            for split in ("train", "val"):
+                rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, self.step])
+                losses = [float(self.loss_fn(self.model, self.batches(split, rng)).item()) for _ in range(iters)]
+                out[f"{split}_loss"] = float(np.mean(losses))
+        self.model.train()
+        return out
+
+    def train_step(self, lr: float) -> float:
+        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss."""
+        cfg, t = self.cfg, self.timer
+        set_lr(self.opt, lr)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            with t.phase("data"):
+                batch = self.batches("train", self.train_rng)
+            if self.parallel is not None:
+                with t.phase("forward+backward"):
+                    total += self.parallel.step(self.split(batch, cfg.workers), 1.0 / cfg.grad_accum)
+                continue
+            with t.phase("forward"):
+                loss = self.loss_fn(self.model, batch)
+                scaled = loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss
+            with t.phase("backward"):
+                scaled.backward()
+            total += float(loss.item())
+        with t.phase("optimizer"):
+            if self.parallel is not None:   # the gradient norm was measured in its reduction
+                if cfg.grad_clip > 0:
+                    self.parallel.clip_grad_norm_(cfg.grad_clip)
+                self.parallel.optimizer_step(self.opt)
+            else:
+                if cfg.grad_clip > 0:
+                    optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.opt.step()
+            self.opt.zero_grad()
+        return total / cfg.grad_accum
+
+    def request_stop(self) -> None:
+        """Stop after the current step, save, return (what Ctrl-C does)."""
+        self._stop = True
+
+    # ---- the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / "log.jsonl"
+        records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
+        rewrite_log(log_path, records)  # drop lines a crashed run logged past its last checkpoint
+        progress = Progress(cfg.max_iters, self.step, disable=self.quiet)
+        previous = signal.getsignal(signal.SIGINT)
+        main_thread = _in_main_thread()
+
+        def on_sigint(signum, frame):
+            self._stop = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+        if main_thread:
+            signal.signal(signal.SIGINT, on_sigint)
+        try:
+            with open(log_path, "a") as log:
+                while self.step < cfg.max_iters and not self._stop:
+                    lr = lr_at(self.step, cfg)
+                    t0 = time.perf_counter()
+                    loss = self.train_step(lr)
+                    dt = time.perf_counter() - t0
+                    self.step += 1
+                    final = self.step == cfg.max_iters
+                    tok_s = (self.tokens_per_batch or 0) * cfg.grad_accum / max(dt, 1e-9)
+                    progress.update(self.step, loss, lr, tok_s)
+                    rec = None
+                    if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
+                        rec = {"step": self.step, "loss": loss, "lr": lr}
+                    if not math.isfinite(loss):
+                        raise TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                    if self.step % cfg.eval_interval == 0 or final:
+                        with self.timer.phase("eval"):
+                            self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
+                        rec.update(self.last_eval)
+                        progress.write(f"step {self.step}: train loss {self.last_eval['train_loss']:.4f}, "
+                                       f"val loss {self.last_eval['val_loss']:.4f}")
+                    if rec is not None:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                        records.append(rec)
+                    if self.step % cfg.eval_interval == 0 or final:
+                        self.save()
+                    if self.on_step is not None:
+                        self.on_step(self)
+        finally:
+            progress.close()
+            if self.parallel is not None:
+                self.parallel.stop_workers()   # worker processes end with the run (restarted on demand)
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+        interrupted = self.step < cfg.max_iters
+        if interrupted:
+            path = self.save()
+            print(f"interrupted: saved step {self.step} to {path}; continue with --resume", file=sys.stderr)
+        note = plot_log(records, self.out_dir / "loss.png") if records else None
+        if note and not self.quiet:
+            print(note, file=sys.stderr)
+        return {"step": self.step, "interrupted": interrupted, **self.last_eval}
+
+
+def tune_malloc() -> bool:
+    """Keep freed step temporaries in glibc's heap instead of returning them to the kernel.
+
+    A training step allocates and frees the same ~MB-sized arrays every time; by default glibc
+    serves them with fresh mmaps, so each step pays ~9,000 page faults (measured at the default
+    GPT config). Raising the mmap and trim thresholds makes the heap reuse them. A no-op where
+    glibc's mallopt is not available. Returns whether it applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1
+    ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    ok &= mallopt(M_TOP_PAD, 128 << 20) == 1
+    return bool(ok)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
