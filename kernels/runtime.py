@@ -28,7 +28,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
 from minigrad.kernels.emulate.errors import KernelError
 
 KERNEL_DIR = Path(__file__).resolve().parent

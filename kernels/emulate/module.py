@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import mmap
 import os
 import re
 import shutil
@@ -260,8 +261,9 @@ class _GuardedCopies:
         for lo, hi, members in groups:
             n = hi - lo
             gap = max(4096, n)
-            buf = np.empty(n + 2 * gap + 256, np.uint8)
-            new = buf.ctypes.data + gap + (lo - (buf.ctypes.data + gap)) % 256
+            buf = mmap.mmap(-1, n + 2 * gap + 256)  # anonymous: the gaps, never touched, cost no memory
+            start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+            new = start + gap + (lo - (start + gap)) % 256
             ctypes.memmove(new, lo, n)
             self.address.update({i: new + (a - lo) for i, a in members})
             self.copies.append((lo, new, n, buf))
