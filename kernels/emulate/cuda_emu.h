@@ -24,6 +24,7 @@
 //   int mgemu_names(char* out, size_t len)            -> registered names, one per line
 //   int mgemu_checked()                               -> 1 in a checked library
 //   void mgemu_set_shared_symbols(n, offsets, sizes, names, dynamic)   (checked: names for messages)
+//   int mgemu_layout(uint64_t out[5])  -> where the library's shared memory (TLS block) and image are
 //
 // What is emulated:
 //   * threadIdx/blockIdx/blockDim/gridDim (uint3/dim3), warpSize, float2/float4/double2/int2/int4.
