@@ -453,6 +453,103 @@ OPS_MATH: list[OpInfo] = [
     OpInfo("kl_div_log_target", lambda a, t: F.kl_div(a, t, reduction="sum", log_target=True),
            lambda a, t: (np.exp(t) * (t - a)).sum(), ((3, 4), (3, 4)), kind="nn", hypothesis=False),
 ]
+
+def _ints(lo, hi, dtype=np.int64, nonzero=False):
+    def make(r, s, d):
+        out = []
+        for sh in s:
+            x = r.integers(lo, hi, sh).astype(dtype)
+            if nonzero:
+                x[x == 0] = 1
+            out.append(x)
+        return out
+    return make
+
+
+def _bools(r, s, d):
+    return [r.random(sh) < 0.5 for sh in s]
+
+
+def _ties(r, s, d):
+    """Few distinct values, so ties are common (argsort/argmax must pick as NumPy does)."""
+    return [r.integers(0, 3, sh).astype(d) for sh in s]
+
+
+def _specials(r, s, d):
+    """Normal samples with NaN, +inf and -inf mixed in."""
+    out = []
+    for sh in s:
+        x = r.standard_normal(sh)
+        pick = r.random(sh)
+        x = np.where(pick < 0.15, np.nan, np.where(pick < 0.3, np.inf, np.where(pick < 0.4, -np.inf, x)))
+        out.append(x.astype(d))
+    return out
+
+
+def _near(r, s, d):
+    """Values from a small set, so pairs are often equal, close (1e-4 and 1e-2 relative), far apart, NaN or inf."""
+    pool = np.array([0.0, 1.0, 1.0 + 1e-4, 1.0 + 1e-2, 2.0, -1.0, np.nan, np.inf, -np.inf, 1e-9])
+    return [r.choice(pool, sh).astype(d) for sh in s]
+
+
+def _topk_idx_ref(a, k, axis):
+    return np.take(np.argsort(-a, axis=axis, kind="stable"), np.arange(k), axis=axis)
+
+
+OPS_MATH_NOGRAD: list[OpInfo] = [
+    # ---- indices along every axis
+    OpInfo("argmax_axis", lambda a: a.argmax(1), lambda a: np.argmax(a, 1), ((3, 4),), make=_ties, kind="axis"),
+    OpInfo("argmax_flat_keepdims", lambda a: a.argmax(keepdims=True), lambda a: np.argmax(a, keepdims=True),
+           ((3, 4),), make=_ties, kind="reduce"),
+    OpInfo("argmin_axis", lambda a: a.argmin(-3), lambda a: np.argmin(a, -3), ((2, 3, 4),), make=_ties, kind="axis"),
+    OpInfo("argsort", lambda a: a.argsort(-1), lambda a: np.argsort(a, -1, kind="stable"), ((3, 5),), make=_ties,
+           kind="axis", note="stable: ties keep their order"),
+    OpInfo("argsort_descending", lambda a: a.argsort(0, descending=True),
+           lambda a: np.argsort(-a, 0, kind="stable"), ((5, 3),), make=_ties, kind="axis"),
+    OpInfo("topk_indices", lambda a: a.topk(2, axis=1).indices, lambda a: _topk_idx_ref(a, 2, 1), ((3, 5),),
+           make=_distinct, kind="axis"),
+    OpInfo("sort_indices", lambda a: a.sort(0)[1], lambda a: np.argsort(a, 0, kind="stable"), ((4, 3),),
+           make=_ties, kind="axis"),
+    # ---- boolean reductions and tests
+    OpInfo("any_axis", lambda a: (a > 1.0).any(axis=1), lambda a: (a > 1.0).any(1), ((3, 4),), kind="axis"),
+    OpInfo("all", lambda a: (a > -1.5).all(), lambda a: (a > -1.5).all(), ((3, 4),), kind="reduce"),
+    OpInfo("isclose", lambda a, b: a.isclose(b, rtol=1e-3, atol=1e-6),
+           lambda a, b: np.isclose(a, b, rtol=1e-3, atol=1e-6), ((3, 4), (3, 4)), make=_near, kind="binary"),
+    OpInfo("isclose_equal_nan", lambda a, b: mgf.isclose(a, b, equal_nan=True),
+           lambda a, b: np.isclose(a, b, equal_nan=True), ((3, 4), (3, 4)), make=_near, kind="binary"),
+    OpInfo("isnan", lambda a: a.isnan(), np.isnan, ((3, 4),), make=_specials),
+    OpInfo("isinf", lambda a: a.isinf(), np.isinf, ((3, 4),), make=_specials),
+    OpInfo("isfinite", lambda a: a.isfinite(), np.isfinite, ((3, 4),), make=_specials),
+    # ---- integer arithmetic: NumPy's (and PyTorch's) sign rules
+    OpInfo("floor_divide_int", lambda a, b: a // b, np.floor_divide, ((3, 4), (4,)), make=_ints(-9, 9, nonzero=True),
+           kind="binary", note="floor: -5 // 3 = -2"),
+    OpInfo("remainder_int", lambda a, b: a % b, np.remainder, ((3, 4), (4,)), make=_ints(-9, 9, nonzero=True),
+           kind="binary", note="sign of the divisor"),
+    OpInfo("fmod_int", mgf.fmod, np.fmod, ((3, 4), (4,)), make=_ints(-9, 9, nonzero=True), kind="binary",
+           note="sign of the dividend"),
+    OpInfo("bitwise_and", lambda a, b: a & b, np.bitwise_and, ((3, 4), (4,)), make=_ints(-50, 50), kind="binary"),
+    OpInfo("bitwise_or", mgf.bitwise_or, np.bitwise_or, ((3, 4), (3, 1)), make=_ints(-50, 50), kind="binary"),
+    OpInfo("bitwise_xor", lambda a, b: a ^ b, np.bitwise_xor, ((3, 4), (3, 4)), make=_ints(0, 256, np.uint8),
+           kind="binary"),
+    OpInfo("bitwise_not", lambda a: ~a, np.invert, ((3, 4),), make=_ints(-50, 50, np.int32)),
+    OpInfo("logical_ops_on_bools", lambda a, b: (a & b) | ~(a ^ b), lambda a, b: (a & b) | ~(a ^ b),
+           ((3, 4), (4,)), make=_bools, kind="binary"),
+    OpInfo("left_shift", lambda a, b: a << b, np.left_shift, ((3, 4), (4,)),
+           make=lambda r, s, d: [_ints(-50, 50, np.int32)(r, s[:1], d)[0], _ints(0, 8, np.int32)(r, s[1:], d)[0]],
+           kind="binary"),
+    OpInfo("right_shift", mgf.right_shift, np.right_shift, ((3, 4), (4,)),
+           make=lambda r, s, d: [_ints(-500, 500)(r, s[:1], d)[0], _ints(0, 8)(r, s[1:], d)[0]], kind="binary",
+           note="arithmetic for signed integers"),
+    # ---- min/max of integers and bools (computed directly, never as -max(-x))
+    OpInfo("min_int32", lambda a: a.min(axis=0), lambda a: a.min(0), ((3, 4),),
+           make=lambda r, s, d: [np.concatenate([np.full((1,) + s[0][1:], -2 ** 31),
+                                                 r.integers(-9, 9, (s[0][0] - 1,) + s[0][1:])]).astype(np.int32)],
+           kind="axis"),
+    OpInfo("min_uint8", lambda a: a.min(), np.min, ((3, 4),), make=_ints(0, 256, np.uint8), kind="reduce"),
+    OpInfo("min_max_bool", lambda a: a.min(axis=1) | a.max(axis=0, keepdims=True).any(),
+           lambda a: a.min(1) | a.max(0, keepdims=True).any(), ((3, 4),), make=_bools, kind="axis"),
+]
+
 OPS += OPS_MATH
 
 

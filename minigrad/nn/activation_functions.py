@@ -3,8 +3,9 @@
 
 Softplus and the ELU family are ops (minigrad/ops/smooth_activations.py: their exponentials must
 never see a large positive x); the rest are their formulas in existing differentiable ops.
-Gradients at a kink (x = 0 for leaky_relu and softsign, the clip points of hardtanh, relu6,
-hardsigmoid and hardswish) are those of the pieces: Clip's passes the gradient at its bounds.
+Gradients at the kinks are PyTorch's: leaky_relu and elu take the negative side's slope at 0;
+hardtanh, relu6 and hardsigmoid pass no gradient at their clip points (strictly inside only), and
+hardswish takes its outer pieces' slopes (0 and 1) at -3 and 3.
 """
 from __future__ import annotations
 
@@ -67,24 +68,33 @@ def celu(x: Tensor, alpha: float = 1.0) -> Tensor:
 
 
 def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
-    """x clipped to [min_val, max_val]."""
+    """x clipped to [min_val, max_val]; the gradient passes only where min_val < x < max_val."""
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val {min_val} is above max_val {max_val}")
-    return x.clip(min_val, max_val)
+    return _clip_strict(x, min_val, max_val)
+
+
+def _clip_strict(x: Tensor, lo, hi) -> Tensor:
+    """x.clip(lo, hi) whose gradient is 0 at the bounds themselves (PyTorch's hardtanh), where
+    Clip's passes it: x strictly inside, the clipped value (a constant) elsewhere."""
+    from ..functions import where
+    xp = x._xp
+    inside = (x.data > lo) & (x.data < hi)
+    return where(inside, x, Tensor._make(xp.clip(x.data, lo, hi)))
 
 
 def relu6(x: Tensor) -> Tensor:
-    """min(max(x, 0), 6)."""
-    return x.clip(0.0, 6.0)
+    """min(max(x, 0), 6), gradient strictly inside (0, 6)."""
+    return _clip_strict(x, 0.0, 6.0)
 
 
 def hardsigmoid(x: Tensor) -> Tensor:
-    """relu6(x + 3) / 6: 0 below -3, 1 above 3, linear between."""
-    return (x * (1.0 / 6.0) + 0.5).clip(0.0, 1.0)
+    """relu6(x + 3) / 6: 0 below -3, 1 above 3, linear between (gradient 1/6 strictly inside)."""
+    return _clip_strict(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
 
 
 def hardswish(x: Tensor) -> Tensor:
-    """x·hardsigmoid(x)."""
+    """x·hardsigmoid(x): 0 below -3, x above 3; gradient x/3 + 1/2 strictly inside (-3, 3)."""
     return x * hardsigmoid(x)
 
 

@@ -96,7 +96,8 @@ class Pow(Function):
     """a ** b with both tensors: d/da = b a^(b-1), d/db = a^b log a.
 
     At a = 0, PyTorch's values: d/da is 0 where b = 0 (not 0·0^-1 = NaN), and d/db is 0 where
-    b >= 0 (not 0·log 0 = NaN); b < 0 gives -inf there."""
+    b >= 0 (not 0·log 0 = NaN); b < 0 gives -inf there. Elsewhere the formulas are used as they
+    are, so second derivatives hold (also at b = 0 with a != 0)."""
 
     def forward(self, a, b):
         a, b = promote(a, b)
@@ -108,7 +109,7 @@ class Pow(Function):
         one = _T(xp.ones((), dtype=g.dtype))
         ga = gb = None
         if a.requires_grad:
-            b1 = Where.apply(one, b, cond=b.data == 0)                # b, or 1 where b = 0: b·a^0 = 0
+            b1 = Where.apply(one, b, cond=(a.data == 0) & (b.data == 0))   # 1 there: b·a^0 = 0, not 0·inf
             ga = unbroadcast(g * b * a ** (b1 - 1.0), a.shape)
         if b.requires_grad:
             a1 = Where.apply(one, a, cond=(a.data == 0) & (b.data >= 0))   # log 1 = 0 there
