@@ -73,8 +73,15 @@ UNARY = [("sin", uniform(-3, 3, 3, 4)), ("cos", uniform(-3, 3, 3, 4)), ("tan", u
          ("floor", off_integers(3, 4)), ("ceil", off_integers(3, 4)), ("round", off_integers(3, 4)),
          ("trunc", off_integers(3, 4))]
 
-CASES = [(name, (lambda n: lambda a: getattr(a, n)())(name), (lambda n: lambda a: getattr(torch, n)(a))(name), [m])
-         for name, m in UNARY] + [
+def _method(name):
+    return lambda a: getattr(a, name)()
+
+
+def _torch_function(name):
+    return lambda a: getattr(torch, name)(a)
+
+
+CASES = [(name, _method(name), _torch_function(name), [m]) for name, m in UNARY] + [
     ("atan2", mg.atan2, torch.atan2, [normal(3, 4), normal(4)]),
     ("remainder", lambda a, b: a % b, torch.remainder, [divisible(3, 4), divisors(4)]),
     ("fmod", mg.fmod, torch.fmod, [divisible(3, 4), divisors(3, 1)]),

@@ -25,7 +25,8 @@ def promote(a, b):
 
 class Add(Function):
     def forward(self, a, b):
-        a, b = promote(a, b)
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a + b
 
     def backward(self, g):
@@ -36,7 +37,8 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, a, b):
-        a, b = promote(a, b)
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a - b
 
     def backward(self, g):
@@ -47,7 +49,8 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, a, b):
-        a, b = promote(a, b)
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a * b
 
     def backward(self, g):
@@ -60,7 +63,8 @@ class Div(Function):
     """True division; integers divide as float32."""
 
     def forward(self, a, b):
-        a, b = promote(float_input(a), float_input(b))
+        if a.dtype is not b.dtype or a.dtype.kind not in "fc":
+            a, b = promote(float_input(a), float_input(b))
         return a / b
 
     def backward(self, g):
