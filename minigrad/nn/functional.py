@@ -9,9 +9,14 @@ import math
 
 import numpy as np
 
-from ..ops import (Attention, CrossEntropy, Gelu, GeluMLP, LayerNorm, Linear, LogSoftmax, LogSumExp, QKVAttention,
+from ..ops import (Attention, Gelu, GeluMLP, LayerNorm, Linear, LogSoftmax, LogSumExp, QKVAttention,
                    Relu, Sigmoid, Softmax, Tanh)
-from ..tensor import Tensor, _axes, _axis
+from ..tensor import Tensor, _along, _axes
+# issue 17: the activations and losses beyond these live in their own modules, re-exported here
+from .activation_functions import (celu, elu, glu, hardsigmoid, hardswish, hardtanh, leaky_relu,  # noqa: F401
+                                   logsigmoid, mish, relu6, selu, silu, softplus, softsign)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401
+                     huber_loss, kl_div, l1_loss, nll_loss, smooth_l1_loss)
 
 
 def relu(x: Tensor) -> Tensor:
@@ -33,31 +38,22 @@ def tanh(x: Tensor) -> Tensor:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return Softmax.apply(x, axis=_axis(axis, x.ndim, "softmax"))
+    _int_axis(axis, "softmax")
+    return _along(x, axis, "softmax", lambda t, a: Softmax.apply(t, axis=a))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return LogSoftmax.apply(x, axis=_axis(axis, x.ndim, "log_softmax"))
+    _int_axis(axis, "log_softmax")
+    return _along(x, axis, "log_softmax", lambda t, a: LogSoftmax.apply(t, axis=a))
+
+
+def _int_axis(axis, op):
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{op}: axis must be an int, got {axis!r}")
 
 
 def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     return LogSumExp.apply(x, axis=_axes(axis, x.ndim), keepdims=keepdims)
-
-
-def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """logits (N, C) or (N, ..., C) with target (N,) or (N, ...) of class indices."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    t = target.data if isinstance(target, Tensor) else logits._xp.asarray(target)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class indices, got {t.dtype}")
-    if logits.shape[:-1] != t.shape:
-        raise ValueError(f"cross_entropy: logits {logits.shape} need a target of shape {logits.shape[:-1]}, "
-                         f"got {t.shape}")
-    c = logits.shape[-1]
-    out = CrossEntropy.apply(logits.reshape((-1, c)), target=t.reshape(-1), ignore_index=ignore_index,
-                             reduction=reduction)
-    return out.reshape(t.shape) if reduction == "none" else out
 
 
 def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
