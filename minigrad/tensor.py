@@ -298,6 +298,50 @@ class Tensor:
     def clip(self, min=None, max=None):
         return _ops.Clip.apply(self, lo=min, hi=max)
 
+    # ------------------------------------------------------------ manipulation and indexing (minigrad.manipulation)
+    def tril(self, k=0):
+        return _manip.tril(self, k)
+
+    def triu(self, k=0):
+        return _manip.triu(self, k)
+
+    def flip(self, axis=None):
+        return _manip.flip(self, axis)
+
+    def roll(self, shift, axis=None):
+        return _manip.roll(self, shift, axis)
+
+    def repeat(self, repeats, axis=None):
+        """numpy.repeat (PyTorch's repeat_interleave); PyTorch's Tensor.repeat is ``tile``."""
+        return _manip.repeat(self, repeats, axis)
+
+    def tile(self, reps):
+        return _manip.tile(self, reps)
+
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        return _manip.diagonal(self, offset, axis1, axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        return _manip.trace(self, offset, axis1, axis2)
+
+    def gather(self, dim, index):
+        return _manip.gather(self, dim, index)
+
+    def scatter(self, dim, index, src):
+        return _manip.scatter(self, dim, index, src)
+
+    def scatter_add(self, dim, index, src):
+        return _manip.scatter_add(self, dim, index, src)
+
+    def take_along_axis(self, indices, axis):
+        return _manip.take_along_axis(self, indices, axis)
+
+    def index_select(self, dim, index):
+        return _manip.index_select(self, dim, index)
+
+    def masked_fill(self, mask, value):
+        return _manip.masked_fill(self, mask, value)
+
 
 _SCALAR_TYPES = (np.float32, np.float64, np.int64, np.int32, np.bool_, np.float16)
 
@@ -346,4 +390,5 @@ def _index_arrays(idx):
     return idx
 
 
+from . import manipulation as _manip  # noqa: E402  (it imports Tensor)
 from . import ops as _ops  # noqa: E402  (ops import Tensor)

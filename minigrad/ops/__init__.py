@@ -17,3 +17,11 @@ __all__ = ["Abs", "Add", "AsType", "Clip", "Compare", "Div", "Exp", "Log", "Maxi
            "Max", "Mean", "Sum", "BroadcastTo", "Concatenate", "GetItem", "IndexAdd", "Reshape", "SumTo",
            "Transpose", "Gelu", "Softmax", "LogSoftmax", "LogSumExp", "CrossEntropy", "LayerNorm", "Attention",
            "GeluMLP", "QKVAttention", "Erf"]
+
+# convolution, pooling, padding and scatter (the ops behind nn.functional's conv/pool and minigrad.manipulation)
+from .conv import Conv, ConvTranspose, Fold, Unfold
+from .indexing import Scatter
+from .movement import Pad, Roll
+from .pooling import AvgPool, MaxPool
+
+__all__ += ["Conv", "ConvTranspose", "Fold", "Unfold", "Scatter", "Pad", "Roll", "AvgPool", "MaxPool"]
