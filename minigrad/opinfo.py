@@ -266,12 +266,16 @@ def _conv_transpose_ref(x, w, b=None, stride=1, padding=0, output_padding=0, gro
             y[(slice(None), slice(g * cog, (g + 1) * cog)) + at] += np.tensordot(
                 x[(slice(None), slice(g * cig, (g + 1) * cig)) + pos], w[g * cig:(g + 1) * cig], axes=(1, 0))
     y = y[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(padding, full))]
+    if min(y.shape[2:]) < 1 or min(x.shape[2:]) < 1:
+        raise ValueError("empty transposed-convolution input or output")
     return y if b is None else y + b.reshape((-1,) + (1,) * nd)
 
 
 def _pool_ref(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, op="max", count_include_pad=True):
     """Max or mean over the in-bounds elements of each window (PyTorch's output size and divisor rules)."""
     nd = x.ndim - 2
+    if min(x.shape[2:]) < 1:
+        raise ValueError("pooling an empty image")
     kernel = _pairs(kernel, nd)
     stride = kernel if stride is None else _pairs(stride, nd)
     padding, dilation = _pairs(padding, nd), _pairs(dilation, nd)
@@ -292,7 +296,7 @@ def _pool_ref(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, op
             at = start + np.arange(k) * d
             idx.append(at[(at >= 0) & (at < n)])
             div *= (min(start + k, n + p) - start) if count_include_pad else len(idx[-1])
-        win = x[(slice(None), slice(None)) + np.ix_(*idx)].reshape(x.shape[:2] + (-1,))
+        win = x[(slice(None), slice(None)) + np.ix_(*idx)].reshape(x.shape[:2] + (math.prod(map(len, idx)),))
         y[(slice(None), slice(None)) + pos] = win.max(-1) if op == "max" else win.sum(-1) / div
     return y
 
@@ -338,7 +342,7 @@ def _unfold_ref(x, kernel, dilation, padding, stride):
     if min(out) < 1:
         raise ValueError("empty unfold output")
     cols = [xp[:, :, i * s[0]:i * s[0] + d[0] * (k[0] - 1) + 1:d[0], j * s[1]:j * s[1] + d[1] * (k[1] - 1) + 1:d[1]]
-            .reshape(x.shape[0], -1) for i in range(out[0]) for j in range(out[1])]
+            .reshape(x.shape[0], x.shape[1] * k[0] * k[1]) for i in range(out[0]) for j in range(out[1])]
     return np.stack(cols, axis=-1)
 
 
@@ -414,7 +418,7 @@ def _bn_ref(x, w, b, mean=None, var=None, eps=1e-5):
 
 
 def _gn_ref(x, groups, w, b, eps=1e-5):
-    g = x.reshape(x.shape[0], groups, -1)
+    g = x.reshape(x.shape[0], groups, x.shape[1] // groups * math.prod(x.shape[2:]))
     y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(x.shape)
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return y * w.reshape(shape) + b.reshape(shape)

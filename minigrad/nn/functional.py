@@ -317,6 +317,8 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias=None, stride=1, padding=0, 
 def _pool_pads(name, size, kernel, stride, dilation, padding, ceil_mode):
     """Per-dim (lo, hi) padding; ceil_mode adds high padding for a last, partial window when that window
     starts inside the input or its low padding (PyTorch's rule)."""
+    if any(n < 1 for n in size):
+        raise ValueError(f"{name}: the input's spatial dims must be non-empty, got {tuple(size)}")
     if any(2 * p > k for p, k in zip(padding, kernel)):
         raise ValueError(f"{name}: padding {padding} must be at most half the kernel size {kernel}")
     pads = []
@@ -565,7 +567,7 @@ def batch_norm(x: Tensor, running_mean=None, running_var=None, weight=None, bias
     axes = (0,) + tuple(range(2, x.ndim))
     shape = _channel_shape(x)
     if training:
-        n = x.size // c if c else 0
+        n = x.shape[0] * math.prod(x.shape[2:])
         if n <= 1:
             raise ValueError(f"batch_norm: training needs more than one value per channel, input {x.shape}")
         mean = x.mean(axis=axes, keepdims=True)
