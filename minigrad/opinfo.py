@@ -441,7 +441,7 @@ def _sdpa_bias_ref(q, k, v, bias, causal=False):
     return (e / np.where(d > 0, d, 1)) @ v
 
 
-_GQA_BIAS = np.where(np.eye(3, 5, 2, dtype=bool), -np.inf, np.linspace(-1, 1, 15).reshape(3, 5))   # (Tq, Tk)
+_GQA_BIAS = np.where(np.eye(2, 4, 2, dtype=bool), -np.inf, np.linspace(-1, 1, 8).reshape(2, 4))   # (Tq, Tk)
 
 
 def _gqa_ref(q, k, v):
@@ -452,22 +452,22 @@ def _gqa_ref(q, k, v):
 OPS_NN: list[OpInfo] = [
     # ---- convolution (im2col + matmul; backward through col2im)
     OpInfo("conv1d", lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1, groups=2),
-           lambda x, w, b: _conv_ref(x, w, b, 2, 1, 1, 2), ((2, 4, 7), (6, 2, 3), (6,)), kind="conv"),
+           lambda x, w, b: _conv_ref(x, w, b, 2, 1, 1, 2), ((2, 4, 5), (4, 2, 3), (4,)), kind="conv"),
     OpInfo("conv1d_same_even_kernel", lambda x, w: F.conv1d(x, w, padding="same"),
            lambda x, w: _conv_ref(x, w, padding="same"), ((1, 2, 6), (3, 2, 4)), kind="conv",
            note="'same' with an even kernel pads one more on the high side"),
     OpInfo("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: _conv_ref(x, w, b, 1, 1),
-           ((2, 3, 4, 4), (2, 3, 3, 3), (2,)), kind="conv"),
+           ((2, 2, 3, 3), (2, 2, 3, 3), (2,)), kind="conv"),
     OpInfo("conv2d_groups_dilated",
            lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2),
-           lambda x, w, b: _conv_ref(x, w, b, (2, 1), (1, 0), (2, 1), 2), ((1, 4, 6, 5), (4, 2, 2, 3), (4,)),
+           lambda x, w, b: _conv_ref(x, w, b, (2, 1), (1, 0), (2, 1), 2), ((1, 4, 5, 4), (2, 2, 2, 3), (2,)),
            kind="conv"),
     OpInfo("conv2d_same_dilated", lambda x, w: F.conv2d(x, w, padding="same", dilation=(1, 2)),
            lambda x, w: _conv_ref(x, w, padding="same", dilation=(1, 2)), ((1, 2, 4, 5), (2, 2, 2, 3)), kind="conv"),
     OpInfo("conv_transpose1d", lambda x, w: F.conv_transpose1d(x, w, stride=2, padding=1),
            lambda x, w: _conv_transpose_ref(x, w, None, 2, 1), ((2, 2, 4), (2, 3, 3)), kind="conv"),
     OpInfo("conv_transpose2d", lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
-           lambda x, w, b: _conv_transpose_ref(x, w, b, 2, 1, 1), ((1, 2, 3, 3), (2, 3, 3, 3), (3,)), kind="conv"),
+           lambda x, w, b: _conv_transpose_ref(x, w, b, 2, 1, 1), ((1, 2, 2, 3), (2, 2, 3, 3), (2,)), kind="conv"),
     OpInfo("conv_transpose2d_groups",
            lambda x, w: F.conv_transpose2d(x, w, stride=(1, 2), groups=2, dilation=2),
            lambda x, w: _conv_transpose_ref(x, w, None, (1, 2), 0, 0, 2, 2), ((1, 4, 3, 2), (4, 1, 2, 2)),
@@ -493,7 +493,7 @@ OPS_NN: list[OpInfo] = [
     OpInfo("avg_pool1d", lambda x: F.avg_pool1d(x, 2, 1, 1), lambda x: _pool_ref(x, 2, 1, 1, op="avg"),
            ((2, 2, 5),), kind="pool"),
     OpInfo("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (3, 4)), lambda x: _adaptive_ref(x, (3, 4)),
-           ((1, 2, 5, 7),), kind="pool", note="windows of uneven sizes"),
+           ((1, 1, 5, 7),), kind="pool", note="windows of uneven sizes"),
     OpInfo("adaptive_avg_pool1d", lambda x: F.adaptive_avg_pool1d(x, 3), lambda x: _adaptive_ref(x, 3),
            ((2, 2, 7),), kind="pool"),
     OpInfo("interpolate_nearest", lambda x: F.interpolate(x, size=(5, 7)), lambda x: _interp_ref(x, (5, 7), "nearest"),
@@ -566,11 +566,11 @@ OPS_NN: list[OpInfo] = [
            kind="norm"),
     # ---- attention: a float additive mask and grouped-query attention (the reference op runs them)
     OpInfo("sdpa_float_mask", lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-           lambda q, k, v, m: _sdpa_bias_ref(q, k, v, m), ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 3), (1, 1, 3, 5)),
+           lambda q, k, v, m: _sdpa_bias_ref(q, k, v, m), ((1, 2, 2, 3), (1, 2, 4, 3), (1, 2, 4, 2), (1, 1, 2, 4)),
            kind="nn", hypothesis=False, note="the mask is differentiable and broadcasts over heads"),
     OpInfo("sdpa_gqa", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=_GQA_BIAS, is_causal=True,
                                                                        enable_gqa=True),
-           _gqa_ref, ((1, 4, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4)), kind="nn", hypothesis=False,
+           _gqa_ref, ((1, 4, 2, 3), (1, 2, 4, 3), (1, 2, 4, 3)), kind="nn", hypothesis=False,
            note="4 query heads over 2 key/value heads, causal, a float mask with -inf"),
 ]
 OPS += OPS_NN

@@ -140,10 +140,8 @@ class Conv(Function):
         if w.requires_grad:
             cols = saved(self.cols, lambda: Unfold.apply(x, kernel=kernel, stride=stride, dilation=dilation,
                                                          pads=pads).reshape((n, gr, ck, nl)))
-            # one GEMM per group over batch and positions together: (g, O/g, N·∏L) @ (g, N·∏L, C/g·∏K)
-            g2 = gm.transpose((1, 2, 0, 3)).reshape((gr, o // gr, n * nl))
-            c2 = cols.transpose((1, 0, 3, 2)).reshape((gr, n * nl, ck))
-            dw = (g2 @ c2).reshape(w.shape)
+            # per sample and group (O/g, ∏L) @ (∏L, C/g·∏K), summed over the batch (no transposed copies)
+            dw = (gm @ cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
         if len(self.inputs) > 2 and self.inputs[2].requires_grad:
             db = g.sum(axis=(0,) + tuple(range(2, g.ndim)))
         return dx, dw, db
@@ -182,9 +180,8 @@ class ConvTranspose(Function):
         if x.requires_grad:
             dx = (w.reshape((gr, cin // gr, ck)) @ gc).reshape(x.shape)            # (N, g, Cin/g, ∏S)
         if w.requires_grad:
-            x2 = x.reshape((n, gr, cin // gr, ns)).transpose((1, 2, 0, 3)).reshape((gr, cin // gr, n * ns))
-            g2 = gc.transpose((1, 0, 3, 2)).reshape((gr, n * ns, ck))
-            dw = (x2 @ g2).reshape(w.shape)                                        # (g, Cin/g, Cout/g·∏K)
+            xm = x.reshape((n, gr, cin // gr, ns))
+            dw = (xm @ gc.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)          # (g, Cin/g, Cout/g·∏K)
         if len(self.inputs) > 2 and self.inputs[2].requires_grad:
             db = g.sum(axis=(0,) + tuple(range(2, g.ndim)))
         return dx, dw, db
