@@ -218,7 +218,7 @@ OPS: list[OpInfo] = [
 # indexing, normalisation and attention masks. Kinds conv | pool | layout | index | norm draw their shapes in
 # tests/test_shapes_hypothesis_nn.py; index arrays and masks come from the input shapes (seeded), so drawn
 # shapes get valid ones. The references are direct loops over output positions in NumPy.
-from . import manipulation as M  # noqa: E402
+from . import manipulation as M
 
 
 def _pairs(v, nd):

@@ -86,7 +86,7 @@ def test_grouped_query_attention_equals_repeating_the_key_value_heads():
     q, k, v = qkv(rng, hq=6, hkv=2)
     g = rng.standard_normal((2, 6, 3, 4))
     out, grads = run(lambda q, k, v: SDPA(q, k, v, is_causal=True, enable_gqa=True), [q, k, v], g)
-    rep = lambda a: np.repeat(a, 3, axis=1)                  # noqa: E731  query head h reads kv head h // 3
+    rep = lambda a: np.repeat(a, 3, axis=1)                  # query head h reads kv head h // 3
     want, wgrads = run(lambda q, k, v: SDPA(q, k, v, is_causal=True), [q, rep(k), rep(v)], g)
     assert out.shape == (2, 6, 3, 4)
     assert_close(out, want)
@@ -101,7 +101,7 @@ def test_grouped_query_attention_with_masks_of_every_head_layout(mask_shape):
     q, k, v = qkv(rng, hq=6, hkv=3)
     keep = rng.random(mask_shape) > 0.3
     bias = rng.standard_normal(mask_shape)
-    rep = lambda a: np.repeat(a, 2, axis=1)                  # noqa: E731
+    rep = lambda a: np.repeat(a, 2, axis=1)                
     for m in (keep, bias):
         got = SDPA(Tensor(q), Tensor(k), Tensor(v), attn_mask=m, enable_gqa=True)
         want = SDPA(Tensor(q), Tensor(rep(k)), Tensor(rep(v)), attn_mask=m)
@@ -138,7 +138,7 @@ def test_a_float_mask_runs_the_reference_even_with_native_code_on(native_on):
     q, k, v = qkv(rng)
     bias = rng.standard_normal((2, 1, 3, 5))
     g = rng.standard_normal((2, 2, 3, 4))
-    fn = lambda q, k, v, m: SDPA(q, k, v, attn_mask=m)       # noqa: E731
+    fn = lambda q, k, v, m: SDPA(q, k, v, attn_mask=m)     
     with dispatch.trace() as chosen:
         out, grads = run(fn, [q, k, v, bias], g)
     assert "AttentionNative" not in chosen
@@ -157,7 +157,7 @@ def test_grouped_query_attention_without_a_mask_runs_natively_and_matches(native
     rng = np.random.default_rng(9)
     q, k, v = qkv(rng, hq=4, hkv=2, tq=5, tk=5)
     g = rng.standard_normal((2, 4, 5, 4))
-    fn = lambda q, k, v: SDPA(q, k, v, is_causal=True, enable_gqa=True)   # noqa: E731
+    fn = lambda q, k, v: SDPA(q, k, v, is_causal=True, enable_gqa=True) 
     with dispatch.trace() as chosen:
         out, grads = run(fn, [q, k, v], g)
     assert "AttentionNative" in chosen
