@@ -13,13 +13,18 @@ from .functions import (abs, acos, acosh, all, any, arccos, arccosh, arcsin, arc
                         left_shift, log, log10, log1p, log2, logcumsumexp, norm, prod, reciprocal, remainder,
                         right_shift, round, rsqrt, sign, sin, sinh, sort, sqrt, square, std, tan, topk, trunc,
                         var)
+# NumPy-named layout and indexing (minigrad/manipulation.py; also Tensor methods)
+from .manipulation import (diagonal, flip, gather, index_select, masked_fill, meshgrid, repeat, roll, scatter,
+                           scatter_add, take_along_axis, tile, trace, tril, triu)
 
 float32 = "float32"
 float64 = "float64"
 
 __all__ = ["Tensor", "backend", "grad", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
            "maximum", "minimum", "where", "concatenate", "stack", "split", "tensor", "zeros", "ones",
-           "gradcheck", "gradgradcheck", "GradcheckError", "nn", "optim", "profile", "dispatch", "impl",
+           "gradcheck", "gradgradcheck", "GradcheckError", "diagonal", "flip", "gather", "index_select",
+           "masked_fill", "meshgrid", "repeat", "roll", "scatter", "scatter_add", "take_along_axis", "tile", "trace",
+           "tril", "triu", "nn", "optim", "profile", "dispatch", "impl",
            "set_impl", "get_impl", "AxisError"]
 __all__ += [  # issue 17's math (functions.MATH)
     "abs", "acos", "acosh", "all", "any", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctan2", "arctanh",

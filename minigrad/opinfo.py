@@ -11,6 +11,7 @@ through the forward-vs-reference, gradcheck and gradgradcheck checks. An entry:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -551,6 +552,368 @@ OPS_MATH_NOGRAD: list[OpInfo] = [
 ]
 
 OPS += OPS_MATH
+
+
+# ====================================================================== issue 17: convolution, pooling, layout,
+# indexing, normalisation and attention masks. Kinds conv | pool | layout | index | norm draw their shapes in
+# tests/test_shapes_hypothesis_nn.py; index arrays and masks come from the input shapes (seeded), so drawn
+# shapes get valid ones. The references are direct loops over output positions in NumPy.
+from . import manipulation as M
+
+
+def _pairs(v, nd):
+    return (v,) * nd if isinstance(v, int) else tuple(v)
+
+
+def _conv_ref(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Each output position as a tensordot of its window with the group's weights."""
+    nd = x.ndim - 2
+    stride, dilation, kernel = _pairs(stride, nd), _pairs(dilation, nd), w.shape[2:]
+    if padding == "same":
+        pads = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+    else:
+        pads = [(p, p) for p in _pairs(padding, nd)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    out = tuple((xp.shape[2 + i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(nd))
+    if any(o < 1 for o in out):
+        raise ValueError("empty convolution output")
+    n, c, o = x.shape[0], x.shape[1], w.shape[0]
+    cg, og = c // groups, o // groups
+    y = np.zeros((n, o) + out, dtype=np.result_type(x, w))
+    axes = list(range(1, nd + 2))
+    for pos in np.ndindex(*out):
+        win = xp[(slice(None), slice(None)) + tuple(slice(p * s, p * s + d * (k - 1) + 1, d)
+                                                    for p, s, d, k in zip(pos, stride, dilation, kernel))]
+        for g in range(groups):
+            y[(slice(None), slice(g * og, (g + 1) * og)) + pos] = np.tensordot(
+                win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og], axes=(axes, axes))
+    return y if b is None else y + b.reshape((o,) + (1,) * nd)
+
+
+def _conv_transpose_ref(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Each input position adds its channels' combination of w onto its output window; then the padding is cut."""
+    nd = x.ndim - 2
+    stride, padding, dilation = _pairs(stride, nd), _pairs(padding, nd), _pairs(dilation, nd)
+    output_padding, kernel = _pairs(output_padding, nd), w.shape[2:]
+    n, cin, cog = x.shape[0], x.shape[1], w.shape[1]
+    cig = cin // groups
+    full = tuple((sz - 1) * s + d * (k - 1) + 1 + op for sz, s, d, k, op in
+                 zip(x.shape[2:], stride, dilation, kernel, output_padding))
+    y = np.zeros((n, cog * groups) + full, dtype=np.result_type(x, w))
+    for pos in np.ndindex(*x.shape[2:]):
+        at = tuple(slice(p * s, p * s + d * (k - 1) + 1, d) for p, s, d, k in zip(pos, stride, dilation, kernel))
+        for g in range(groups):
+            y[(slice(None), slice(g * cog, (g + 1) * cog)) + at] += np.tensordot(
+                x[(slice(None), slice(g * cig, (g + 1) * cig)) + pos], w[g * cig:(g + 1) * cig], axes=(1, 0))
+    y = y[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(padding, full))]
+    if min(y.shape[2:]) < 1 or min(x.shape[2:]) < 1:
+        raise ValueError("empty transposed-convolution input or output")
+    return y if b is None else y + b.reshape((-1,) + (1,) * nd)
+
+
+def _pool_ref(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, op="max", count_include_pad=True):
+    """Max or mean over the in-bounds elements of each window (PyTorch's output size and divisor rules)."""
+    nd = x.ndim - 2
+    if min(x.shape[2:]) < 1:
+        raise ValueError("pooling an empty image")
+    kernel = _pairs(kernel, nd)
+    stride = kernel if stride is None else _pairs(stride, nd)
+    padding, dilation = _pairs(padding, nd), _pairs(dilation, nd)
+    out = []
+    for n, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
+        span = n + 2 * p - d * (k - 1) - 1
+        o = (-(-span // s) + 1 if ceil_mode else span // s + 1)
+        if ceil_mode and (o - 1) * s >= n + p:
+            o -= 1
+        out.append(o)
+    if any(o < 1 for o in out):
+        raise ValueError("empty pooling output")
+    y = np.zeros(x.shape[:2] + tuple(out), dtype=x.dtype)
+    for pos in np.ndindex(*out):
+        idx, div = [], 1
+        for q, n, k, s, p, d in zip(pos, x.shape[2:], kernel, stride, padding, dilation):
+            start = q * s - p
+            at = start + np.arange(k) * d
+            idx.append(at[(at >= 0) & (at < n)])
+            div *= (min(start + k, n + p) - start) if count_include_pad else len(idx[-1])
+        win = x[(slice(None), slice(None)) + np.ix_(*idx)].reshape(x.shape[:2] + (math.prod(map(len, idx)),))
+        y[(slice(None), slice(None)) + pos] = win.max(-1) if op == "max" else win.sum(-1) / div
+    return y
+
+
+def _adaptive_ref(x, out):
+    nd = x.ndim - 2
+    out = _pairs(out, nd)
+    y = np.zeros(x.shape[:2] + out, dtype=x.dtype)
+    for pos in np.ndindex(*out):
+        at = tuple(slice(i * n // o, -(-(i + 1) * n // o)) for i, n, o in zip(pos, x.shape[2:], out))
+        y[(slice(None), slice(None)) + pos] = x[(slice(None), slice(None)) + at].mean(axis=tuple(range(2, 2 + nd)))
+    return y
+
+
+def _interp_ref(x, size, mode, align_corners=False):
+    """Nearest: source floor(dst · in/out) in float32. Linear modes: every output element as the weighted
+    sum over the 2^nd corners of its source cell."""
+    nd = x.ndim - 2
+    size = _pairs(size, nd)
+    y = np.zeros(x.shape[:2] + size, dtype=x.dtype)
+    for pos in np.ndindex(*size):
+        if mode == "nearest":
+            src = tuple(min(int(np.floor(np.float32(q) * np.float32(n / o))), n - 1)
+                        for q, n, o in zip(pos, x.shape[2:], size))
+            y[(slice(None), slice(None)) + pos] = x[(slice(None), slice(None)) + src]
+            continue
+        corners = []
+        for q, n, o in zip(pos, x.shape[2:], size):
+            f = q * (n - 1) / (o - 1) if align_corners and o > 1 else 0.0 if align_corners \
+                else max((q + 0.5) * n / o - 0.5, 0.0)
+            i0 = min(int(np.floor(f)), n - 1)
+            corners.append(((i0, 1.0 - (f - i0)), (min(i0 + 1, n - 1), f - i0)))
+        for combo in itertools.product(*corners):
+            wgt = np.prod([c[1] for c in combo])
+            y[(slice(None), slice(None)) + pos] += wgt * x[(slice(None), slice(None)) + tuple(c[0] for c in combo)]
+    return y
+
+
+def _unfold_ref(x, kernel, dilation, padding, stride):
+    k, d, p, s = (_pairs(v, 2) for v in (kernel, dilation, padding, stride))
+    xp = np.pad(x, [(0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])])
+    out = [(xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+    if min(out) < 1:
+        raise ValueError("empty unfold output")
+    cols = [xp[:, :, i * s[0]:i * s[0] + d[0] * (k[0] - 1) + 1:d[0], j * s[1]:j * s[1] + d[1] * (k[1] - 1) + 1:d[1]]
+            .reshape(x.shape[0], x.shape[1] * k[0] * k[1]) for i in range(out[0]) for j in range(out[1])]
+    return np.stack(cols, axis=-1)
+
+
+def _fold_ref(cols, size, kernel, dilation, padding, stride):
+    k, d, p, s = (_pairs(v, 2) for v in (kernel, dilation, padding, stride))
+    n = cols.shape[0]
+    c = cols.shape[1] // (k[0] * k[1])
+    out = [(size[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+    y = np.zeros((n, c, size[0] + 2 * p[0], size[1] + 2 * p[1]), dtype=cols.dtype)
+    for col, (i, j) in enumerate(itertools.product(range(out[0]), range(out[1]))):
+        y[:, :, i * s[0]:i * s[0] + d[0] * (k[0] - 1) + 1:d[0], j * s[1]:j * s[1] + d[1] * (k[1] - 1) + 1:d[1]] += \
+            cols[:, :, col].reshape(n, c, k[0], k[1])
+    return y[:, :, p[0]:p[0] + size[0], p[1]:p[1] + size[1]]
+
+
+def _np_pad(x, pad, mode, value=0.0):
+    """F.pad's (last dim first) pads through numpy.pad."""
+    width = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        width[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    if mode == "constant":
+        return np.pad(x, width, constant_values=value)
+    return np.pad(x, width, mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode])
+
+
+def _rand_index(shape, n, seed=0):
+    """A seeded integer array of ``shape`` with entries in [0, n): an index fitting drawn shapes."""
+    return np.random.default_rng(seed).integers(0, max(n, 1), shape)
+
+
+def _rand_mask(shape, seed=0):
+    return np.random.default_rng(seed).random(shape) > 0.4
+
+
+def _gather_index(x_shape, dim=1, extra=1):
+    """An index for gather along ``dim``: one more entry than x along dim, one less elsewhere (>= 0)."""
+    shape = tuple(n + extra if d == dim else max(n - 1, 0) for d, n in enumerate(x_shape))
+    return _rand_index(shape, x_shape[dim], seed=len(x_shape))
+
+
+def _gather_ref(x, dim, idx):
+    return np.take_along_axis(x[tuple(slice(0, n) if d != dim else slice(None) for d, n in enumerate(idx.shape))],
+                              idx, dim)
+
+
+def _scatter_ref(x, dim, idx, src, add=False):
+    """Sources in C order; a later one overwrites (or adds to) an earlier one at the same target."""
+    out = x.copy()
+    for pos in np.ndindex(*idx.shape):
+        at = list(pos)
+        at[dim] = idx[pos]
+        if add:
+            out[tuple(at)] += src[pos]
+        else:
+            out[tuple(at)] = src[pos]
+    return out
+
+
+def _scatter_index(x_shape, dim, cols):
+    """(x.shape[dim] + 1, cols) targets along dim (so some repeat), cols <= the other dim of x."""
+    return _rand_index((x_shape[dim] + 1, min(cols, x_shape[1 - dim])) if dim == 0 else
+                       (min(cols, x_shape[0]), x_shape[dim] + 2), x_shape[dim], seed=3)
+
+
+def _bn_ref(x, w, b, mean=None, var=None, eps=1e-5):
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if mean is None:
+        mean, var = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+    else:
+        mean, var = mean.reshape(shape), var.reshape(shape)
+    return (x - mean) / np.sqrt(var + eps) * w.reshape(shape) + b.reshape(shape)
+
+
+def _gn_ref(x, groups, w, b, eps=1e-5):
+    g = x.reshape(x.shape[0], groups, x.shape[1] // groups * math.prod(x.shape[2:]))
+    y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return y * w.reshape(shape) + b.reshape(shape)
+
+
+def _running(c):
+    """Fixed running statistics for channel count c (eval-mode batch norm)."""
+    return np.linspace(-0.5, 0.5, c), np.linspace(0.5, 2.0, c)
+
+
+def _sdpa_bias_ref(q, k, v, bias, causal=False):
+    """softmax(q kᵀ / sqrt(d) + bias) v, -inf entries masked; causal bottom-right."""
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1]) + bias
+    tq, tk = s.shape[-2:]
+    if causal:
+        s = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq), s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    d = e.sum(-1, keepdims=True)
+    return (e / np.where(d > 0, d, 1)) @ v
+
+
+_GQA_BIAS = np.where(np.eye(2, 4, 2, dtype=bool), -np.inf, np.linspace(-1, 1, 8).reshape(2, 4))   # (Tq, Tk)
+
+
+def _gqa_ref(q, k, v):
+    g = q.shape[1] // k.shape[1]
+    return _sdpa_bias_ref(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1), _GQA_BIAS, causal=True)
+
+
+OPS_NN: list[OpInfo] = [
+    # ---- convolution (im2col + matmul; backward through col2im)
+    OpInfo("conv1d", lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1, groups=2),
+           lambda x, w, b: _conv_ref(x, w, b, 2, 1, 1, 2), ((2, 4, 5), (4, 2, 3), (4,)), kind="conv"),
+    OpInfo("conv1d_same_even_kernel", lambda x, w: F.conv1d(x, w, padding="same"),
+           lambda x, w: _conv_ref(x, w, padding="same"), ((1, 2, 6), (3, 2, 4)), kind="conv",
+           note="'same' with an even kernel pads one more on the high side"),
+    OpInfo("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1), lambda x, w, b: _conv_ref(x, w, b, 1, 1),
+           ((2, 2, 3, 3), (2, 2, 3, 3), (2,)), kind="conv"),
+    OpInfo("conv2d_groups_dilated",
+           lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2),
+           lambda x, w, b: _conv_ref(x, w, b, (2, 1), (1, 0), (2, 1), 2), ((1, 4, 5, 4), (2, 2, 2, 3), (2,)),
+           kind="conv"),
+    OpInfo("conv2d_same_dilated", lambda x, w: F.conv2d(x, w, padding="same", dilation=(1, 2)),
+           lambda x, w: _conv_ref(x, w, padding="same", dilation=(1, 2)), ((1, 2, 4, 5), (2, 2, 2, 3)), kind="conv"),
+    OpInfo("conv_transpose1d", lambda x, w: F.conv_transpose1d(x, w, stride=2, padding=1),
+           lambda x, w: _conv_transpose_ref(x, w, None, 2, 1), ((2, 2, 4), (2, 3, 3)), kind="conv"),
+    OpInfo("conv_transpose2d", lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
+           lambda x, w, b: _conv_transpose_ref(x, w, b, 2, 1, 1), ((1, 2, 2, 3), (2, 2, 3, 3), (2,)), kind="conv"),
+    OpInfo("conv_transpose2d_groups",
+           lambda x, w: F.conv_transpose2d(x, w, stride=(1, 2), groups=2, dilation=2),
+           lambda x, w: _conv_transpose_ref(x, w, None, (1, 2), 0, 0, 2, 2), ((1, 4, 3, 2), (4, 1, 2, 2)),
+           kind="conv"),
+    OpInfo("unfold", lambda x: F.unfold(x, (2, 3), padding=1, stride=2), lambda x: _unfold_ref(x, (2, 3), 1, 1, 2),
+           ((1, 2, 4, 5),), kind="conv"),
+    OpInfo("fold", lambda x: F.fold(x, (4, 5), (2, 3), padding=1, stride=2),
+           lambda x: _fold_ref(x, (4, 5), (2, 3), 1, 1, 2), ((1, 12, 9),), kind="conv",
+           note="overlapping windows add"),
+    # ---- pooling and resampling
+    OpInfo("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: _pool_ref(x, 3, 2, 1), ((1, 2, 5, 5),),
+           make=_distinct, kind="pool", note="overlapping windows route to their argmax"),
+    OpInfo("max_pool2d_dilated_ceil", lambda x: F.max_pool2d(x, (2, 3), 2, dilation=(2, 1), ceil_mode=True),
+           lambda x: _pool_ref(x, (2, 3), 2, 0, (2, 1), True), ((1, 2, 6, 7),), make=_distinct, kind="pool"),
+    OpInfo("max_pool1d", lambda x: F.max_pool1d(x, 3, 2), lambda x: _pool_ref(x, 3, 2), ((2, 2, 7),), make=_distinct,
+           kind="pool"),
+    OpInfo("avg_pool2d", lambda x: F.avg_pool2d(x, 3, 2, 1), lambda x: _pool_ref(x, 3, 2, 1, op="avg"),
+           ((1, 2, 5, 5),), kind="pool"),
+    OpInfo("avg_pool2d_ceil_no_pad",
+           lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+           lambda x: _pool_ref(x, 3, 2, 1, ceil_mode=True, op="avg", count_include_pad=False), ((1, 2, 6, 5),),
+           kind="pool"),
+    OpInfo("avg_pool1d", lambda x: F.avg_pool1d(x, 2, 1, 1), lambda x: _pool_ref(x, 2, 1, 1, op="avg"),
+           ((2, 2, 5),), kind="pool"),
+    OpInfo("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (3, 4)), lambda x: _adaptive_ref(x, (3, 4)),
+           ((1, 1, 5, 7),), kind="pool", note="windows of uneven sizes"),
+    OpInfo("adaptive_avg_pool1d", lambda x: F.adaptive_avg_pool1d(x, 3), lambda x: _adaptive_ref(x, 3),
+           ((2, 2, 7),), kind="pool"),
+    OpInfo("interpolate_nearest", lambda x: F.interpolate(x, size=(5, 7)), lambda x: _interp_ref(x, (5, 7), "nearest"),
+           ((1, 2, 3, 4),), kind="pool", note="repeated sources accumulate in backward"),
+    OpInfo("interpolate_bilinear", lambda x: F.interpolate(x, size=(3, 5), mode="bilinear"),
+           lambda x: _interp_ref(x, (3, 5), "linear"), ((1, 2, 4, 3),), kind="pool"),
+    OpInfo("bilinear_align_corners",
+           lambda x: F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=True),
+           lambda x: _interp_ref(x, (5, 7), "linear", True), ((1, 1, 3, 4),), kind="pool"),
+    OpInfo("interpolate_linear", lambda x: F.interpolate(x, size=8, mode="linear"),
+           lambda x: _interp_ref(x, 8, "linear"), ((2, 2, 5),), kind="pool"),
+    # ---- layout
+    OpInfo("pad_constant", lambda x: F.pad(x, (1, 2, 0, 1), value=0.5), lambda x: _np_pad(x, (1, 2, 0, 1), "constant", 0.5),
+           ((2, 3, 4),), kind="layout"),
+    OpInfo("pad_reflect", lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"),
+           lambda x: _np_pad(x, (2, 1, 1, 2), "reflect"), ((2, 3, 4),), kind="layout"),
+    OpInfo("pad_replicate", lambda x: F.pad(x, (1, 2, 2, 0), mode="replicate"),
+           lambda x: _np_pad(x, (1, 2, 2, 0), "replicate"), ((1, 2, 3, 4),), kind="layout"),
+    OpInfo("pad_circular", lambda x: F.pad(x, (1, 3), mode="circular"), lambda x: _np_pad(x, (1, 3), "circular"),
+           ((2, 3, 4),), kind="layout"),
+    OpInfo("tril", lambda x: M.tril(x, -1), lambda x: np.tril(x, -1), ((2, 3, 4),), kind="layout"),
+    OpInfo("triu", lambda x: M.triu(x, 1), lambda x: np.triu(x, 1), ((3, 4),), kind="layout"),
+    OpInfo("flip", lambda x: M.flip(x, (0, 2)), lambda x: np.flip(x, (0, 2)), ((2, 3, 4),), kind="layout"),
+    OpInfo("roll", lambda x: M.roll(x, (1, -2), (0, 2)), lambda x: np.roll(x, (1, -2), (0, 2)), ((2, 3, 4),),
+           kind="layout"),
+    OpInfo("roll_flat", lambda x: M.roll(x, 5), lambda x: np.roll(x, 5), ((3, 4),), kind="layout"),
+    OpInfo("repeat", lambda x: M.repeat(x, 2, 1), lambda x: np.repeat(x, 2, 1), ((2, 3),), kind="layout"),
+    OpInfo("repeat_counts", lambda x: M.repeat(x, np.arange(x.shape[0]) % 3, 0),
+           lambda x: np.repeat(x, np.arange(x.shape[0]) % 3, 0), ((4, 2),), kind="layout",
+           note="counts 0, 1, 2, 0: a row dropped, one repeated"),
+    OpInfo("tile", lambda x: M.tile(x, (2, 1, 2)), lambda x: np.tile(x, (2, 1, 2)), ((2, 3),), kind="layout"),
+    OpInfo("meshgrid", lambda a, b: mgf.stack(M.meshgrid(a, b)), lambda a, b: np.stack(np.meshgrid(a, b)),
+           ((3,), (4,)), kind="layout", note="indexing='xy' (NumPy's default)"),
+    OpInfo("diagonal", lambda x: M.diagonal(x, 1, 2, 0), lambda x: np.diagonal(x, 1, 2, 0), ((3, 4, 5),),
+           kind="layout"),
+    OpInfo("trace", lambda x: M.trace(x, -1), lambda x: np.trace(x, -1), ((4, 3),), kind="layout"),
+    # ---- indexing (index arrays and masks derived from the input shape, seeded)
+    OpInfo("gather", lambda x: M.gather(x, 1, _gather_index(x.shape)),
+           lambda x: _gather_ref(x, 1, _gather_index(x.shape)), ((3, 4, 2),), kind="index",
+           note="index longer than x along dim, shorter elsewhere; repeats accumulate"),
+    OpInfo("scatter", lambda x, s: M.scatter(x, 0, _scatter_index(x.shape, 0, 3), s),
+           lambda x, s: _scatter_ref(x, 0, _scatter_index(x.shape, 0, 3), s), ((4, 3), (5, 3)), kind="index",
+           note="repeated targets: the last source wins, the others get no gradient; src larger than index"),
+    OpInfo("scatter_add", lambda x, s: M.scatter_add(x, 1, _scatter_index(x.shape, 1, 3), s),
+           lambda x, s: _scatter_ref(x, 1, _scatter_index(x.shape, 1, 3), s, add=True), ((3, 4), (3, 6)),
+           kind="index", note="repeated targets accumulate"),
+    OpInfo("take_along_axis", lambda x: M.take_along_axis(x, _rand_index((1, 5), x.shape[1]), 1),
+           lambda x: np.take_along_axis(x, _rand_index((1, 5), x.shape[1]), 1), ((3, 4),), kind="index",
+           note="indices broadcast against x outside the axis"),
+    OpInfo("index_select", lambda x: M.index_select(x, 0, _rand_index(6, x.shape[0])),
+           lambda x: np.take(x, _rand_index(6, x.shape[0]), 0), ((3, 4),), kind="index"),
+    OpInfo("masked_fill", lambda x: M.masked_fill(x, _rand_mask((1,) + x.shape[1:]), 2.5),
+           lambda x: np.where(_rand_mask((1,) + x.shape[1:]), 2.5, x), ((3, 4),), kind="index",
+           note="the mask broadcasts"),
+    OpInfo("masked_fill_tensor_value", lambda x, v: M.masked_fill(x, _rand_mask(x.shape), v),
+           lambda x, v: np.where(_rand_mask(x.shape), v, x), ((3, 4), ()), kind="index",
+           note="a 0-d tensor value gets the masked positions' gradient"),
+    OpInfo("getitem_bool_mask", lambda x: x[mgf.tensor(_rand_mask(x.shape[:2]))], lambda x: x[_rand_mask(x.shape[:2])],
+           ((3, 4, 2),), kind="index", note="a boolean Tensor over the leading dims"),
+    # ---- normalisation (Tensor-op compositions)
+    OpInfo("batch_norm_train", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), _bn_ref,
+           ((4, 3, 2), (3,), (3,)), kind="norm", note="the batch's statistics"),
+    OpInfo("batch_norm_eval", lambda x, w, b: F.batch_norm(x, *_running(x.shape[1]), w, b),
+           lambda x, w, b: _bn_ref(x, w, b, *_running(x.shape[1])), ((3, 2, 4), (2,), (2,)), kind="norm",
+           note="fixed running statistics"),
+    OpInfo("group_norm", lambda x, w, b: F.group_norm(x, 2, w, b), lambda x, w, b: _gn_ref(x, 2, w, b),
+           ((2, 4, 3), (4,), (4,)), kind="norm"),
+    OpInfo("rms_norm", lambda x, w: F.rms_norm(x, (4,), w),
+           lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + np.finfo(x.dtype).eps) * w, ((2, 3, 4), (4,)),
+           kind="norm"),
+    # ---- attention: a float additive mask and grouped-query attention (the reference op runs them)
+    OpInfo("sdpa_float_mask", lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+           lambda q, k, v, m: _sdpa_bias_ref(q, k, v, m), ((1, 2, 2, 3), (1, 2, 4, 3), (1, 2, 4, 2), (1, 1, 2, 4)),
+           kind="nn", hypothesis=False, note="the mask is differentiable and broadcasts over heads"),
+    OpInfo("sdpa_gqa", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=_GQA_BIAS, is_causal=True,
+                                                                       enable_gqa=True),
+           _gqa_ref, ((1, 4, 2, 3), (1, 2, 4, 3), (1, 2, 4, 3)), kind="nn", hypothesis=False,
+           note="4 query heads over 2 key/value heads, causal, a float mask with -inf"),
+]
+OPS += OPS_NN
 
 
 BY_NAME = {op.name: op for op in OPS}

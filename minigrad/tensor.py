@@ -301,6 +301,50 @@ class Tensor:
             raise ValueError("clip: at least one of min and max must be given")
         return _ops.Clip.apply(self, lo=min, hi=max)
 
+    # ------------------------------------------------------------ manipulation and indexing (minigrad.manipulation)
+    def tril(self, k=0):
+        return _manip.tril(self, k)
+
+    def triu(self, k=0):
+        return _manip.triu(self, k)
+
+    def flip(self, axis=None):
+        return _manip.flip(self, axis)
+
+    def roll(self, shift, axis=None):
+        return _manip.roll(self, shift, axis)
+
+    def repeat(self, repeats, axis=None):
+        """numpy.repeat (PyTorch's repeat_interleave); PyTorch's Tensor.repeat is ``tile``."""
+        return _manip.repeat(self, repeats, axis)
+
+    def tile(self, reps):
+        return _manip.tile(self, reps)
+
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        return _manip.diagonal(self, offset, axis1, axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        return _manip.trace(self, offset, axis1, axis2)
+
+    def gather(self, dim, index):
+        return _manip.gather(self, dim, index)
+
+    def scatter(self, dim, index, src):
+        return _manip.scatter(self, dim, index, src)
+
+    def scatter_add(self, dim, index, src):
+        return _manip.scatter_add(self, dim, index, src)
+
+    def take_along_axis(self, indices, axis):
+        return _manip.take_along_axis(self, indices, axis)
+
+    def index_select(self, dim, index):
+        return _manip.index_select(self, dim, index)
+
+    def masked_fill(self, mask, value):
+        return _manip.masked_fill(self, mask, value)
+
 
     # ------------------------------------------------------------ math (issue 17): unary functions
     # float results for integer inputs are float32; rounding and sign have a zero gradient
@@ -635,4 +679,5 @@ def _index_arrays(idx):
     return idx
 
 
+from . import manipulation as _manip  # noqa: E402  (it imports Tensor)
 from . import ops as _ops  # noqa: E402  (ops import Tensor)

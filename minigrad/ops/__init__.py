@@ -36,3 +36,11 @@ __all__ = ["Abs", "Add", "AsType", "Clip", "Compare", "Div", "Exp", "Log", "Maxi
            "Ceil", "Floor", "Round", "Sign", "Trunc", "CumProd", "CumSum", "LogCumSumExp", "Elu", "Softplus",
            "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cos", "Cosh", "Erfc", "Exp2", "Expm1", "Log1p",
            "Log2", "Log10", "Reciprocal", "Rsqrt", "Sin", "Sinh", "Square", "Tan"]
+
+# convolution, pooling, padding and scatter (the ops behind nn.functional's conv/pool and minigrad.manipulation)
+from .conv import Conv, ConvTranspose, Fold, Unfold
+from .indexing import Scatter
+from .movement import Pad, Roll
+from .pooling import AvgPool, MaxPool
+
+__all__ += ["Conv", "ConvTranspose", "Fold", "Unfold", "Scatter", "Pad", "Roll", "AvgPool", "MaxPool"]
