@@ -8,6 +8,13 @@ through the forward-vs-reference, gradcheck and gradgradcheck checks. An entry:
       make(rng, shapes) -> [arrays]    sample inputs (float inputs are differentiated)
       ref(*arrays) -> array            the same computation in plain NumPy
       shapes                           default input shapes; ``broadcast`` says shapes may broadcast
+      variants                         the fast implementations the dispatch point may choose for this op
+                                       besides the NumPy reference: "native" (the C++ loops of kernels/cpu,
+                                       MINIGRAD_CPU_NATIVE) and "emulate" (the CUDA kernels through the CPU
+                                       emulator, MINIGRAD_KERNELS=emulate). Tests run each declared variant
+                                       and check that it really ran.
+      variant_shapes                   {variant: shapes} where a variant needs other input shapes than
+                                       ``shapes`` to be eligible (the attention kernels need head dim >= 16)
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ class OpInfo:
     hypothesis: bool = True            # whether tests draw random shapes for it
     note: str = ""
     extra: dict = field(default_factory=dict)
+    variants: tuple = ()               # "native", "emulate": see the module docstring
+    variant_shapes: dict = field(default_factory=dict)
 
     def inputs(self, rng, dtype=np.float64, shapes=None):
         shapes = shapes or self.shapes
@@ -196,5 +205,56 @@ OPS: list[OpInfo] = [
            lambda a: a * (np.random.default_rng(7).random(a.shape) >= 0.3) / 0.7, ((4, 5),), kind="nn",
            hypothesis=False, note="a seeded generator makes the mask fixed"),
 ]
+
+
+def _gelu_mlp_ref(x, w1, b1, w2, b2):
+    h = x @ w1.T + b1
+    return (0.5 * h * (1 + _erf(h / math.sqrt(2)))) @ w2.T + b2
+
+
+def _qkv_ref(qkv, n_head, causal, scale=None):
+    """The packed (B, T, 3E) projection split into q, k, v and heads, attended, heads put back."""
+    b, t, e3 = qkv.shape
+    hs = e3 // 3 // n_head
+    h = qkv.reshape(b, t, 3, n_head, hs).transpose(2, 0, 3, 1, 4)            # (3, B, nh, T, hs)
+    q = h[0] if scale is None else h[0] * (scale * math.sqrt(hs))            # _sdpa_ref scales by 1/sqrt(hs)
+    return _sdpa_ref(q, h[1], h[2], causal).transpose(0, 2, 1, 3).reshape(b, t, e3 // 3)
+
+
+# the fused GPT ops: one op each on the CPU with the native library, else their composition
+OPS += [
+    OpInfo("gelu_mlp", lambda x, w1, b1, w2, b2: F.gelu_mlp(x, w1, b1, w2, b2), _gelu_mlp_ref,
+           ((4, 5), (6, 5), (6,), (3, 6), (3,)), kind="nn", hypothesis=False,
+           note="linear -> exact gelu -> linear"),
+    OpInfo("qkv_self_attention", lambda qkv: F.qkv_self_attention(qkv, 2, is_causal=True),
+           lambda qkv: _qkv_ref(qkv, 2, True), ((2, 4, 12),), kind="nn", hypothesis=False,
+           note="2 heads of size 2, causal"),
+    OpInfo("qkv_self_attention_full", lambda qkv: F.qkv_self_attention(qkv, 3, scale=0.4),
+           lambda qkv: _qkv_ref(qkv, 3, False, 0.4),
+           ((2, 3, 18),), kind="nn", hypothesis=False, note="3 heads of size 2, not causal, explicit scale"),
+]
+
+# Which ops have fast variants (see the module docstring), and the shapes that make them eligible.
+_VARIANTS = {
+    "gelu": ("native",),
+    "getitem_repeat": ("native",),       # the scatter-add of repeated rows
+    "embedding": ("native",),
+    "cross_entropy": ("native",),
+    "layer_norm": ("native", "emulate"),
+    "sdpa": ("native", "emulate"),
+    "sdpa_causal_padded": ("native", "emulate"),
+    "gelu_mlp": ("native",),
+    "qkv_self_attention": ("native", "emulate"),
+    "qkv_self_attention_full": ("native", "emulate"),
+}
+# the attention kernels take head dims 16..128 only
+_EMULATE_SHAPES = {"sdpa": ((1, 2, 4, 16), (1, 2, 6, 16), (1, 2, 6, 16)),
+                   "sdpa_causal_padded": ((1, 2, 4, 16), (1, 2, 6, 16), (1, 2, 6, 16)),
+                   "qkv_self_attention": ((1, 3, 96),),          # 2 heads of 16
+                   "qkv_self_attention_full": ((1, 2, 144),)}    # 3 heads of 16
+for _op in OPS:
+    _op.variants = _op.variants or _VARIANTS.get(_op.name, ())
+    if _op.name in _EMULATE_SHAPES:
+        _op.variant_shapes.setdefault("emulate", _EMULATE_SHAPES[_op.name])
 
 BY_NAME = {op.name: op for op in OPS}
