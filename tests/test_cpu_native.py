@@ -29,6 +29,7 @@ import minigrad.optim as optim
 from minigrad import fused
 from minigrad.ops.nn_ops import causal_mask
 from minigrad.ops.special import gelu_and_slope
+from minigrad.gradient_check import float64_tolerances
 from minigrad.kernels.cpu import native
 
 DTYPES = (np.float32, np.float64)
@@ -311,16 +312,21 @@ def test_sdpa_matches_the_formula(mode, dtype, causal, key_mask):
 
 
 # ---------------------------------------------------------------- gradcheck, native on and off
+# at float64's own tolerance (minigrad.gradient_check.float64_tolerances), not PyTorch's defaults
+def tight_gradcheck(fn, inputs):
+    return mg.gradcheck(fn, inputs, **float64_tolerances(fn, inputs))
+
+
 def test_gradcheck_gelu(mode):
     x = mg.Tensor(np.random.default_rng(0).standard_normal((3, 5)) * 2, requires_grad=True)
-    assert mg.gradcheck(lambda t: F.gelu(t), [x])
+    assert tight_gradcheck(lambda t: F.gelu(t), [x])
 
 
 def test_gradcheck_layer_norm(mode):
     rng = np.random.default_rng(1)
     x, w, b = (mg.Tensor(a, requires_grad=True) for a in
                (rng.standard_normal((4, 6)), rng.standard_normal(6), rng.standard_normal(6)))
-    assert mg.gradcheck(lambda x, w, b: F.layer_norm(x, (6,), w, b), [x, w, b])
+    assert tight_gradcheck(lambda x, w, b: F.layer_norm(x, (6,), w, b), [x, w, b])
 
 
 @pytest.mark.parametrize("masking", ["causal", "keys"])
@@ -330,8 +336,8 @@ def test_gradcheck_sdpa(mode, masking):
     am = None
     if masking == "keys":
         am = np.array([True, False, True, True])[None, None, None, :].repeat(2, axis=0)
-    assert mg.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=am,
-                                                                        is_causal=masking == "causal"), [q, k, v])
+    assert tight_gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=am,
+                                                                           is_causal=masking == "causal"), [q, k, v])
 
 
 # ---------------------------------------------------------------- optimizers
