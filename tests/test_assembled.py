@@ -10,9 +10,9 @@ first, so that a decayed zero bias cannot pass by staying zero.
 """
 import numpy as np
 import pytest
+from minigrad.models.train import Trainer
 
 from minigrad import nn
-from minigrad.models.train import Trainer
 
 pytest.importorskip("safetensors", reason="the trainers checkpoint with the optional 'safetensors' package")
 
