@@ -8,6 +8,13 @@ through the forward-vs-reference, gradcheck and gradgradcheck checks. An entry:
       make(rng, shapes) -> [arrays]    sample inputs (float inputs are differentiated)
       ref(*arrays) -> array            the same computation in plain NumPy
       shapes                           default input shapes; ``broadcast`` says shapes may broadcast
+      variants                         the fast implementations the dispatch point may choose for this op
+                                       besides the NumPy reference: "native" (the C++ loops of kernels/cpu,
+                                       MINIGRAD_CPU_NATIVE) and "emulate" (the CUDA kernels through the CPU
+                                       emulator, MINIGRAD_KERNELS=emulate). Tests run each declared variant
+                                       and check that it really ran.
+      variant_shapes                   {variant: shapes} where a variant needs other input shapes than
+                                       ``shapes`` to be eligible (the attention kernels need head dim >= 16)
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ class OpInfo:
     hypothesis: bool = True            # whether tests draw random shapes for it
     note: str = ""
     extra: dict = field(default_factory=dict)
+    variants: tuple = ()               # "native", "emulate": see the module docstring
+    variant_shapes: dict = field(default_factory=dict)
 
     def inputs(self, rng, dtype=np.float64, shapes=None):
         shapes = shapes or self.shapes
@@ -107,11 +116,13 @@ def _gelu_mlp_ref(x, w1, b1, w2, b2):
     return (0.5 * h * (1 + _erf(h / math.sqrt(2)))) @ w2.T + b2
 
 
-def _qkv_ref(qkv, n_head=2, causal=True):
-    """q|k|v (B, T, 3C) -> per-head causal attention, heads side by side (B, T, C)."""
-    b, t, c3 = qkv.shape
-    q, k, v = qkv.reshape(b, t, 3, n_head, c3 // 3 // n_head).transpose(2, 0, 3, 1, 4)
-    return _sdpa_ref(q, k, v, causal).transpose(0, 2, 1, 3).reshape(b, t, c3 // 3)
+def _qkv_ref(qkv, n_head=2, causal=True, scale=None):
+    """The packed (B, T, 3E) projection split into q, k, v and heads, attended, heads put back."""
+    b, t, e3 = qkv.shape
+    hs = e3 // 3 // n_head
+    h = qkv.reshape(b, t, 3, n_head, hs).transpose(2, 0, 3, 1, 4)            # (3, B, nh, T, hs)
+    q = h[0] if scale is None else h[0] * (scale * math.sqrt(hs))            # _sdpa_ref scales by 1/sqrt(hs)
+    return _sdpa_ref(q, h[1], h[2], causal).transpose(0, 2, 1, 3).reshape(b, t, e3 // 3)
 
 
 _KEEP = np.array([[True, True, False, True, False, True]], bool)[:, None, None, :]   # (1,1,1,6)
@@ -915,5 +926,34 @@ OPS_NN: list[OpInfo] = [
 ]
 OPS += OPS_NN
 
+
+OPS += [
+    OpInfo("qkv_self_attention_full", lambda qkv: F.qkv_self_attention(qkv, 3, scale=0.4),
+           lambda qkv: _qkv_ref(qkv, 3, False, 0.4),
+           ((2, 3, 18),), kind="nn", hypothesis=False, note="3 heads of size 2, not causal, explicit scale"),
+]
+
+# Which ops have fast variants (see the module docstring), and the shapes that make them eligible.
+_VARIANTS = {
+    "gelu": ("native",),
+    "getitem_repeat": ("native",),       # the scatter-add of repeated rows
+    "embedding": ("native",),
+    "cross_entropy": ("native",),
+    "layer_norm": ("native", "emulate"),
+    "sdpa": ("native", "emulate"),
+    "sdpa_causal_padded": ("native", "emulate"),
+    "gelu_mlp": ("native",),
+    "qkv_self_attention": ("native", "emulate"),
+    "qkv_self_attention_full": ("native", "emulate"),
+}
+# the attention kernels take head dims 16..128 only
+_EMULATE_SHAPES = {"sdpa": ((1, 2, 4, 16), (1, 2, 6, 16), (1, 2, 6, 16)),
+                   "sdpa_causal_padded": ((1, 2, 4, 16), (1, 2, 6, 16), (1, 2, 6, 16)),
+                   "qkv_self_attention": ((1, 3, 96),),          # 2 heads of 16
+                   "qkv_self_attention_full": ((1, 2, 144),)}    # 3 heads of 16
+for _op in OPS:
+    _op.variants = _op.variants or _VARIANTS.get(_op.name, ())
+    if _op.name in _EMULATE_SHAPES:
+        _op.variant_shapes.setdefault("emulate", _EMULATE_SHAPES[_op.name])
 
 BY_NAME = {op.name: op for op in OPS}
