@@ -154,7 +154,7 @@ class Function:
     def apply(cls, *inputs, **kwargs):
         """Run forward on the inputs' arrays and, if any input needs grad, record the node."""
         if _dispatch._autocast is not None and _dispatch.autocast_policy(cls):   # minigrad.amp
-            from .amp import autocast_apply
+            from .ops.autocast import autocast_apply
             return autocast_apply(cls, inputs, kwargs)
         Tensor = _tensor_class()
         if len(inputs) == 1:

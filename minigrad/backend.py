@@ -32,7 +32,7 @@ def _try_cupy():
     global _cupy, _cupy_error
     if _cupy is None:
         try:
-            import cupy  # noqa: F401
+            import cupy
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise RuntimeError("cupy is installed but sees no CUDA device")
             _cupy = cupy
