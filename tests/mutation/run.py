@@ -130,7 +130,7 @@ def copy_repo(dest: Path, tests_rev: str | None) -> None:
 
 
 def check_imports_resolve_to(dest: Path) -> None:
-    code = ("import minigrad, minigrad.models.train as t, minigrad.kernels.launch as k; "
+    code = ("import minigrad, minigrad.models.train as t, minigrad.kernels.runtime as k; "
             "print(minigrad.__file__); print(t.__file__); print(k.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=dest, check=True, capture_output=True, text=True).stdout
     for path in out.split():
