@@ -192,9 +192,11 @@ def choose_version(q, version=None, kernels=None):
     if kernels is not None:
         fns = set(kernels.values())
         version = 2 if fns & set(V2_TILES) else 1
-    kind = dtypes.kind(q) if _is_array(q) else None
+    if not _is_array(q):
+        raise TypeError(f"attention: q must be a numpy or cupy array, got {type(q).__name__}")
+    kind = dtypes.kind(q)
     if kind not in ("float", "double", "half", "bf16"):
-        got = q.dtype if _is_array(q) else type(q).__name__
+        got = q.dtype
         raise TypeError(f"attention: q must be float32 or float64 (version 1) or float16 or bfloat16 (version 2), "
                         f"got {got}")
     if version is None:
@@ -247,7 +249,8 @@ def _check_inputs(q, k, v, key_mask, extra=(), version=1):
         raise ValueError(f"attention: empty input, q {q.shape}, k {k.shape}")
     lo = 16 if version == 1 else 1
     if not lo <= d <= 128:
-        raise ValueError(f"attention kernels support head dims {lo}..128 (version {version}), got d={d}")
+        raise ValueError(f"attention kernels support head dims {lo}..128, got d={d} (version {version}; "
+                         f"version 2 takes 1..128)")
     if max(B * H * Tq * d, B * H * Tk * d) >= 2 ** 31:
         raise ValueError("attention: more than 2**31 elements per tensor is not supported")
     for name, a in extra:

@@ -94,3 +94,14 @@ def instantiations(kernels, cu) -> list:
     if not seen:
         raise KeyError(f"no kernels registered for {cu}; add Kernel(...) lines to its family's KERNELS")
     return seen
+
+
+def select(kernels, names=None) -> list:
+    """The kernels a command line names: all when `names` is empty; those whose name equals one of
+    `names` when any does (`layernorm_forward` is version 1 alone); else those whose name contains
+    one (`_v2`, `attention`)."""
+    kernels = list(kernels)
+    if not names:
+        return kernels
+    exact = [k for k in kernels if k.name in names]
+    return exact or [k for k in kernels if any(n in k.name for n in names)]

@@ -11,7 +11,7 @@ Versions (the dtype of x picks one; `version=` asks for one):
     2 (layernorm_v2.cu)  float16, bfloat16 (ml_dtypes.bfloat16 or its uint16 bits), and float32 on
                          request: y, dx in x's dtype; weight, bias, dweight, dbias in x's dtype or
                          float32; mean, rstd float32; float32 arithmetic; dweight/dbias finished in
-                         the backward kernel. Rows up to 32 * 1024 * 16 bytes wide.
+                         the backward kernel. Rows up to 8192 elements (4096 in float32).
 The launchers take numpy arrays (CPU emulator) or cupy arrays (GPU) and raise before any launch on
 bad input. A kernel version is a Kernel line in KERNELS at the bottom (kernels/registry.py collects
 it); `kernels=` runs a version's roles instead of the default ones.
@@ -228,6 +228,7 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None, ve
 # holds a row in registers, MAXV 16-byte chunks per thread at most: G = 32 (R = 4 rows per block)
 # while C <= 32 * VEC * MAXV (VEC = 16 / itemsize), else one block of the smallest G that fits.
 V2_MAXV = 4
+V2_MAX_THREADS = 256   # the kernels' __launch_bounds__: rows up to 8192 16-bit / 4096 float32 elements
 V2_TYPES = (("mg_half", "mg_half"), ("mg_half", "float"), ("mg_bf16", "mg_bf16"), ("mg_bf16", "float"),
             ("float", "float"))
 V2_ROLES = {"forward": "layernorm_v2_forward", "backward": "layernorm_v2_backward"}
@@ -248,9 +249,9 @@ def _v2_config(xp, N, C, itemsize):
         G, R = 32, 4
     else:
         G, R = 32 * -(-chunks // (32 * V2_MAXV)), 1
-        if G > 1024:
-            raise ValueError(f"layernorm version 2 takes rows of at most {1024 * vec * V2_MAXV} elements of "
-                             f"{itemsize} bytes, got C={C}")
+        if G > V2_MAX_THREADS:
+            raise ValueError(f"layernorm version 2 takes rows of at most {V2_MAX_THREADS * vec * V2_MAXV} elements "
+                             f"of {itemsize} bytes, got C={C} (version 1 takes wider float32 rows)")
     groups = -(-N // R)
     if xp is np:
         blocks = min(groups, EMULATED_BLOCKS)
@@ -337,10 +338,10 @@ def _backward_v2(dy, x, weight, mean, rstd, bias, param_dtype):
     need = dweight is not None or dbias is not None
     partials = xp.empty((grid[0], 2, C), dtype=np.float32) if need else None
     counter = xp.zeros((1,), dtype=np.uint32) if need else None
-    smem = R * 2 * C * 4 if need and R > 1 else 0
+    smem = R * 2 * C * 4 if need else 0   # the row groups' column sums (up to 64 KiB: opt-in)
     PROGRAM_V2.launch(_v2_name("backward", x, pdt), grid, block,
                       (dy, x, weight, mean, rstd, dx, partials, counter, dweight, dbias, np.int32(N), np.int32(C)),
-                      shared_mem=smem)
+                      shared_mem=smem, max_shared=max(smem, runtime.DEFAULT_SHARED_LIMIT))
     return dx, dweight, dbias
 
 
@@ -441,16 +442,21 @@ def _gamma(n):
     return n * _U32 / (1 - n * _U32)
 
 
+def _v2_case(case):
+    """(N, C, affine, params); a version-1 case (N, C, affine) takes parameters in x's dtype."""
+    return tuple(case) if len(case) == 4 else (*case, "x")
+
+
 def _v2_inputs(xp, rng, case, dtype):
-    N, C, affine, params = case
-    pdt = np.float32 if params == "float32" else dtype
-    def make(shape, scale=1.0, shift=0.0):
-        a = dtypes.from_float((rng.standard_normal(shape, dtype=np.float32) * scale + shift).astype(np.float32), pdt
-                              if shape == (C,) else dtype)
+    N, C, affine, params = _v2_case(case)
+    pdt = np.dtype(np.float32) if params == "float32" else dtype
+
+    def make(shape, dt, scale=1.0, shift=0.0):   # float32 normals rounded to dt, on xp
+        a = dtypes.from_float(rng.standard_normal(shape, dtype=np.float32) * np.float32(scale) + np.float32(shift), dt)
         return dtypes.to_device(xp, a) if isinstance(a, np.ndarray) else a
-    return {"x": make((N, C), 2.0, 0.5), "dy": make((N, C)),
-            "weight": make((C,), 0.5, 1.0) if affine else None, "bias": make((C,)) if affine else None, "eps": 1e-5,
-            "params": params}
+    return {"x": make((N, C), dtype, 2.0, 0.5), "dy": make((N, C), dtype),
+            "weight": make((C,), pdt, 0.5, 1.0) if affine else None, "bias": make((C,), pdt) if affine else None,
+            "eps": 1e-5, "params": params}
 
 
 def _v2_bwd_inputs(xp, rng, case, dtype):
@@ -521,18 +527,18 @@ def _v2_tolerance(dtype, backward):
 
 
 def _v2_describe(case):
-    N, C, affine, params = case
+    N, C, affine, params = _v2_case(case)
     return f"{N}x{C}" + ("" if affine else " no-affine") + (" float32 params" if params == "float32" else "")
 
 
 def _v2_fwd_bytes(case, dtype):
-    N, C, affine, params = case   # read x, w, b; write y, mean, rstd (float32)
+    N, C, affine, params = _v2_case(case)   # read x, w, b; write y, mean, rstd (float32)
     pw = 4 if params == "float32" else np.dtype(dtype).itemsize
     return np.dtype(dtype).itemsize * 2 * N * C + 8 * N + (2 * C * pw if affine else 0)
 
 
 def _v2_bwd_bytes(case, dtype):
-    N, C, affine, params = case   # read dy, x, mean, rstd, weight; write dx, dweight, dbias
+    N, C, affine, params = _v2_case(case)   # read dy, x, mean, rstd, weight; write dx, dweight, dbias
     pw = 4 if params == "float32" else np.dtype(dtype).itemsize
     return np.dtype(dtype).itemsize * 3 * N * C + 8 * N + (3 * C if affine else C) * pw
 
@@ -564,7 +570,7 @@ def _v2_launch(name):
     kx = args.split(",")[0].strip()
     itemsize = 4 if kx == "float" else 2
     _, (G, R), R = _v2_config(np, 8192, 768, itemsize)
-    return G * R, (R * 2 * 768 * 4 if fn == V2_ROLES["backward"] and R > 1 else 0)
+    return G * R, (R * 2 * 768 * 4 if fn == V2_ROLES["backward"] else 0)
 
 
 def _v1_launch(name):

@@ -11,7 +11,7 @@
 // Row groups. G = blockDim.x threads (a multiple of 32) own one row: G = 32 with R = blockDim.y rows
 // per block for rows up to 32 * VEC * MAXV elements (VEC = 16 / sizeof(X) elements per 16-byte
 // chunk: 8 for 16-bit X, 4 for float), else a whole block per row (R = 1, G the smallest multiple
-// of 32 with C <= G * VEC * MAXV, at most 1024). Thread t of a group owns the chunks t, t + G, ...
+// of 32 with C <= G * VEC * MAXV, at most 256: rows up to 8192 16-bit or 4096 float elements). Thread t of a group owns the chunks t, t + G, ...
 // (at most MAXV of them): its share of a row stays in registers between passes, so x and dy are read
 // from global memory exactly once. 16-byte loads and stores when C % VEC == 0 and every array is
 // 16-byte aligned; 2- or 4-byte accesses otherwise (any C works). Sums over a row: warp shuffles,
@@ -26,9 +26,10 @@
 //   layernorm_v2_backward<X,W,MAXV>(dy, x, w, mean, rstd, dx, partials, counter, dw, db, N, C)
 //       g = dy w, xhat = (x - mean) rstd, dx = rstd (g - mean_row(g) - xhat mean_row(g xhat));
 //       reads dy, x (N*C), w (C, may be null), mean, rstd (N); writes dx (N*C). With partials
-//       non-null, each thread also sums dy xhat and dy over its rows for the columns it owns (in
-//       registers); a block adds its R row groups in fixed order (R > 1: through 2 R C floats of
-//       dynamic shared memory) and writes its row of partials (P, 2, C) float32; then the last
+//       non-null, each row group also sums dy xhat and dy over its rows per column, in its slice of
+//       2 R C floats of dynamic shared memory (a column is only touched by the thread that owns
+//       it); a block adds its R slices in fixed order and writes its row of partials (P, 2, C)
+//       float32; then the last
 //       block to finish (an unsigned atomicAdd on *counter, which starts at 0 and is reset to 0)
 //       adds the P rows in increasing block order and writes dw = sum dy xhat, db = sum dy (either
 //       may be null) in W. No float atomics: the same input on the same grid gives bit-identical
@@ -234,7 +235,7 @@ __device__ __forceinline__ float ln2_group_sum(float v, float* red) {
 }
 
 template <typename X, typename W, int MAXV>
-__global__ void layernorm_v2_forward(const X* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
+__global__ void __launch_bounds__(256) layernorm_v2_forward(const X* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
                                      X* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int N,
                                      int C, float eps) {
   constexpr int VEC = Ln2Vec<X>::n;
@@ -294,23 +295,32 @@ __global__ void layernorm_v2_forward(const X* __restrict__ x, const W* __restric
 }
 
 template <typename X, typename W, int MAXV>
-__global__ void layernorm_v2_backward(const X* __restrict__ dy, const X* __restrict__ x, const W* __restrict__ w,
-                                      const float* __restrict__ mean, const float* __restrict__ rstd,
-                                      X* __restrict__ dx, float* __restrict__ partials, unsigned* __restrict__ counter,
-                                      W* __restrict__ dw, W* __restrict__ db, int N, int C) {
+__global__ void __launch_bounds__(256, 1)
+layernorm_v2_backward(const X* __restrict__ dy, const X* __restrict__ x, const W* __restrict__ w,
+                      const float* __restrict__ mean, const float* __restrict__ rstd, X* __restrict__ dx,
+                      float* __restrict__ partials, unsigned* __restrict__ counter, W* __restrict__ dw,
+                      W* __restrict__ db, int N, int C) {
   constexpr int VEC = Ln2Vec<X>::n;
   __shared__ float red[32];
   __shared__ int last;
-  extern __shared__ __align__(16) unsigned char ln2_smem[];  // R > 1: [R][2][C] floats
+  extern __shared__ __align__(16) unsigned char ln2_smem[];  // partials: [R][2][C] floats
   const int t = threadIdx.x, G = blockDim.x, R = blockDim.y, tid = threadIdx.y * G + t;
   const bool vec = C % VEC == 0 && ln2_aligned16(dy) && ln2_aligned16(x) && ln2_aligned16(dx) &&
                    (!w || ln2_aligned16(w));
   const float inv_c = 1.f / (float)C;
-  float aw[MAXV][VEC], ab[MAXV][VEC];  // this thread's columns: sums of dy xhat and dy over its rows
+  // This row group's sums of dy xhat (accw) and dy (accb) per column; each column of the slice is
+  // touched only by the thread that owns it until the barrier before the block's sum.
+  float* accw = reinterpret_cast<float*>(ln2_smem) + (long long)threadIdx.y * 2 * C;
+  float* accb = accw + C;
+  if (partials) {
 #pragma unroll
-  for (int k = 0; k < MAXV; ++k)
+    for (int k = 0; k < MAXV; ++k) {
+      const int base = (t + k * G) * VEC;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) aw[k][j] = ab[k][j] = 0.f;
+      for (int j = 0; j < VEC; ++j)
+        if (base + j < C) accw[base + j] = accb[base + j] = 0.f;
+    }
+  }
 
   for (int row = blockIdx.x * R + threadIdx.y; row < N; row += gridDim.x * R) {
     const long long off = (long long)row * C;
@@ -322,18 +332,25 @@ __global__ void layernorm_v2_backward(const X* __restrict__ dy, const X* __restr
       const int base = (t + k * G) * VEC, n = base < C ? min(VEC, C - base) : 0;
       ln2_load_raw<X>(dy + off + base, n, vec && n > 0, dyr[k]);  // 0 past the row
       ln2_load_raw<X>(x + off + base, n, vec && n > 0, xr[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k) {
+      const int base = (t + k * G) * VEC, n = base < C ? min(VEC, C - base) : 0;
+      if (n == 0) continue;
       float dv[VEC], xh[VEC], wv[VEC];
       ln2_unpack<X>(dyr[k], dv);
       ln2_unpack<X>(xr[k], xh);
-      if (w) ln2_load<W, VEC>(w + base, n, vec && n > 0, wv);
+      if (w) ln2_load<W, VEC>(w + base, n, vec, wv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         xh[j] = (xh[j] - mu) * rs;
         const float g = w ? dv[j] * wv[j] : dv[j];
         sg += g;
         sgx += g * xh[j];
-        aw[k][j] += dv[j] * xh[j];
-        ab[k][j] += dv[j];
+        if (partials && j < n) {
+          accw[base + j] += dv[j] * xh[j];
+          accb[base + j] += dv[j];
+        }
       }
     }
     const float mg = ln2_group_sum(sg, red) * inv_c;
@@ -357,41 +374,14 @@ __global__ void layernorm_v2_backward(const X* __restrict__ dy, const X* __restr
   }
   if (!partials) return;  // dx only (every thread of the block leaves here)
 
-  // This block's column sums: row group 0 .. R-1 in fixed order, then partials[blockIdx.x].
+  // This block's column sums: its R row groups in fixed order, into partials[blockIdx.x].
+  __syncthreads();
+  const float* all = reinterpret_cast<const float*>(ln2_smem);
   float* pw = partials + (long long)blockIdx.x * 2 * C;
-  float* pb = pw + C;
-  if (R == 1) {
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) {
-      const int base = (t + k * G) * VEC;
-      if (base >= C) continue;
-      const bool pvec = vec && C % 4 == 0;
-      ln2_store<float, VEC>(pw + base, min(VEC, C - base), pvec, aw[k]);
-      ln2_store<float, VEC>(pb + base, min(VEC, C - base), pvec, ab[k]);
-    }
-  } else {
-    float* acc = reinterpret_cast<float*>(ln2_smem) + (long long)threadIdx.y * 2 * C;
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) {
-      const int base = (t + k * G) * VEC;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j)
-        if (base + j < C) {
-          acc[base + j] = aw[k][j];
-          acc[C + base + j] = ab[k][j];
-        }
-    }
-    __syncthreads();
-    const float* all = reinterpret_cast<const float*>(ln2_smem);
-    for (int j = tid; j < C; j += G * R) {
-      float sw = 0.f, sb = 0.f;
-      for (int r = 0; r < R; ++r) {
-        sw += all[(long long)r * 2 * C + j];
-        sb += all[(long long)r * 2 * C + C + j];
-      }
-      pw[j] = sw;
-      pb[j] = sb;
-    }
+  for (int j = tid; j < 2 * C; j += G * R) {
+    float sum = 0.f;
+    for (int r = 0; r < R; ++r) sum += all[(long long)r * 2 * C + j];
+    pw[j] = sum;
   }
 
   // The last block to finish adds the P rows of partials in block order.

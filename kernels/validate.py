@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from minigrad.kernels import dtypes
-from minigrad.kernels.family import tolerance
+from minigrad.kernels import dtypes as kdt
+from minigrad.kernels.family import select, tolerance
 
 
 @dataclasses.dataclass
@@ -48,8 +48,8 @@ def _to_numpy(a):
 
 
 def _errors(out, ref):
-    out = dtypes.to_float64(_to_numpy(out))
-    ref = dtypes.to_float64(_to_numpy(ref))
+    out = kdt.to_float64(_to_numpy(out))
+    ref = kdt.to_float64(_to_numpy(ref))
     if out.shape != ref.shape:
         return float("inf"), float("inf")
     if out.size == 0:
@@ -62,15 +62,17 @@ def _errors(out, ref):
     return abs_err, rel
 
 
-def validate(names=None, devices=None, seed=0):
-    """List of Result for kernels whose name contains any of `names` (all when None)."""
+def validate(names=None, devices=None, seed=0, versions=None, dtypes=None):
+    """List of Result for the kernels `names` selects (family.select; all when None), in every dtype
+    each takes (or those of `dtypes` it takes), only `versions` when given."""
     from minigrad.kernels import registry
 
     if devices is None:
         devices = ["emulator"] + (["gpu"] if gpu_available() else [])
+    only = None if dtypes is None else [np.dtype(d) for d in dtypes]
     results = []
-    for k in registry.KERNELS:
-        if names and not any(n in k.name for n in names):
+    for k in select(registry.KERNELS, names):
+        if versions and k.version not in versions:
             continue
         op = k.op
         for device in devices:
@@ -80,18 +82,20 @@ def validate(names=None, devices=None, seed=0):
                 xp = np
             for dtype in op.dtypes:
                 dt = np.dtype(dtype)
+                if only is not None and dt not in only:
+                    continue
                 for case in op.cases:
                     rng = np.random.default_rng(seed)
                     inputs = op.make_inputs(np, rng, case, dt)
-                    ref_in = {key: (dtypes.to_float64(v) if isinstance(v, np.ndarray) else v)
+                    ref_in = {key: (kdt.to_float64(v) if isinstance(v, np.ndarray) else v)
                               for key, v in inputs.items()}
-                    run_in = {key: dtypes.to_device(xp, v) for key, v in inputs.items()}
+                    run_in = {key: kdt.to_device(xp, v) for key, v in inputs.items()}
                     out = op.run(k, run_in)
                     ref = {key: r for key, r in op.reference(ref_in).items() if r is not None}
                     tols = tolerance(op, dt, ref_in, ref)
                     for key, r in ref.items():
                         a, rel = _errors(out.get(key), r) if out.get(key) is not None else (float("inf"),) * 2
-                        results.append(Result(k.name, device, dtypes.name(dt), op.describe(case), key, a, rel,
+                        results.append(Result(k.name, device, kdt.name(dt), op.describe(case), key, a, rel,
                                               tols[key]))
     return results
 

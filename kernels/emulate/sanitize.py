@@ -32,7 +32,9 @@ def _operation(kernel):
 def _kernels(names=None):
     from minigrad.kernels import registry
 
-    return [k for k in registry.KERNELS if not names or any(n in k.name for n in names)]
+    from minigrad.kernels.family import select
+
+    return select(registry.KERNELS, names)
 
 
 def _float64_inputs(inputs):
