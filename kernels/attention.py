@@ -307,7 +307,7 @@ def attention_forward(q, k, v, key_mask=None, is_causal=False, scale=None, kerne
         PROGRAM_V2.launch(name, B * H * (-(-Tq // rows)), nt,
                           (q, k, v, key_mask, o, lse, np.int32(H), np.int32(Tq), np.int32(Tk), np.int32(d),
                            _scale(scale, d, np.dtype(np.float32)), np.int32(bool(is_causal)), has_mask),
-                          shared_mem=smem, max_shared=smem)
+                          shared_mem=smem, max_shared=max(smem, runtime.DEFAULT_SHARED_LIMIT))
         return o, lse
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)
@@ -344,10 +344,10 @@ def attention_backward(q, k, v, o, lse, do, key_mask=None, is_causal=False, scal
         roles = kernels or V2_BACKWARD_ROLES
         name, rows, nt, smem = _kernel_v2(roles["dq"], "dq", ctype, D)
         PROGRAM_V2.launch(name, B * H * (-(-Tq // rows)), nt, (q, k, v, o, lse, do, key_mask, dq, drow) + tail,
-                          shared_mem=smem, max_shared=smem)
+                          shared_mem=smem, max_shared=max(smem, runtime.DEFAULT_SHARED_LIMIT))
         name, rows, nt, smem = _kernel_v2(roles["dkdv"], "dkdv", ctype, D)
         PROGRAM_V2.launch(name, B * H * (-(-Tk // rows)), nt, (q, k, v, lse, drow, do, key_mask, dk, dv) + tail,
-                          shared_mem=smem, max_shared=smem)
+                          shared_mem=smem, max_shared=max(smem, runtime.DEFAULT_SHARED_LIMIT))
         return dq, dk, dv
     ctype, D = _CTYPE[q.dtype], padded_head_dim(d)
     sc = _scale(scale, d, q.dtype)

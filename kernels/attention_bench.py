@@ -33,6 +33,10 @@ VERSIONS = {1: ("attention_forward", "attention_backward", A.make_inputs, (np.dt
             2: ("attention_forward_v2", "attention_backward_v2", A.make_inputs_v2, (D.BFLOAT16, D.FLOAT16))}
 
 
+HEAD = ("case", "version", "dtype", "pass", "check", "fused ms", "TFLOP/s", "% peak", "% GEMM", "how", "unfused ms",
+        "speedup", "torch ms", "torch TFLOP/s", "fused extra MiB", "unfused extra MiB")
+
+
 def _kernel(name):
     return next(k for k in A.KERNELS if k.name == name)
 
@@ -183,10 +187,8 @@ def run(xp, cases, dtype=np.float32, warmup=3, repeat=20, timer=None, out=print,
     if gpu:
         info = info or B.device_info(xp)
     peak = (info.get("peak_tensor16") if half else info.get(f"peak_{dtype.name}")) if gpu else None
-    head = ["case", "version", "dtype", "pass", "check", "fused ms", "TFLOP/s", "% peak", "% GEMM", "how",
-            "unfused ms", "speedup", "torch ms", "torch TFLOP/s", "fused extra MiB", "unfused extra MiB"]
     if header:
-        out(" | ".join(head))
+        out(" | ".join(HEAD))
     rows = []
     cpu_timer = timer or _CpuTimer()
     for case in cases:
@@ -264,8 +266,7 @@ def main(dtype=None, warmup=2, repeat=20, out=print, json_path=None, versions=No
         f"median of {repeat} timed regions after {warmup} warm-up rounds")
     rows = []
     if side_by_side:
-        out(" | ".join(["case", "version", "dtype", "pass", "check", "fused ms", "TFLOP/s", "% peak", "% GEMM", "how",
-                        "unfused ms", "speedup", "torch ms", "torch TFLOP/s", "fused extra MiB", "unfused extra MiB"]))
+        out(" | ".join(HEAD))
         for case in A.V2_BENCH_CASES:
             for v, dt in plan:
                 rows += run(cupy, [case], dt, warmup, repeat, out=out, info=info, version=v, gemm=gemm, header=False)

@@ -43,7 +43,7 @@ def kind(a) -> str | None:
     if a is None or isinstance(a, (bool, int, float)):
         return None
     try:
-        dt = np.dtype(getattr(a, "dtype", a))
+        dt = np.dtype(a.dtype if hasattr(a, "dtype") and not isinstance(a, type) else a)
     except TypeError:
         return None
     if dt == FLOAT16:

@@ -11,7 +11,7 @@ Versions (the dtype of x picks one; `version=` asks for one):
     2 (layernorm_v2.cu)  float16, bfloat16 (ml_dtypes.bfloat16 or its uint16 bits), and float32 on
                          request: y, dx in x's dtype; weight, bias, dweight, dbias in x's dtype or
                          float32; mean, rstd float32; float32 arithmetic; dweight/dbias finished in
-                         the backward kernel. Rows up to 8192 elements (4096 in float32).
+                         the backward kernel. Rows up to 8192 elements.
 The launchers take numpy arrays (CPU emulator) or cupy arrays (GPU) and raise before any launch on
 bad input. A kernel version is a Kernel line in KERNELS at the bottom (kernels/registry.py collects
 it); `kernels=` runs a version's roles instead of the default ones.
@@ -227,8 +227,8 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, bias=True, kernels=None, ve
 # layernorm_v2.cu: <X, W, MAXV>, X the activations' type, W the parameters'. A row group of G threads
 # holds a row in registers, MAXV 16-byte chunks per thread at most: G = 32 (R = 4 rows per block)
 # while C <= 32 * VEC * MAXV (VEC = 16 / itemsize), else one block of the smallest G that fits.
-V2_MAXV = 4
-V2_MAX_THREADS = 256   # the kernels' __launch_bounds__: rows up to 8192 16-bit / 4096 float32 elements
+V2_MAXV = {2: 4, 4: 8}   # chunks per thread by itemsize: rows up to 256 * 32 = 8192 elements either way
+V2_MAX_THREADS = 256   # the kernels' __launch_bounds__
 V2_TYPES = (("mg_half", "mg_half"), ("mg_half", "float"), ("mg_bf16", "mg_bf16"), ("mg_bf16", "float"),
             ("float", "float"))
 V2_ROLES = {"forward": "layernorm_v2_forward", "backward": "layernorm_v2_backward"}
@@ -243,15 +243,15 @@ EMULATED_BLOCKS = 3
 
 def _v2_config(xp, N, C, itemsize):
     """(grid, block, rows per block) of a version-2 launch over an (N, C) array."""
-    vec = 16 // itemsize
+    vec, maxv = 16 // itemsize, V2_MAXV[itemsize]
     chunks = -(-C // vec)
-    if chunks <= 32 * V2_MAXV:
+    if chunks <= 32 * maxv:
         G, R = 32, 4
     else:
-        G, R = 32 * -(-chunks // (32 * V2_MAXV)), 1
+        G, R = 32 * -(-chunks // (32 * maxv)), 1
         if G > V2_MAX_THREADS:
-            raise ValueError(f"layernorm version 2 takes rows of at most {V2_MAX_THREADS * vec * V2_MAXV} elements "
-                             f"of {itemsize} bytes, got C={C} (version 1 takes wider float32 rows)")
+            raise ValueError(f"layernorm version 2 takes rows of at most {V2_MAX_THREADS * vec * maxv} elements, "
+                             f"got C={C} (version 1 takes wider float32 rows)")
     groups = -(-N // R)
     if xp is np:
         blocks = min(groups, EMULATED_BLOCKS)
@@ -288,7 +288,7 @@ def _v2_params(x, weight, bias):
 def _v2_name(role, x, pdt):
     kx = _V2_CTYPE[dtypes.kind(x)]
     kw = "float" if np.dtype(pdt) == np.float32 else kx
-    return f"{V2_ROLES[role]}<{kx}, {kw}, {V2_MAXV}>"
+    return f"{V2_ROLES[role]}<{kx}, {kw}, {V2_MAXV[x.itemsize]}>"
 
 
 def _forward_v2(x, weight, bias, eps):
@@ -341,7 +341,7 @@ def _backward_v2(dy, x, weight, mean, rstd, bias, param_dtype):
     smem = R * 2 * C * 4 if need else 0   # the row groups' column sums (up to 64 KiB: opt-in)
     PROGRAM_V2.launch(_v2_name("backward", x, pdt), grid, block,
                       (dy, x, weight, mean, rstd, dx, partials, counter, dweight, dbias, np.int32(N), np.int32(C)),
-                      shared_mem=smem, max_shared=max(smem, runtime.DEFAULT_SHARED_LIMIT))
+                      shared_mem=smem, max_shared=max(smem + 1024, runtime.DEFAULT_SHARED_LIMIT))   # + its static red[], last
     return dx, dweight, dbias
 
 
@@ -569,7 +569,7 @@ def _v2_launch(name):
     fn, _, args = name.partition("<")
     kx = args.split(",")[0].strip()
     itemsize = 4 if kx == "float" else 2
-    _, (G, R), R = _v2_config(np, 8192, 768, itemsize)
+    _, (G, R), _ = _v2_config(np, 8192, 768, itemsize)
     return G * R, (R * 2 * 768 * 4 if fn == V2_ROLES["backward"] else 0)
 
 
@@ -589,7 +589,7 @@ def _v1_launch(name):
 # ----------------------------------------------------------------------------- kernel versions
 # One line per version; check, validate and bench run every line side by side. PROGRAM compiles
 # every instantiation listed here (CuPy on a GPU, the emulator on the CPU).
-_V2_TEMPLATES = tuple(f"{kx}, {kw}, {V2_MAXV}" for kx, kw in V2_TYPES)
+_V2_TEMPLATES = tuple(f"{kx}, {kw}, {V2_MAXV[4 if kx == 'float' else 2]}" for kx, kw in V2_TYPES)
 KERNELS = (
     Kernel("layernorm_forward", CU, FORWARD_ROLES, FORWARD, launch=_v1_launch),
     Kernel("layernorm_backward", CU, BACKWARD_ROLES, BACKWARD, launch=_v1_launch),

@@ -11,7 +11,8 @@
 // Row groups. G = blockDim.x threads (a multiple of 32) own one row: G = 32 with R = blockDim.y rows
 // per block for rows up to 32 * VEC * MAXV elements (VEC = 16 / sizeof(X) elements per 16-byte
 // chunk: 8 for 16-bit X, 4 for float), else a whole block per row (R = 1, G the smallest multiple
-// of 32 with C <= G * VEC * MAXV, at most 256: rows up to 8192 16-bit or 4096 float elements). Thread t of a group owns the chunks t, t + G, ...
+// of 32 with C <= G * VEC * MAXV, at most 256: rows up to 8192 elements with MAXV = 4 for 16-bit X,
+// 8 for float). Thread t of a group owns the chunks t, t + G, ...
 // (at most MAXV of them): its share of a row stays in registers between passes, so x and dy are read
 // from global memory exactly once. 16-byte loads and stores when C % VEC == 0 and every array is
 // 16-byte aligned; 2- or 4-byte accesses otherwise (any C works). Sums over a row: warp shuffles,

@@ -31,7 +31,6 @@ def _operation(kernel):
 
 def _kernels(names=None):
     from minigrad.kernels import registry
-
     from minigrad.kernels.family import select
 
     return select(registry.KERNELS, names)
