@@ -496,9 +496,8 @@ def make_inputs_v2(xp, rng, case, dtype):
         out[n] = dtypes.to_device(xp, a) if isinstance(a, np.ndarray) else a
     key_mask = None
     if masked:
-        key_mask = np.asarray(rng.random((B, Tk))) > 0.3
+        key_mask = xp.asarray(rng.random((B, Tk)) > 0.3)
         key_mask[:, 0] = True
-        key_mask = xp.asarray(key_mask)
     out.update(key_mask=key_mask, is_causal=causal)
     return out
 
@@ -548,7 +547,7 @@ def attention_v2_bounds(i, dtype, backward=False):
         o = p @ v
         # the kernel rounds P before normalising (by l >= 1): eta per visible key
         b_o = (u + 2 * row_eps[..., None] + 2 * _gamma(Tk) + 2 * _U32) * (p @ np.abs(v)) + Tk * _FTZ
-        b_o += eta * ((p > 0) @ np.abs(v))
+        b_o += eta * ((p > 0).astype(p.dtype) @ np.abs(v))
         b_o += u * (np.abs(o) + b_o) + eta
         b_lse = np.where(np.isfinite(lse), row_eps + _gamma(Tk) + 3 * _U32 * (np.abs(lse) + 1), 0)
         return {"o": b_o, "lse": b_lse}
