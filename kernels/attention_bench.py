@@ -261,7 +261,8 @@ def main(dtype=None, warmup=2, repeat=20, out=print, json_path=None, versions=No
     out(f"device: {info['name']} (sm_{info.get('cc_major')}{info.get('cc_minor')}, {info.get('sms')} SMs at "
         f"{_fmt(info.get('clock_khz'), '.0f', 1e-3)} MHz); FMA peak float32 {_fmt(info.get('peak_float32'), '.1f', 1e-12)}"
         f", float64 {_fmt(info.get('peak_float64'), '.1f', 1e-12)} TFLOP/s (CUDA cores, from device attributes); "
-        f"fp16/bf16 tensor-core peak {_fmt(info.get('peak_tensor16'), '.0f', 1e-12)} TFLOP/s (spec); "
+        f"fp16/bf16 tensor-core peak {_fmt(info.get('peak_tensor16'), '.0f', 1e-12)} TFLOP/s (dense, the spec's FLOP "
+        f"per clock per SM at the attribute clock); "
         f"float16 GEMM {_fmt(gemm, '.0f', 1e-12)} TFLOP/s measured in this run; "
         f"median of {repeat} timed regions after {warmup} warm-up rounds")
     rows = []
