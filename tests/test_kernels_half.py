@@ -509,7 +509,7 @@ def test_registry_check_and_validate_cover_every_version_and_dtype():
     assert versions["layernorm_backward_v2"] == (2, ("float32", "float16", "bfloat16"))
     assert versions["attention_forward"] == (1, ("float32", "float64"))
     assert {"attention_v2.cu", "layernorm_v2.cu"} <= set(registry.cu_files())
-    # 255 registers and 128 threads: 2 blocks by registers (65536 / (8 warps... ) on sm_90
+    # 255 registers: 8192 per warp, so 8 warps (2 blocks of 128 threads) of the SM's 64
     assert occupancy("sm_90", 255, 0, 128, 0) == (2, 0.125)
     assert occupancy("sm_80", 32, 0, 256, 100 * 1024) == (1, 0.125)      # shared memory bound
     assert occupancy("sm_80", 32, 0, 128, 200 * 1024) == (0, 0.0)        # does not fit
