@@ -83,8 +83,36 @@
 // kept in a register) are not seen.
 // Initcheck: a shared byte no thread of this block has written (since the block started) is read.
 //
+// The tensor-core platform layer of the version-2 kernels (attention_v2.cu, layernorm_v2.cu): each
+// .cu file defines these names with inline PTX under #ifndef MINIGRAD_EMULATE; this header defines
+// them for the CPU, following the PTX ISA:
+//   * mg_half, mg_bf16: 16-bit storage ({unsigned short bits}); mg_float(x) widens exactly,
+//     mg_round<X>(float) and mg_pack2<X>(lo, hi) round to nearest, ties to even (cvt.rn; NaN becomes
+//     the canonical 0x7fff), subnormals kept.
+//   * mg_mma_16816<X>(d[4], a[4], b[2]): mma.sync.aligned.m16n8k16.row.col.f32.X.X.f32, d += a b,
+//     with the PTX ISA's fragment layouts ("Matrix fragments for mma.m16n8k16 with floating point
+//     type"): groupID g = lane >> 2, t = lane % 4; A (16x16): a0,a1 = (g, 2t..2t+1), a2,a3 = (g+8,
+//     2t..), a4,a5 = (g, 2t+8..), a6,a7 = (g+8, 2t+8..), two elements per 32-bit register, the lower
+//     column in the low half; B (16x8): b0,b1 = (k 2t..2t+1, n g), b2,b3 = (k 2t+8.., n g); C/D:
+//     c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..). The warp's lanes meet (all 32 must call it) and
+//     exchange fragments; each lane computes its four outputs: the 16 products exactly (in double),
+//     summed in k order, plus c, rounded once to float. A GPU's tensor core adds in its own order
+//     and precision (at least single precision, PTX says): results differ by float32 rounding.
+//   * mg_ldsm_x4(r[4], p) / mg_ldsm_x4_trans(r[4], p): ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16.
+//     Lanes 8i..8i+7 give the row addresses (16-byte aligned, in shared memory) of 8x8 matrix i;
+//     lane l receives in r[i] row l/4, columns 2(l%4) and 2(l%4)+1 of matrix i (.trans: rows 2(l%4)
+//     and 2(l%4)+1 of column l/4). The reads are the receiving lane's (racecheck, initcheck).
+//   * mg_cp_async_16(dst, src, src_bytes), mg_cp_async_commit(), mg_cp_async_wait<N>():
+//     cp.async.cg.shared.global with zero fill past src_bytes, commit_group, wait_group N. The
+//     source is read at issue (bounds-checked); the 16 destination bytes are written at issue with
+//     0xff (what a read before the wait sees: NaN) and with the data when a wait_group completes the
+//     copy's group (racecheck sees both writes, by the issuing thread). Copies never waited for are
+//     dropped when the block ends.
+//   Misuse fails the launch: lanes of one warp at different collective operations, a lane missing
+//   (exited, at a barrier), a misaligned or non-shared ldmatrix/cp.async address.
+//
 // Not emulated: memory ordering between blocks (blocks run sequentially), cooperative groups,
-// textures, half precision, clock(). A stack overflow in a fiber hits the guard page (SIGSEGV).
+// textures, the cuda_fp16.h API, clock(). A stack overflow in a fiber hits the guard page (SIGSEGV).
 #pragma once
 #undef _FORTIFY_SOURCE
 #include <cmath>
@@ -148,6 +176,13 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 inline double2 make_double2(double x, double y) { return double2{x, y}; }
 inline int2 make_int2(int x, int y) { return int2{x, y}; }
 inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
+struct __attribute__((aligned(8))) uint2 { unsigned int x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+// 16-bit floats as raw storage: the platform layer's types (see the header comment).
+struct __attribute__((aligned(2))) mg_half { unsigned short bits; };
+struct __attribute__((aligned(2))) mg_bf16 { unsigned short bits; };
 
 // Error classes returned by mgemu_launch_ex (kernels/emulate/errors.py maps them to exceptions).
 #define MGEMU_E_CONFIG 1   // refused before running: configuration, limits, unknown kernel
@@ -178,7 +213,9 @@ struct mgemu_options {
 
 namespace mgemu {
 
-enum WarpOp : int { OP_IDX = 0, OP_XOR = 1, OP_DOWN = 2, OP_UP = 3, OP_SYNC = 4, OP_BALLOT = 5 };
+enum WarpOp : int { OP_IDX = 0, OP_XOR = 1, OP_DOWN = 2, OP_UP = 3, OP_SYNC = 4, OP_BALLOT = 5, OP_XCHG = 6 };
+// What a warp exchange (OP_XCHG) serves: lanes of one meeting must agree on it.
+enum XchgTag : int { XCHG_MMA = 1, XCHG_LDSM = 2, XCHG_LDSM_TRANS = 3 };
 enum Access : int { READ = 0, WRITE = 1, ATOMIC = 2 };
 typedef void (*Invoker)(void* kernel, void** args);
 
@@ -193,6 +230,11 @@ void syncthreads_at(const char* file, int line);
 uint64_t warp_op(int op, unsigned mask, uint64_t value, int param, int width);
 [[noreturn]] void trap();
 void check_atomic(const void* p, unsigned size, void* pc);
+void warp_exchange(unsigned mask, int tag, const uint64_t* vals, int n, uint64_t* out);
+void ldmatrix(int num, int trans, const void* p, unsigned* r);
+void cp_async(void* dst, const void* src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int n);
 #endif
 
 #ifdef MGEMU_HAS_RUNTIME
@@ -213,6 +255,13 @@ struct Fiber {
   unsigned mask = 0;
   int param = 0, width = 32;
   uint64_t value = 0, result = 0;
+  // warp exchange (mma, ldmatrix): this lane's values, and where its copy of every lane's goes
+  uint64_t xv[4] = {0, 0, 0, 0};
+  uint64_t* xout = nullptr;
+  // cp.async copies in flight: destination, data read at issue, group (-1: not committed yet)
+  struct Copy { uintptr_t dst; unsigned char data[16]; int group; void* pc; };
+  std::vector<Copy> copies;
+  int groups = 0;  // commit_group calls so far in this block
 };
 
 struct KernelInfo {
@@ -372,6 +421,7 @@ inline Fiber* lane_fiber(unsigned warp, unsigned lane) {
   return t < g_nthreads ? g_pool[t] : nullptr;
 }
 
+inline const char* collective_name(int op, int tag);
 inline const char* op_name(int op) {
   switch (op) {
     case OP_IDX: return "__shfl_sync";
@@ -379,7 +429,18 @@ inline const char* op_name(int op) {
     case OP_DOWN: return "__shfl_down_sync";
     case OP_UP: return "__shfl_up_sync";
     case OP_SYNC: return "__syncwarp";
+    case OP_XCHG: return "a warp-collective operation (mma.sync / ldmatrix)";
     default: return "__ballot_sync/__any_sync/__all_sync";
+  }
+}
+
+inline const char* collective_name(int op, int tag) {
+  if (op != OP_XCHG) return op_name(op);
+  switch (tag) {
+    case XCHG_MMA: return "mma.sync.m16n8k16";
+    case XCHG_LDSM: return "ldmatrix.x4";
+    case XCHG_LDSM_TRANS: return "ldmatrix.x4.trans";
+    default: return "a warp exchange";
   }
 }
 
@@ -428,6 +489,11 @@ MGEMU_FN uint64_t warp_op(int op, unsigned mask, uint64_t value, int param, int 
     if (f->state == AT_WARP && f->mask != mask)
       fail_class(MGEMU_E_WARP, "%s in warp %u: lane %u passes mask 0x%08x but lane %u waits with mask 0x%08x",
                  op_name(op), me->warp, me->lane, mask, l, f->mask);
+    if (f->state == AT_WARP && (op == OP_XCHG || f->op == OP_XCHG) &&
+        (f->op != op || f->param != param || f->width != width))
+      fail_class(MGEMU_E_WARP, "warp %u: lane %u reaches %s while lane %u waits in %s (all lanes of a warp must "
+                 "execute the same .sync.aligned instruction)", me->warp, me->lane, collective_name(op, param), l,
+                 collective_name(f->op, f->param));
     if (f->state != AT_WARP) complete = false;
   }
   if (!complete) {
@@ -436,6 +502,19 @@ MGEMU_FN uint64_t warp_op(int op, unsigned mask, uint64_t value, int param, int 
   }
   // Resolve the meeting for every lane of the mask, then carry on without yielding.
   if (op == OP_SYNC) record_syncwarp(me->warp, mask);
+  if (op == OP_XCHG) {  // every lane gets every lane's values: out[l * n + i] = lane l's value i
+    const int n = width;
+    for (unsigned l = 0; l < 32; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      Fiber* f = lane_fiber(me->warp, l);
+      for (unsigned src = 0; src < 32; ++src) {
+        Fiber* s = (mask >> src & 1u) ? lane_fiber(me->warp, src) : nullptr;
+        for (int i = 0; i < n; ++i) f->xout[src * n + i] = s ? s->xv[i] : 0;
+      }
+      f->state = RUNNABLE;
+    }
+    return 0;
+  }
   unsigned ballot = 0;
   for (unsigned l = 0; l < 32; ++l)
     if (mask >> l & 1u) {
@@ -461,6 +540,14 @@ MGEMU_FN void syncthreads_at(const char* file, int line) {
   g_cur->line = line;
   g_cur->state = AT_BARRIER;
   yield();
+}
+
+// Every lane of `mask` publishes n <= 4 values; each gets all of them in out[32 * n] (lane-major).
+MGEMU_FN void warp_exchange(unsigned mask, int tag, const uint64_t* vals, int n, uint64_t* out) {
+  Fiber* me = g_cur;
+  for (int i = 0; i < n && i < 4; ++i) me->xv[i] = vals[i];
+  me->xout = out;
+  warp_op(OP_XCHG, mask, 0, tag, n);
 }
 
 MGEMU_FN uint3 thread_idx() { return g_cur->tid; }
@@ -672,6 +759,88 @@ MGEMU_FN void check_atomic(const void* p, unsigned size, void* pc) {
   if (g_active) access(p, size, ATOMIC, pc);
 }
 
+// ---- the tensor-core platform layer's memory operations (see the header comment). The accesses
+// are checked here, explicitly (this is runtime code, not instrumented), as the issuing thread's.
+inline bool in_shared(uintptr_t a, size_t n) { return g_tls_len && a - g_tls_lo < g_tls_len && a + n - g_tls_lo <= g_tls_len; }
+
+MGEMU_FN void ldmatrix(int num, int trans, const void* p, unsigned* r) {
+  void* pc = __builtin_return_address(0);
+  uint64_t mine = (uint64_t)(uintptr_t)p, rows[32];
+  warp_exchange(0xffffffffu, trans ? XCHG_LDSM_TRANS : XCHG_LDSM, &mine, 1, rows);
+  Fiber* me = g_cur;
+  const char* what = trans ? "ldmatrix.x4.trans" : "ldmatrix.x4";
+  for (int l = 0; l < 8 * num; ++l) {
+    if (rows[l] & 15)
+      fail_class(MGEMU_E_WARP, "%s in warp %u: lane %d's row address 0x%llx is not 16-byte aligned", what, me->warp,
+                 l, (unsigned long long)rows[l]);
+    if (!in_shared((uintptr_t)rows[l], 16))
+      fail_class(MGEMU_E_BOUNDS, "%s in warp %u: lane %d's row address 0x%llx is not in shared memory", what,
+                 me->warp, l, (unsigned long long)rows[l]);
+  }
+  const unsigned g = me->lane >> 2, t = me->lane & 3;
+  for (int i = 0; i < num; ++i) {
+    const unsigned short *lo, *hi;
+    if (!trans) {  // row g of matrix i, columns 2t and 2t+1
+      lo = (const unsigned short*)(uintptr_t)rows[8 * i + g] + 2 * t;
+      hi = lo + 1;
+      if (g_active) access(lo, 4, READ, pc);
+    } else {       // column g of matrix i, rows 2t and 2t+1
+      lo = (const unsigned short*)(uintptr_t)rows[8 * i + 2 * t] + g;
+      hi = (const unsigned short*)(uintptr_t)rows[8 * i + 2 * t + 1] + g;
+      if (g_active) { access(lo, 2, READ, pc); access(hi, 2, READ, pc); }
+    }
+    r[i] = (unsigned)*lo | ((unsigned)*hi << 16);
+  }
+}
+
+MGEMU_FN void cp_async(void* dst, const void* src, int src_bytes) {
+  void* pc = __builtin_return_address(0);
+  const uintptr_t d = (uintptr_t)dst;
+  if ((d & 15) || ((uintptr_t)src & 15))
+    fail_class(MGEMU_E_BOUNDS, "cp.async by thread (%u,%u,%u): %s address %p is not 16-byte aligned", g_cur->tid.x,
+               g_cur->tid.y, g_cur->tid.z, (d & 15) ? "destination" : "source", (d & 15) ? dst : src);
+  if (src_bytes < 0 || src_bytes > 16)
+    fail_class(MGEMU_E_BOUNDS, "cp.async by thread (%u,%u,%u): src-size %d is not in 0..16", g_cur->tid.x,
+               g_cur->tid.y, g_cur->tid.z, src_bytes);
+  if (!in_shared(d, 16))
+    fail_class(MGEMU_E_BOUNDS, "cp.async by thread (%u,%u,%u): destination %p is not in shared memory", g_cur->tid.x,
+               g_cur->tid.y, g_cur->tid.z, dst);
+  Fiber::Copy c;
+  c.dst = d;
+  c.group = -1;
+  c.pc = pc;
+  std::memset(c.data, 0, 16);
+  if (src_bytes) {
+    if (g_active) access(src, (unsigned)src_bytes, READ, pc);
+    std::memcpy(c.data, src, (size_t)src_bytes);
+  }
+  if (g_active) access(dst, 16, WRITE, pc);
+  std::memset(dst, 0xff, 16);  // in flight: undefined until a wait_group completes it
+  g_cur->copies.push_back(c);
+}
+
+MGEMU_FN void cp_async_commit() {
+  Fiber* me = g_cur;
+  ++me->groups;
+  for (auto& c : me->copies)
+    if (c.group < 0) c.group = me->groups;
+}
+
+MGEMU_FN void cp_async_wait(int n) {
+  Fiber* me = g_cur;
+  size_t keep = 0;
+  for (size_t i = 0; i < me->copies.size(); ++i) {
+    Fiber::Copy& c = me->copies[i];
+    if (c.group >= 0 && c.group <= me->groups - n) {  // at most n of the newest groups may stay pending
+      if (g_active) access((void*)c.dst, 16, WRITE, c.pc);
+      std::memcpy((void*)c.dst, c.data, 16);
+    } else {
+      me->copies[keep++] = c;
+    }
+  }
+  me->copies.resize(keep);
+}
+
 // ---- the scheduler: runs one block to completion or failure
 inline void describe_states(char* out, size_t len) {
   size_t used = 0;
@@ -723,6 +892,8 @@ inline bool run_block() {
     f->tid.y = (i / g_blockDim.x) % g_blockDim.y;
     f->tid.z = i / (g_blockDim.x * g_blockDim.y);
     f->fresh = false;  // will be mid-kernel until it finishes
+    f->copies.clear();  // cp.async copies of an earlier block are gone
+    f->groups = 0;
   }
   new_interval();
   g_block_epoch = g_epoch;  // shared bytes written before this are unwritten for this block
@@ -804,6 +975,8 @@ MGEMU_NOSAN void type_code(char* out) {
   else if constexpr (std::is_same<U, float>::value) strcpy(end, "f");
   else if constexpr (std::is_same<U, double>::value) strcpy(end, "d");
   else if constexpr (std::is_same<U, bool>::value) strcpy(end, "?");
+  else if constexpr (std::is_same<U, mg_half>::value) strcpy(end, "f16");
+  else if constexpr (std::is_same<U, mg_bf16>::value) strcpy(end, "bf16");
   else if constexpr (std::is_integral<U>::value) sprintf(end, "%c%d", std::is_signed<U>::value ? 'i' : 'u', (int)(8 * sizeof(U)));
   else sprintf(end, "x%d", (int)sizeof(U));
 }
@@ -957,6 +1130,83 @@ inline double min(double a, double b) { return std::fmin(a, b); }
 inline double max(double a, double b) { return std::fmax(a, b); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+template <typename T>
+inline void __stcg(T* p, T v) { *p = v; }
+
+// ---------------------------------------------------------------- the tensor-core platform layer
+// (see the header comment; the .cu files implement the same names with PTX for the GPU)
+inline float mg_float(float x) { return x; }
+inline float mg_float(mg_bf16 x) { return __uint_as_float((unsigned)x.bits << 16); }
+inline float mg_float(mg_half x) {  // IEEE binary16 -> binary32, exact
+  const unsigned sign = (unsigned)(x.bits & 0x8000u) << 16, e = (x.bits >> 10) & 0x1fu, m = x.bits & 0x3ffu;
+  if (e == 0x1f) return __uint_as_float(sign | 0x7f800000u | (m << 13));  // inf, NaN (payload kept)
+  if (e == 0) {                                                            // zero, subnormal: m * 2^-24
+    const float v = (float)m * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+template <typename X> inline X mg_round(float x);
+template <> inline float mg_round<float>(float x) { return x; }
+template <> inline mg_bf16 mg_round<mg_bf16>(float x) {  // cvt.rn.bf16.f32
+  const unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return mg_bf16{0x7fff};
+  return mg_bf16{(unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+template <> inline mg_half mg_round<mg_half>(float x) {  // cvt.rn.f16.f32
+  const unsigned u = __float_as_uint(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return mg_half{0x7fff};
+  if (a >= 0x477ff000u) return mg_half{(unsigned short)(sign | 0x7c00u)};  // >= 65520 rounds to inf
+  if (a >= 0x38800000u) {                                                   // normal: rebias 127 -> 15
+    const unsigned r = a - 0x38000000u + 0xfffu + ((a >> 13) & 1u);
+    return mg_half{(unsigned short)(sign | (r >> 13))};
+  }
+  if (a < 0x33000000u) return mg_half{(unsigned short)sign};  // below 2^-25: zero (2^-25 ties to even 0)
+  const unsigned e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;  // subnormal: m * 2^(e-126)
+  unsigned n = m >> shift;
+  const unsigned rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+  if (rem > halfway || (rem == halfway && (n & 1u))) ++n;
+  return mg_half{(unsigned short)(sign | n)};
+}
+template <typename X> inline unsigned mg_pack2(float lo, float hi) {  // cvt.rn.{f16,bf16}x2.f32
+  return (unsigned)mg_round<X>(lo).bits | ((unsigned)mg_round<X>(hi).bits << 16);
+}
+
+inline unsigned mgemu_lane() {
+  return (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) & 31u;
+}
+template <typename X> inline double mgemu_half_of(uint64_t word, unsigned half) {
+  X x;
+  x.bits = (unsigned short)(word >> (16 * half));
+  return (double)mg_float(x);
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.X.X.f32: d = a b + d over the warp (see the header comment).
+template <typename X> inline void mg_mma_16816(float* d, const unsigned* a, const unsigned* b) {
+  const uint64_t mine[3] = {a[0] | (uint64_t)a[1] << 32, a[2] | (uint64_t)a[3] << 32, b[0] | (uint64_t)b[1] << 32};
+  uint64_t all[96];
+  ::mgemu::warp_exchange(0xffffffffu, ::mgemu::XCHG_MMA, mine, 3, all);
+  const unsigned lane = mgemu_lane(), g = lane >> 2, t = lane & 3u;
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    double sum = 0.0;
+    for (unsigned k = 0; k < 16; ++k) {
+      // A(row, k): lane (row%8)*4 + (k%8)/2, register (row/8) + 2(k/8), half k%2 (registers 0,1 in word 0)
+      const unsigned la = (row & 7) * 4 + ((k & 7) >> 1), ra = (row >> 3) + 2 * (k >> 3);
+      // B(k, col): lane col*4 + (k%8)/2, register k/8, half k%2 (word 2)
+      const unsigned lb = col * 4 + ((k & 7) >> 1), rb = k >> 3;
+      sum += mgemu_half_of<X>(all[la * 3 + ra / 2] >> (32 * (ra & 1)), k & 1) *
+             mgemu_half_of<X>(all[lb * 3 + 2] >> (32 * rb), k & 1);
+    }
+    d[i] = (float)(sum + (double)d[i]);
+  }
+}
+inline void mg_ldsm_x4(unsigned* r, const void* p) { ::mgemu::ldmatrix(4, 0, p, r); }
+inline void mg_ldsm_x4_trans(unsigned* r, const void* p) { ::mgemu::ldmatrix(4, 1, p, r); }
+inline void mg_cp_async_16(void* dst, const void* src, int src_bytes) { ::mgemu::cp_async(dst, src, src_bytes); }
+inline void mg_cp_async_commit() { ::mgemu::cp_async_commit(); }
+template <int N> inline void mg_cp_async_wait() { ::mgemu::cp_async_wait(N); }
 
 // ---------------------------------------------------------------- C entry points
 #ifdef MGEMU_HAS_RUNTIME

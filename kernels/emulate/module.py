@@ -132,6 +132,16 @@ _CODE_OF_DTYPE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype
 for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
     _d = np.dtype(_t)
     _CODE_OF_DTYPE[_d] = ("i" if _d.kind == "i" else "u") + str(8 * _d.itemsize)
+_CODE_OF_DTYPE[np.dtype(np.float16)] = "f16"
+# mg_bf16 pointers (the platform layer's 16-bit storage) take ml_dtypes.bfloat16 arrays or their raw
+# bits as uint16 (see kernels/dtypes.py)
+_BF16_DTYPES = {np.dtype(np.uint16)}
+try:
+    import ml_dtypes as _ml_dtypes
+
+    _BF16_DTYPES.add(np.dtype(_ml_dtypes.bfloat16))
+except ImportError:
+    pass
 _CTYPE_OF_CODE = {
     "f": ctypes.c_float, "d": ctypes.c_double, "?": ctypes.c_bool,
     "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
@@ -374,7 +384,10 @@ class Module:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{where} is a pointer ({code}); got {type(a).__name__}")
             want = code[1:]
-            if want not in ("v", "x1") and _CODE_OF_DTYPE.get(a.dtype) != want:
+            if want == "bf16":
+                if a.dtype not in _BF16_DTYPES:
+                    raise TypeError(f"{where} points to bf16 (bfloat16 or its uint16 bits); got an array of {a.dtype}")
+            elif want not in ("v", "x1") and _CODE_OF_DTYPE.get(a.dtype) != want:
                 raise TypeError(f"{where} points to {want}; got an array of {a.dtype}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"{where}: array is not C-contiguous")
