@@ -11,22 +11,29 @@ template instantiation. A second generated unit defines the buffers behind every
 
 Libraries are cached by the SHA-256 of (header, source, names, compiler flags, g++ version) in
 $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/kernels, and written atomically, so concurrent processes
-never see a half-written library. Static shared memory per kernel is read from the library's
-symbol table (`nm`): every block-scope thread_local (that is, `__shared__`) variable of a kernel
-counts towards that kernel; shared arrays declared inside helper functions are not attributed.
+never see a half-written library. The cache is private and hash-checked (kernels/cache.py): its
+folders are created 0700, a folder or file another user could write is refused with a
+CacheSecurityError, and a cached library is returned only if it hashes to the SHA-256 recorded in
+its .json at build time (otherwise it is built again); builds of one folder take turns.
+
+Static shared memory per kernel is read from the library's symbol table (`nm`): every block-scope
+thread_local (that is, `__shared__`) variable of a kernel counts towards that kernel; shared arrays
+declared inside helper functions are not attributed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+from minigrad.kernels import cache
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 CXX = os.environ.get("CXX", "g++")
@@ -51,9 +58,7 @@ class EmuLibrary:
 
 
 def cache_dir() -> Path:
-    d = os.environ.get("MINIGRAD_CACHE_DIR")
-    base = Path(d) if d else Path.home() / ".cache" / "minigrad"
-    return base / "kernels"
+    return cache.root() / "kernels"
 
 
 def normalize(name: str) -> str:
@@ -124,31 +129,38 @@ def build(cu_path, names, *, verbose: bool = False) -> EmuLibrary:
     key = hashlib.sha256(
         "\0".join([header, source, "\n".join(names), " ".join(CXXFLAGS), _compiler_id()]).encode()
     ).hexdigest()[:20]
-    out_dir = cache_dir()
+    out_dir = cache.private_dir(cache_dir())
     so = out_dir / f"{cu_path.stem}-{key}.so"
-    meta = so.with_suffix(".json")
-    if so.exists() and meta.exists():
-        info = json.loads(meta.read_text())
+    info = _cached(so)
+    if info is not None:
         return EmuLibrary(so, tuple(names), info["static_smem"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     wrapper, dyn = _sources(cu_path, source, names)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
-        tmp = Path(tmp)
-        (tmp / "wrapper.cpp").write_text(wrapper)
-        (tmp / "dynsmem.cpp").write_text(dyn)
-        tmp_so = tmp / "lib.so"
-        cmd = [CXX, *CXXFLAGS, str(tmp / "wrapper.cpp"), str(tmp / "dynsmem.cpp"), "-o", str(tmp_so)]
-        if verbose:
-            print(" ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise BuildError(f"emulator build of {cu_path.name} failed:\n{proc.stderr.strip()}")
-        static = _static_smem(tmp_so, names)
-        tmp_meta = tmp / "lib.json"
-        tmp_meta.write_text(json.dumps({"source": str(cu_path), "names": names, "static_smem": static}))
-        os.replace(tmp_so, so)
-        os.replace(tmp_meta, meta)
+    with cache.build_lock(out_dir):
+        info = _cached(so)       # another process built it while this one waited
+        if info is not None:
+            return EmuLibrary(so, tuple(names), info["static_smem"])
+        print(f"minigrad: compiling {cu_path.name} for the CPU emulator (once; cached in {out_dir})...",
+              file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+            tmp = Path(tmp)
+            (tmp / "wrapper.cpp").write_text(wrapper)
+            (tmp / "dynsmem.cpp").write_text(dyn)
+            tmp_so = tmp / "lib.so"
+            cmd = [CXX, *CXXFLAGS, str(tmp / "wrapper.cpp"), str(tmp / "dynsmem.cpp"), "-o", str(tmp_so)]
+            if verbose:
+                print(" ".join(cmd))
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise BuildError(f"emulator build of {cu_path.name} failed:\n{proc.stderr.strip()}")
+            static = _static_smem(tmp_so, names)
+            cache.install(tmp_so, so, {"source": str(cu_path), "names": names, "static_smem": static})
     return EmuLibrary(so, tuple(names), static)
+
+
+def _cached(so: Path) -> dict | None:
+    """The record of a cached library that passes its hash check, else None (build it again)."""
+    info = cache.verified(so)
+    return info if info is not None and isinstance(info.get("static_smem"), dict) else None
 
 
 def clear_cache() -> None:
