@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 RECORD_SUFFIX = ".json"
+_LOADED_FDS = []   # descriptors of the libraries loaded through /proc/self/fd (see load_library)
 
 
 class CacheSecurityError(RuntimeError):
@@ -200,9 +201,19 @@ def load_library(lib: Path) -> ctypes.CDLL:
             raise CacheSecurityError(f"refusing to load {lib}: its SHA-256 does not match the one recorded "
                                      "when it was built")
         via_fd = Path(f"/proc/self/fd/{fd}")
-        return ctypes.CDLL(str(via_fd) if via_fd.exists() else str(lib))
-    finally:
-        os.close(fd)
+        if not via_fd.exists():
+            os.close(fd)
+            return ctypes.CDLL(str(lib))
+        cdll = ctypes.CDLL(str(via_fd))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    # The descriptor stays open as long as the library stays loaded (ctypes never unloads one): the
+    # dynamic loader knows the library by the name /proc/self/fd/N, and a closed N reused for another
+    # library would be taken for this one.
+    _LOADED_FDS.append(fd)
+    return cdll
 
 
 @contextlib.contextmanager

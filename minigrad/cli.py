@@ -77,16 +77,18 @@ def closed_stdout() -> int:
 def main(argv=None) -> int:
     for name in ("stdout", "stderr"):     # started with the stream closed (`>&-`): write nowhere
         if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115  (lives as long as the process)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()      # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return closed_stdout()
-    except Exception as e:   # noqa: BLE001  (one class only; anything else is re-raised)
+    except Exception as e:   # one class only, imported when needed; anything else is re-raised
         from minigrad.kernels.cache import CacheSecurityError
 
         if isinstance(e, CacheSecurityError):

@@ -268,7 +268,9 @@ def lock_run_dir(out_dir, wait_for_pid: float = 1.0):
 
     The lock dies with its process, however it ends. A second run fails at once with RunDirInUse
     naming the holder's PID (the holder writes it into the file once it has the lock, and empties
-    the file when it lets go). Where the file system has no flock, the run goes on unlocked.
+    the file when it lets go), having written nothing. A run that created OUT and wrote nothing
+    into it removes it again (a locker that finds its lock file unlinked locks afresh). Where the
+    file system has no flock, the run goes on unlocked.
     """
     try:
         import fcntl
@@ -276,28 +278,36 @@ def lock_run_dir(out_dir, wait_for_pid: float = 1.0):
         yield
         return
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        locked = True
+    created = not out_dir.exists()
+    while True:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirInUse(f"{out_dir} is in use by another training run ({_holder(fd, wait_for_pid)}); "
+            holder = _holder(fd, wait_for_pid)
+            os.close(fd)
+            raise RunDirInUse(f"{out_dir} is in use by another training run ({holder}); "
                               "wait for it to end, or choose another --out-dir") from None
-        except OSError:      # e.g. ENOLCK: a network file system without flock
-            locked = False
-        if locked:
-            with contextlib.suppress(OSError):     # a full disk: locked all the same, PID unknown
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
+        except OSError:      # e.g. ENOLCK: a network file system without flock: run unlocked
+            os.close(fd)
             yield
-        finally:
-            if locked:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
+            return
+        if os.fstat(fd).st_nlink > 0:
+            break
+        os.close(fd)         # its last holder removed the file just before letting go: lock afresh
+    try:
+        with contextlib.suppress(OSError):     # a full disk: locked all the same, PID unknown
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
     finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            # a run that created the folder and wrote nothing leaves nothing behind
+            if created and [p.name for p in out_dir.iterdir()] == [LOCK]:
+                (out_dir / LOCK).unlink()
+                out_dir.rmdir()
         os.close(fd)
 
 

@@ -21,9 +21,9 @@ class Progress:
     and calls ``on_broken()`` once; the run itself goes on, or stops as on_broken decides.
     """
 
-    def __init__(self, total: int, initial: int, every: int = 50, stream=sys.stderr, disable=False,
+    def __init__(self, total: int, initial: int, every: int = 50, stream=None, disable=False,
                  on_broken=None):
-        self.stream, self.every, self.disable = stream, every, disable
+        self.stream, self.every, self.disable = stream or sys.stderr, every, disable
         self.total, self.on_broken = total, on_broken
         try:
             from tqdm import tqdm

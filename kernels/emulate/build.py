@@ -118,6 +118,17 @@ def _static_smem(so: Path, names: list[str]) -> dict:
     return sizes
 
 
+def library_path(cu_path, names) -> Path:
+    """Where the library of `cu_path` with the instantiations `names` is (or will be) cached."""
+    cu_path = Path(cu_path).resolve()
+    names = [normalize(n) for n in names]
+    key = hashlib.sha256(
+        "\0".join([HEADER.read_text(), cu_path.read_text(), "\n".join(names), " ".join(CXXFLAGS),
+                   _compiler_id()]).encode()
+    ).hexdigest()[:20]
+    return cache_dir() / f"{cu_path.stem}-{key}.so"
+
+
 def build(cu_path, names, *, verbose: bool = False) -> EmuLibrary:
     """Compile `cu_path` with the instantiations `names` (or reuse the cached library)."""
     cu_path = Path(cu_path).resolve()
@@ -125,12 +136,8 @@ def build(cu_path, names, *, verbose: bool = False) -> EmuLibrary:
     if not names:
         raise ValueError(f"build({cu_path.name}): no kernel names to register")
     source = cu_path.read_text()
-    header = HEADER.read_text()
-    key = hashlib.sha256(
-        "\0".join([header, source, "\n".join(names), " ".join(CXXFLAGS), _compiler_id()]).encode()
-    ).hexdigest()[:20]
-    out_dir = cache.private_dir(cache_dir())
-    so = out_dir / f"{cu_path.stem}-{key}.so"
+    so = library_path(cu_path, names)
+    out_dir = cache.private_dir(so.parent)
     info = _cached(so)
     if info is not None:
         return EmuLibrary(so, tuple(names), info["static_smem"])
