@@ -66,13 +66,18 @@ def refuse_to_overwrite(out_dir, force: bool) -> None:
                          "or --force to start afresh (or choose another --out-dir)")
 
 
-def locked_out_dir(out_dir):
+def locked_out_dir(out_dir, resume: bool = False):
     """The training run's hold on ``out_dir`` (models/checkpoint.py: lock_run_dir): a second run into
     the same folder stops at once with one line naming the PID that holds it, having written nothing.
-    With MPI, only the rank that writes should take it."""
+    --resume into a folder that does not exist takes no lock (it fails, saying so). With MPI, only
+    the rank that writes should take it."""
+    from pathlib import Path
+
     from minigrad.models.checkpoint import lock_run_dir
 
-    return lock_run_dir(out_dir) if out_dir is not None else contextlib.nullcontext()
+    if out_dir is None or (resume and not Path(out_dir).exists()):
+        return contextlib.nullcontext()
+    return lock_run_dir(out_dir)
 
 
 def resume_command(out_dir, extra: str = "") -> str:

@@ -73,7 +73,7 @@ def run(args) -> int:
     if problem:
         return fail("train", problem)
     try:
-        with locked_out_dir(run_dir(args)):
+        with locked_out_dir(run_dir(args), args.resume):
             result = main(args)
     except (TrainError, CheckpointError, TaskError, ModelTooLargeError) as e:
         return fail("train", str(e))

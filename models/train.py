@@ -93,7 +93,7 @@ def run(args) -> int:
     if problem:
         return fail("train", problem)
     try:
-        with locked_out_dir(args.out_dir):
+        with locked_out_dir(args.out_dir, args.resume):
             result = main(args)
     except user_errors() as e:
         return fail("train", str(e))

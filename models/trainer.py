@@ -101,6 +101,7 @@ class Trainer:
         self.resume_hint = resume_hint
         self.last_eval: dict = {}
         self.best = None                   # {"step", "val_loss"} of the best checkpoint (keep_best)
+        self._saved = (None, None)         # (step, path) of this run's last checkpoint
 
     # ---- state for checkpoints
     def save(self, evaluated: bool = False) -> Path:
@@ -119,6 +120,7 @@ class Trainer:
         arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
         path = save_checkpoint(self.out_dir, self.step, arrays, meta, best=is_best if keep else None)
         self.best = best if keep else None
+        self._saved = (self.step, path)
         return path
 
     def load(self, ckpt) -> None:
@@ -304,8 +306,8 @@ class Trainer:
                 self.parallel.stop_workers()   # worker processes end with the run (restarted on demand)
             restore_signals()
         interrupted = self.step < cfg.max_iters
-        if interrupted:
-            path = self._io(self.save, what="checkpoint")
+        if interrupted:   # saved already if the stop came at an evaluation step
+            path = self._saved[1] if self._saved[0] == self.step else self._io(self.save, what="checkpoint")
             sig = self.stop_signal or signal.SIGINT
             by = "" if sig == signal.SIGINT else f" by {signal.Signals(sig).name}"
             self._say(f"interrupted{by}: saved step {self.step} to {path}; continue with {self.resume_hint}")
