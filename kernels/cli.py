@@ -50,6 +50,13 @@ def _bench(args) -> int:
                  warmup=args.warmup, repeat=args.repeat)
 
 
+def _sanitize(args) -> int:
+    from minigrad.kernels.emulate.sanitize import main
+
+    return main(names=[args.name] if args.name else None, schedules=args.schedule, seeds=args.seed,
+                show_slowdown=args.slowdown, repeat=args.repeat)
+
+
 def _add_commands(sub) -> None:
     c = sub.add_parser("check", help="NVRTC compile check and ptxas resource table (no GPU needed)")
     c.add_argument("--arch", action="append", help="target arch (repeatable; default sm_80 and sm_90)")
@@ -65,6 +72,15 @@ def _add_commands(sub) -> None:
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--repeat", type=int, default=50)
     b.set_defaults(func=_bench)
+    s = sub.add_parser("sanitize", help="the kernels on the CPU emulator with racecheck, memcheck and initcheck, "
+                                        "under every schedule")
+    s.add_argument("name", nargs="?", help="only kernels whose name contains this")
+    s.add_argument("--schedule", action="append", help="forward, reverse or random:SEED (repeatable; default "
+                                                       "forward, reverse and random with each --seed)")
+    s.add_argument("--seed", action="append", type=int, help="random schedule seed (repeatable; default 0 and 1)")
+    s.add_argument("--slowdown", action="store_true", help="time the cases with the checks off and on instead")
+    s.add_argument("--repeat", type=int, default=7, help="runs per case and mode for --slowdown (median)")
+    s.set_defaults(func=_sanitize)
 
 
 def add_subcommands(subparsers) -> None:
