@@ -34,6 +34,7 @@ import ctypes
 import math
 import mmap
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit handler must be registered before _stop_all_workers)
 import os
 import signal
 import stat
@@ -211,12 +212,15 @@ def _worker_gone(number: int, proc) -> WorkerError:
 _LIVE = weakref.WeakSet()   # DataParallel objects with worker processes
 
 
-@atexit.register
 def _stop_all_workers() -> None:
-    """At exit, end the workers before multiprocessing's own exit handler (registered earlier, so
-    run later) would SIGTERM them, which they ignore, and then wait for them forever."""
+    """At exit, end the workers before multiprocessing's own exit handler would SIGTERM them, which
+    they ignore, and then wait for them forever. atexit runs handlers last-registered first, and
+    multiprocessing.util registers its handler when it is imported, so it is imported first."""
     for dp in list(_LIVE):
         dp.stop_workers()
+
+
+atexit.register(_stop_all_workers)
 
 
 class DataParallel:

@@ -249,6 +249,26 @@ dp.step(split_rows((x, x), 2), concurrent=True)
 
 
 @needs_linux
+def test_a_program_that_never_closes_its_workers_still_exits(env):
+    """Workers ignore SIGTERM, which multiprocessing's exit handler sends before it waits for them:
+    the module's own handler must end them first, or the interpreter would wait forever."""
+    script = """
+import numpy as np
+from minigrad.models.data_parallel import DataParallel, split_rows
+from minigrad.models.gpt import GPT, GPTConfig
+dp = DataParallel(GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)),
+                  lambda m, b: m(b[0], b[1])[1], 2, "process")
+x = np.zeros((2, 4), dtype=np.int64)
+dp.step(split_rows((x, x), 2), concurrent=True)
+print(dp._children[0][0].pid)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env["env"], timeout=60,
+                       check=False)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _gone_within([int(r.stdout)], 2)
+
+
+@needs_linux
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_save_and_say_how_to_continue(env, reference, sig):
     signum = getattr(signal, sig)
