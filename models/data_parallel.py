@@ -34,7 +34,7 @@ import ctypes
 import math
 import mmap
 import multiprocessing
-import multiprocessing.util  # noqa: F401  (its exit handler must be registered before _stop_all_workers)
+import multiprocessing.util  # (its exit handler must be registered before _stop_all_workers)
 import os
 import signal
 import stat
