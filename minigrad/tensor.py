@@ -7,6 +7,7 @@ from . import backend
 from .autograd import _root_grad, run_backward
 
 _FLOAT_KINDS = "fc"
+_is_float = backend.is_float   # kinds "f" and "c", and bfloat16 (ml_dtypes: kind "V")
 
 
 class Tensor:
@@ -28,6 +29,8 @@ class Tensor:
             device = backend.device_of(data) if backend.is_device_array(data) else backend.get_default_device()
         device = backend.check_device(device)
         xp = backend.xp_of(device)
+        if dtype is not None:
+            dtype = backend.as_dtype(dtype)
         if dtype is None and not hasattr(data, "dtype"):
             host = np.asarray(data)
             if host.dtype.kind == "f":
@@ -79,7 +82,7 @@ class Tensor:
         return f"Tensor({backend.to_host(self.data)!r}{grad}{dev})"
 
     def requires_grad_(self, on=True):
-        if on and self.dtype.kind not in _FLOAT_KINDS:
+        if on and not _is_float(self.dtype):
             raise TypeError(f"only floating-point tensors can require grad; this tensor is {self.dtype} "
                             "(integer tensors serve as indices and carry no grad)")
         self.requires_grad = bool(on)
@@ -120,10 +123,12 @@ class Tensor:
         return _ops.ToDevice.apply(self, device=device)
 
     def astype(self, dtype):
-        dtype = np.dtype(dtype)
+        """This tensor as ``dtype`` (a name, type or dtype; "bfloat16" needs ml_dtypes); the gradient
+        flows back cast to the source dtype."""
+        dtype = backend.as_dtype(dtype)
         if dtype == self.dtype:
             return self
-        if dtype.kind not in _FLOAT_KINDS:   # integer/bool tensors carry no grad (casting is not differentiable)
+        if not _is_float(dtype):   # integer/bool tensors carry no grad (casting is not differentiable)
             return Tensor._make(self.data.astype(dtype), False)
         return _ops.AsType.apply(self, dtype=dtype)
 
@@ -132,6 +137,12 @@ class Tensor:
 
     def double(self):
         return self.astype(np.float64)
+
+    def half(self):
+        return self.astype(np.float16)
+
+    def bfloat16(self):
+        return self.astype("bfloat16")
 
     # ------------------------------------------------------------ operators
     def __add__(self, o):
@@ -623,7 +634,7 @@ def _lift(o, like: Tensor) -> Tensor:
     xp = like._xp
     if isinstance(o, (int, float, bool)):
         kind = like.dtype.kind
-        if kind in _FLOAT_KINDS:
+        if kind in _FLOAT_KINDS or _is_float(like.dtype):
             return Tensor._make(xp.asarray(o, dtype=like.dtype))
         if isinstance(o, float):          # an integer tensor with a Python float computes in float32
             return Tensor._make(xp.asarray(o, dtype=np.float32))

@@ -224,13 +224,26 @@ def load_checkpoint(path, groups=None, which: str = "latest") -> Checkpoint:
         if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
             raise CheckpointError(f"checkpoint {ckpt}: {name} is corrupt (checksum mismatch)")
         try:
-            arrays[group] = dict(stnp.load(payload))
+            arrays[group] = _load_group(stnp, payload)
         except Exception as e:  # safetensors raises its own error type
             raise CheckpointError(f"checkpoint {ckpt}: {name} is not valid safetensors ({e})") from None
     missing = set(groups or ()) - set(arrays)
     if missing:
         raise CheckpointError(f"checkpoint {ckpt}: has no {', '.join(sorted(missing))} arrays")
     return Checkpoint(ckpt, meta, arrays)
+
+
+def _load_group(stnp, payload: bytes) -> dict:
+    """safetensors.numpy.load, plus BF16 arrays as ml_dtypes.bfloat16 (safetensors.numpy writes them
+    but cannot read them back); F16 and the rest are safetensors.numpy's own."""
+    if b'"BF16"' not in payload[:8 + int.from_bytes(payload[:8], "little")]:
+        return dict(stnp.load(payload))
+    from safetensors import deserialize
+
+    from minigrad.backend import bfloat16
+    return {name: np.frombuffer(bytearray(t["data"]), dtype=bfloat16() if t["dtype"] == "BF16"
+                                else stnp._getdtype(t["dtype"])).reshape(t["shape"])
+            for name, t in deserialize(payload)}
 
 
 def check_arrays(expected: dict, got: dict, what: str, where) -> None:

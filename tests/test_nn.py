@@ -502,3 +502,28 @@ def test_a_cnn_step_runs_on_the_strict_backend(strict_backend):
     loss.backward()
     assert all(type(p.grad.data).__name__ == "StrictArray" for p in net.parameters())
     assert type(net[1].running_mean.data).__name__ == "StrictArray"
+
+
+@pytest.mark.parametrize("name, kwargs, fn", [
+    ("SiLU", {}, lambda x: x / (1 + np.exp(-x))),
+    ("Mish", {}, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    ("SELU", {}, lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x))),
+    ("ReLU6", {}, lambda x: np.clip(x, 0, 6)),
+    ("Hardsigmoid", {}, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    ("Hardswish", {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    ("LogSigmoid", {}, lambda x: -np.log1p(np.exp(-x))),
+    ("Softsign", {}, lambda x: x / (1 + np.abs(x))),
+    ("Softplus", {"beta": 2.0}, lambda x: np.log1p(np.exp(2 * x)) / 2),
+    ("LeakyReLU", {"negative_slope": 0.2}, lambda x: np.where(x > 0, x, 0.2 * x)),
+    ("ELU", {"alpha": 0.5}, lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+    ("CELU", {"alpha": 2.0}, lambda x: np.where(x > 0, x, 2.0 * np.expm1(x / 2.0))),
+    ("Hardtanh", {"min_val": -0.5, "max_val": 2.0}, lambda x: np.clip(x, -0.5, 2.0)),
+    ("GLU", {"dim": -1}, lambda x: x[..., :3] / (1 + np.exp(-x[..., 3:]))),
+])
+def test_activation_modules_match_their_formulas(name, kwargs, fn):
+    x = np.random.default_rng(3).uniform(-4, 4, (5, 6)) + 0.05      # away from the kinks at 0
+    m = getattr(nn, name)(**kwargs)
+    y = m(Tensor(x, requires_grad=True))
+    np.testing.assert_allclose(y.numpy(), fn(x), rtol=1e-12, atol=1e-12)
+    assert all(f"{k}=" in repr(m) for k in kwargs if k != "dim")
+    assert list(m.parameters()) == []

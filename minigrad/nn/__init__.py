@@ -1,5 +1,7 @@
 """minigrad.nn: modules with PyTorch's names."""
 from . import functional
+from .activations import (CELU, ELU, GLU, SELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, LogSigmoid, Mish,
+                          ReLU6, SiLU, Softplus, Softsign)
 from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .layers import GELU, Dropout, Embedding, Flatten, Identity, LayerNorm, Linear, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
@@ -12,4 +14,6 @@ __all__ = ["functional", "Module", "Parameter", "Sequential", "ModuleList", "Lin
            # convolution, pooling, normalisation and the other layers of issue 17
            "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "Upsample", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
-           "Flatten", "Identity", "Sigmoid", "Softmax", "LogSoftmax"]
+           "Flatten", "Identity", "Sigmoid", "Softmax", "LogSoftmax",
+           "SiLU", "Mish", "SELU", "ReLU6", "Hardsigmoid", "Hardswish", "LogSigmoid", "Softsign", "Softplus",
+           "LeakyReLU", "ELU", "CELU", "Hardtanh", "GLU"]

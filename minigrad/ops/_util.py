@@ -37,7 +37,7 @@ def needs(fn, i):
 def float_input(a):
     """An integer or bool array as float32 (minigrad's default float, as in PyTorch) for ops whose
     result is a float (sin, exp, true division ...); a float array as it is."""
-    return a if a.dtype.kind in "fc" else a.astype("float32")
+    return a if a.dtype.kind in "fc" or a.dtype.name == "bfloat16" else a.astype("float32")
 
 
 def zeros_grad(fn, i=0):

@@ -6,7 +6,7 @@ of integers (exp, log, sqrt, tanh, sigmoid) give float32."""
 from __future__ import annotations
 
 from ..autograd import Function
-from ..backend import to_device
+from ..backend import is_float, to_device
 from ._util import float_input, needs, saved, unbroadcast, xp_of
 
 
@@ -15,7 +15,7 @@ def promote(a, b):
     rule: int64 + float32 is float32 here, where NumPy gives float64); otherwise NumPy's rules."""
     if a.dtype is b.dtype:
         return a, b
-    fa, fb = a.dtype.kind in "fc", b.dtype.kind in "fc"
+    fa, fb = is_float(a.dtype), is_float(b.dtype)
     if fa and not fb:
         return a, b.astype(a.dtype)
     if fb and not fa:
@@ -63,7 +63,7 @@ class Div(Function):
     """True division; integers divide as float32."""
 
     def forward(self, a, b):
-        if a.dtype is not b.dtype or a.dtype.kind not in "fc":
+        if a.dtype is not b.dtype or not is_float(a.dtype):
             a, b = promote(float_input(a), float_input(b))
         return a / b
 
@@ -285,7 +285,7 @@ class AsType(Function):
         return a.astype(dtype)
 
     def backward(self, g):
-        return (g.astype(self.src),) if self.src.kind in "fc" else (None,)
+        return (g.astype(self.src),) if is_float(self.src) else (None,)
 
 
 class ToDevice(Function):

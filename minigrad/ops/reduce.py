@@ -13,6 +13,9 @@ def _keep_shape(shape, axis):
 class Sum(Function):
     def forward(self, a, axis, keepdims=False):
         self.shape, self.axis = a.shape, axis
+        if a.dtype.itemsize == 2 and a.dtype.kind in "fV":   # half types accumulate in float32 (NumPy
+            # sums bfloat16 in bfloat16: 10,000 ones add up to 256)
+            return a.sum(axis=axis, keepdims=keepdims, dtype="float32").astype(a.dtype)
         return a.sum(axis=axis, keepdims=keepdims)
 
     def backward(self, g):
@@ -26,6 +29,8 @@ class Mean(Function):
         for i in axis:
             n *= a.shape[i]
         self.n = n
+        if n and a.dtype.itemsize == 2 and a.dtype.kind in "fV":
+            return a.mean(axis=axis, keepdims=keepdims, dtype="float32").astype(a.dtype)
         return a.mean(axis=axis, keepdims=keepdims) if n else xp_of(a).zeros(
             _keep_shape(a.shape, axis) if keepdims else tuple(s for i, s in enumerate(a.shape) if i not in axis),
             a.dtype) * float("nan")
