@@ -21,7 +21,11 @@ source lines (addr2line).
 
 Libraries are cached by the SHA-256 of (header, source, names, mode, compiler flags, g++ version) in
 $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/kernels, and written atomically, so concurrent processes
-never see a half-written library. Shared arrays come from the library's symbol table (`readelf`):
+never see a half-written library. The cache is private and hash-checked (kernels/cache.py): its
+folders are created 0700, a folder or file another user could write is refused with a
+CacheSecurityError, and a cached library (or the checked runtime object linked into one) is used
+only if it hashes to the SHA-256 recorded in its .json at build time, else it is built again;
+builds of one folder take turns, and a build prints one line on stderr. Shared arrays come from the library's symbol table (`readelf`):
 every block-scope thread_local (that is, `__shared__`) variable of a kernel counts towards that
 kernel; shared arrays declared inside helper functions are not attributed (not counted, not poisoned
 per block; the checked build still tracks them).
@@ -31,15 +35,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from minigrad.kernels import cache
 from minigrad.kernels.emulate.errors import CompileError
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
@@ -75,9 +80,7 @@ class EmuLibrary:
 
 
 def cache_dir() -> Path:
-    d = os.environ.get("MINIGRAD_CACHE_DIR")
-    base = Path(d) if d else Path.home() / ".cache" / "minigrad"
-    return base / "kernels"
+    return cache.root() / "kernels"
 
 
 def normalize(name: str) -> str:
@@ -177,17 +180,43 @@ def _runtime_object(out_dir: Path, verbose: bool) -> Path:
     flags = _COMPILE + ["-DMGEMU_CHECK", "-DMGEMU_RUNTIME"]
     key = hashlib.sha256("\0".join([HEADER.read_text(), " ".join(flags), _compiler_id()]).encode()).hexdigest()[:20]
     obj = out_dir / f"mgemu-runtime-{key}.o"
-    if obj.exists():
+    if cache.verified(obj):        # linked into a library: checked like one
         return obj
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         src = Path(tmp) / "runtime.cpp"
         src.write_text(f'#include "{HEADER}"\n')
         proc = _run([CXX, *flags, str(src), "-o", str(Path(tmp) / "runtime.o")], verbose)
         if proc.returncode != 0:
             raise CompileError(f"emulator runtime build failed:\n{proc.stderr.strip()}", output=proc.stderr)
-        os.replace(Path(tmp) / "runtime.o", obj)
+        cache.install(Path(tmp) / "runtime.o", obj)
     return obj
+
+
+def library_path(cu_path, names, *, check: bool = False, source: str | None = None) -> Path:
+    """Where the library of `cu_path` (or `source`) with the instantiations `names` is (or will be) cached."""
+    names = [normalize(n) for n in names]
+    if source is None:
+        cu_path = Path(cu_path).resolve()
+        source = cu_path.read_text()
+    label = str(cu_path)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "", Path(label).stem) or "source"
+    mode = "check" if check else "plain"
+    key = hashlib.sha256("\0".join([HEADER.read_text(), label, source, "\n".join(names), mode,
+                                    " ".join(CXXFLAGS + CHECK_FLAGS), _compiler_id()]).encode()).hexdigest()[:20]
+    return cache_dir() / f"{stem}-{'chk-' if check else ''}{key}.so"
+
+
+def _library(so: Path, names: list[str], check: bool, info: dict) -> EmuLibrary:
+    return EmuLibrary(so, tuple(names), info["static_smem"], check,
+                      {n: [tuple(r) for r in rs] for n, rs in info["static_ranges"].items()},
+                      tuple(tuple(s) for s in info["shared"]))
+
+
+def _cached(so: Path) -> dict | None:
+    """The record of a cached library that passes its hash check, else None (build it again)."""
+    info = cache.verified(so)
+    keys = ("static_smem", "static_ranges", "shared")
+    return info if info is not None and all(k in info for k in keys) else None
 
 
 def build(cu_path, names, *, check: bool = False, source: str | None = None, verbose: bool = False) -> EmuLibrary:
@@ -197,22 +226,24 @@ def build(cu_path, names, *, check: bool = False, source: str | None = None, ver
         cu_path = Path(cu_path).resolve()
         source = cu_path.read_text()
     label = str(cu_path)
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "", Path(label).stem) or "source"
     if not names:
         raise ValueError(f"build({Path(label).name}): no kernel names to register")
-    header = HEADER.read_text()
-    mode = "check" if check else "plain"
-    key = hashlib.sha256("\0".join([header, label, source, "\n".join(names), mode, " ".join(CXXFLAGS + CHECK_FLAGS),
-                                    _compiler_id()]).encode()).hexdigest()[:20]
-    out_dir = cache_dir()
-    so = out_dir / f"{stem}-{'chk-' if check else ''}{key}.so"
-    meta = so.with_suffix(".json")
-    if so.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        return EmuLibrary(so, tuple(names), info["static_smem"], check,
-                          {n: [tuple(r) for r in rs] for n, rs in info["static_ranges"].items()},
-                          tuple(tuple(s) for s in info["shared"]))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    so = library_path(label, names, check=check, source=source)
+    out_dir = cache.private_dir(so.parent)
+    info = _cached(so)
+    if info is not None:
+        return _library(so, names, check, info)
+    with cache.build_lock(out_dir):
+        info = _cached(so)       # another process built it while this one waited
+        if info is None:
+            print(f"minigrad: compiling {Path(label).name} for the CPU emulator (once; cached in {out_dir})...",
+                  file=sys.stderr, flush=True)
+            info = _compile(so, out_dir, label, source, names, check, verbose)
+    return _library(so, names, check, info)
+
+
+def _compile(so: Path, out_dir: Path, label: str, source: str, names: list[str], check: bool, verbose: bool) -> dict:
+    """Build the library into `so` (with its hash record); returns the record."""
     wrapper, dyn = _sources(label, source, names, check)
     dynamic_names = set(_EXTERN_SHARED.findall(source))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
@@ -246,13 +277,10 @@ def build(cu_path, names, *, check: bool = False, source: str | None = None, ver
                 shared.append((off, size, var, 0))
             else:
                 shared.append((off, size, symbol, 1))
-        tmp_meta = tmp / "lib.json"
-        tmp_meta.write_text(json.dumps({"source": label, "names": names, "check": check, "static_smem": static,
-                                        "static_ranges": ranges, "shared": shared}))
-        os.replace(tmp_so, so)
-        os.replace(tmp_meta, meta)
-    return EmuLibrary(so, tuple(names), static, check, {n: [tuple(r) for r in rs] for n, rs in ranges.items()},
-                      tuple(tuple(s) for s in shared))
+        info = {"source": label, "names": names, "check": check, "static_smem": static,
+                "static_ranges": ranges, "shared": shared}
+        info["sha256"] = cache.install(tmp_so, so, info)
+    return info
 
 
 def clear_cache() -> None:
