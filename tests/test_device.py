@@ -162,7 +162,7 @@ def test_segmented_scatter_add_gives_np_add_ats_bits(dtype):
         assert got.dtype == want.dtype and np.array_equal(got, want), (shape, idx)
 
 
-def test_getitem_backward_on_the_strict_device_uses_the_segmented_variant(strict_cuda):
+def test_getitem_backward_on_the_strict_device_uses_the_segmented_variant(strict_cuda, fast_paths):
     rng = np.random.default_rng(2)
     w = rng.standard_normal((11, 6))
     ids = rng.integers(0, 11, size=(4, 9))
@@ -350,6 +350,7 @@ def test_device_cuda_runs_the_suites_on_the_strict_stand_in(device):
     if device != "cpu":
         pytest.skip("this run is already on a device")
     r = _pytest(["--device", "cuda", "tests/test_autograd.py", "tests/test_device.py",
-                 "-k", "not device_cuda_runs_the_suites"], {"MINIGRAD_STRICT": "cuda"}, quiet="-rf")
+                 "-k", "not device_cuda_runs_the_suites"], {"MINIGRAD_STRICT": "cuda", "MINIGRAD_IMPL": "auto"},
+                quiet="-rf")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "served by the strict stand-in" in r.stdout and " passed" in r.stdout and " failed" not in r.stdout
