@@ -13,12 +13,21 @@ It knows nothing about GPT: `minigrad train` (models/train.py) and its seq2seq j
 Reproducibility contract: training batches come only from `train_rng`, evaluation batches only
 from a generator derived from (seed, step), so evaluating never shifts the training stream and a
 resumed run logs exactly the losses of an uninterrupted one.
+
+On several ranks (minigrad.distributed; `mpiexec -n N minigrad train`): `batches` returns the
+global batch (N times the per-rank batch), drawn from the same `train_rng` on every rank, and
+rank r trains on the r-th of `split(batch, N)`: disjoint shards, whose union is the batch one
+process would draw with --batch-size N·B. One allreduce of all gradients per step makes every
+rank's gradient the global batch's; evaluation batches are spread over the ranks; rank 0 alone
+prints, logs and checkpoints. On a GPU the step waits for the device once (the loss read back),
+and data-parallel workers are not used (one per rank).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -28,13 +37,15 @@ from pathlib import Path
 import numpy as np
 
 import minigrad
-from minigrad import optim
+from minigrad import distributed, optim
+from minigrad.backend import is_device_array
 from minigrad.models.checkpoint import CheckpointError, check_arrays, load_optim, optim_state, save_checkpoint
 from minigrad.models.data_parallel import DataParallel
 from minigrad.models.progress import Progress, plot_log, read_log, rewrite_log
 from minigrad.models.train_config import TrainConfig, TrainError, lr_at
 
 EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
+DROPOUT_STREAM = 0xD50D  # salt for each rank's dropout stream (several ranks only)
 
 
 def set_lr(opt, lr: float) -> None:
@@ -81,20 +92,33 @@ class Trainer:
         self.on_step = on_step
         self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-        self.split = split if cfg.workers > 1 else None
-        self.parallel = DataParallel(model, loss_fn, cfg.workers) if self.split is not None else None
+        # ---- distributed hook: the communicator, this rank's shard, one worker on a GPU
+        self.comm = distributed.current()
+        self.distributed = self.comm.backend != "single"
+        self.on_device = any(is_device_array(p.data) for p in model.parameters())
+        self.workers = 1 if self.on_device else cfg.workers   # a GPU runs the micro-batch whole
+        if self.distributed and split is None:
+            raise TrainError("distributed training needs the job's split function (how to cut a batch into shards)")
+        self.quiet = quiet or self.comm.rank != 0
+        self.grads = distributed.GradientBuffer(model.parameters()) if self.distributed else None
+        self._agreed_stop = False
+        # ----
+        self.split = split if self.workers > 1 or self.distributed else None
+        self.parallel = DataParallel(model, loss_fn, self.workers) if split is not None and self.workers > 1 else None
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
         self.last_eval: dict = {}
 
     # ---- state for checkpoints
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        if self.comm.rank != 0:          # rank 0 alone writes
+            return None
         optim_arrays, optim_info = optim_state(self.opt)
         dropout_rng = getattr(self.model, "dropout_rng", None)
         meta = dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
                     dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
-                    optim=optim_info, last_eval=self.last_eval)
+                    optim=optim_info, last_eval=self.last_eval, ranks=self.comm.size)
         arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
         return save_checkpoint(self.out_dir, self.step, arrays, meta)
 
@@ -123,31 +147,49 @@ class Trainer:
         with minigrad.no_grad():
             for split in ("train", "val"):
                 rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, self.step])
-                losses = [float(self.loss_fn(self.model, self.batches(split, rng)).item()) for _ in range(iters)]
+                if self.distributed:
+                    losses = self._evaluate_on_ranks(split, rng, iters)
+                else:
+                    losses = [float(self.loss_fn(self.model, self.batches(split, rng)).item()) for _ in range(iters)]
                 out[f"{split}_loss"] = float(np.mean(losses))
         self.model.train()
         return out
 
     def train_step(self, lr: float) -> float:
-        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss."""
+        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss
+        (on several ranks: its mean over the ranks, i.e. the global batch's)."""
         cfg, t = self.cfg, self.timer
         set_lr(self.opt, lr)
         total = 0.0
         for _ in range(cfg.grad_accum):
             with t.phase("data"):
                 batch = self.batches("train", self.train_rng)
+                weight = 1.0
+                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
+                    batch, weight = self._shard(batch)
             if self.parallel is not None:
                 with t.phase("forward+backward"):
-                    total += self.parallel.step(self.split(batch, cfg.workers), 1.0 / cfg.grad_accum)
+                    total += weight * self.parallel.step(self.split(batch, self.workers), weight / cfg.grad_accum)
                 continue
             with t.phase("forward"):
                 loss = self.loss_fn(self.model, batch)
-                scaled = loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss
+                c = weight / cfg.grad_accum
+                scaled = loss * c if c != 1.0 else loss
             with t.phase("backward"):
                 scaled.backward()
-            total += float(loss.item())
+            # on a GPU the losses add up on the device: the step reads the total back once, at its end
+            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        loss = total / cfg.grad_accum
         with t.phase("optimizer"):
-            if self.parallel is not None:   # the gradient norm was measured in its reduction
+            if self.distributed:            # one allreduce: every rank now holds the global batch's gradient
+                loss, self._agreed_stop = self.grads.reduce_(self.comm, loss, self._stop)
+                if cfg.grad_clip > 0:
+                    optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if self.parallel is not None:
+                    self.parallel.optimizer_step(self.opt)
+                else:
+                    self.opt.step()
+            elif self.parallel is not None:   # the gradient norm was measured in its reduction
                 if cfg.grad_clip > 0:
                     self.parallel.clip_grad_norm_(cfg.grad_clip)
                 self.parallel.optimizer_step(self.opt)
@@ -156,7 +198,42 @@ class Trainer:
                     optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.opt.step()
             self.opt.zero_grad()
-        return total / cfg.grad_accum
+        return float(loss)
+
+    # ---- on several ranks
+    def _shard(self, batch):
+        """This rank's rows of the global batch, and ranks × their share of it (exactly 1 when the
+        shards are equal, so the mean over ranks weighs them as one process would)."""
+        part, share = self.split(batch, self.comm.size)[self.comm.rank]
+        weight = share * self.comm.size
+        return part, (1.0 if abs(weight - 1.0) < 1e-12 else weight)
+
+    def _evaluate_on_ranks(self, split, rng, iters: int):
+        """The losses of `iters` batches drawn as one process draws them, batch i evaluated by rank
+        i mod N; one allreduce of the vector (each entry is one rank's value plus zeros: exact)."""
+        losses = np.zeros(iters, np.float64)
+        for i in range(iters):
+            batch = self.batches(split, rng)
+            if i % self.comm.size == self.comm.rank:
+                losses[i] = float(self.loss_fn(self.model, batch).item())
+        self.comm.allreduce_sum_(losses)
+        return losses
+
+    def _start_ranks(self) -> None:
+        """Every rank's setup succeeded (else all raise alike), then rank 0's parameters everywhere
+        (a fresh start and a resume alike). Per-rank dropout streams are set each step."""
+        if self.distributed:
+            self.comm.agree()
+            self.comm.training = True
+            self.comm.broadcast_parameters(self.model)
+
+    def _rank_dropout(self) -> None:
+        """On several ranks each rank draws its own dropout masks, from a stream derived from
+        (seed, rank, step), so a resumed run draws what the uninterrupted one drew."""
+        rng = getattr(self.model, "dropout_rng", None)
+        if self.distributed and rng is not None:
+            rng.bit_generator.state = np.random.default_rng(
+                [self.cfg.seed, DROPOUT_STREAM, self.comm.rank, self.step]).bit_generator.state
 
     def request_stop(self) -> None:
         """Stop after the current step, save, return (what Ctrl-C does)."""
@@ -165,10 +242,14 @@ class Trainer:
     # ---- the run
     def run(self) -> dict:
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.out_dir / "log.jsonl"
-        records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
-        rewrite_log(log_path, records)  # drop lines a crashed run logged past its last checkpoint
+        self._start_ranks()
+        writer = self.comm.rank == 0     # rank 0 alone writes the log, the plot and the checkpoints
+        log_path = self.out_dir / "log.jsonl" if writer else Path(os.devnull)
+        records = []
+        if writer:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
+            rewrite_log(log_path, records)  # drop lines a crashed run logged past its last checkpoint
         progress = Progress(cfg.max_iters, self.step, disable=self.quiet)
         previous = signal.getsignal(signal.SIGINT)
         main_thread = _in_main_thread()
@@ -181,8 +262,9 @@ class Trainer:
             signal.signal(signal.SIGINT, on_sigint)
         try:
             with open(log_path, "a") as log:
-                while self.step < cfg.max_iters and not self._stop:
+                while self.step < cfg.max_iters and not (self._agreed_stop if self.distributed else self._stop):
                     lr = lr_at(self.step, cfg)
+                    self._rank_dropout()
                     t0 = time.perf_counter()
                     loss = self.train_step(lr)
                     dt = time.perf_counter() - t0
@@ -193,8 +275,9 @@ class Trainer:
                     rec = None
                     if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
                         rec = {"step": self.step, "loss": loss, "lr": lr}
-                    if not math.isfinite(loss):
-                        raise TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                    if not math.isfinite(loss):   # the same loss on every rank
+                        raise distributed.agreed(
+                            TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data"))
                     if self.step % cfg.eval_interval == 0 or final:
                         with self.timer.phase("eval"):
                             self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
@@ -218,8 +301,9 @@ class Trainer:
         interrupted = self.step < cfg.max_iters
         if interrupted:
             path = self.save()
-            print(f"interrupted: saved step {self.step} to {path}; continue with --resume", file=sys.stderr)
-        note = plot_log(records, self.out_dir / "loss.png") if records else None
+            if path is not None:
+                print(f"interrupted: saved step {self.step} to {path}; continue with --resume", file=sys.stderr)
+        note = plot_log(records, self.out_dir / "loss.png") if records and writer else None
         if note and not self.quiet:
             print(note, file=sys.stderr)
         return {"step": self.step, "interrupted": interrupted, **self.last_eval}
