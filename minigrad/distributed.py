@@ -483,7 +483,12 @@ def _pack(arrays):
         for i in members:
             offsets.append(n)
             n += -(-arrays[i].size // ALIGN) * ALIGN
-        flat = xp.zeros(n, dtype=dtype)
+        if xp is np:                    # on a 64-byte boundary, as the views' offsets assume
+            raw = np.zeros(n + 64 // dtype.itemsize, dtype=dtype)
+            skip = (-raw.ctypes.data % 64) // dtype.itemsize
+            flat = raw[skip:skip + n]
+        else:                           # device allocations are 256-byte aligned
+            flat = xp.zeros(n, dtype=dtype)
         views = [flat[o:o + arrays[i].size] for o, i in zip(offsets, members)]
         for v, i in zip(views, members):
             v[...] = arrays[i].reshape(-1)
