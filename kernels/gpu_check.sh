@@ -19,7 +19,7 @@
 #   bench_layernorm  kernels/bench.py: GB/s vs a copy, float32 and float64               30  150
 #   bench_attention  kernels/attention_bench.py: TFLOP/s vs unfused and torch SDPA        30  150
 #   sanitize_racecheck, sanitize_synccheck, sanitize_initcheck  (as memcheck)             20   90
-#   bench_train    `minigrad bench train --device cuda` vs torch (skipped: no --device)   30  120
+#   bench_train    `minigrad bench train --device cuda` vs torch on the GPU                30  120
 # A stage starts only with its minimum left; its timeout is its maximum, cut to what is left.
 #
 # Environment: GPU_CHECK_BUDGET (seconds, default 420), PYTHON (default python3), GPT_STEPS (300).

@@ -18,8 +18,9 @@ Backends (ChainerMN's design: one interface; gradients packed into one flat buff
           no MPI at all (and runs the same code path).
 
 Failure: a blocking collective (or the host sync that waits for an NCCL one) runs under a watchdog.
-A rank that waits longer than ``timeout`` seconds for the others prints one line naming what it
-waited in and ends the whole job (``MPI_Abort``): a dead or hung rank never makes the others hang.
+A rank that waits longer than ``timeout`` seconds for the others (before training starts, at least
+SETUP_TIMEOUT: a rank may be preparing its data) prints one line naming what it waited in and ends
+the whole job (``MPI_Abort``): a dead or hung rank never makes the others hang.
 Under MPICH's mpiexec a rank that dies is noticed sooner: the launcher ends the others at once.
 
 ``GradientBuffer`` is what a training loop reduces each step: every gradient copied into one flat
@@ -42,6 +43,7 @@ from .backend import get_array_module, to_host
 
 BACKENDS = ("single", "mpi", "nccl")
 DEFAULT_TIMEOUT = 60.0     # seconds a rank waits in one collective before it declares the others lost
+SETUP_TIMEOUT = 600.0      # at least this long before training starts: one rank may be fetching or tokenizing data
 ALIGN = 16                 # elements: every gradient view in a flat buffer starts on a 64-byte boundary
 
 MPI_INSTALL = "pip install 'minigrad[mpi]' (mpi4py and the mpich wheel), or mpi4py built against your cluster's MPI"
@@ -68,7 +70,7 @@ def launched() -> tuple[int, int, int] | None:
     for size, rank, local in _LAUNCH_ENV:
         if size in os.environ:
             try:
-                return int(os.environ[size]), int(os.environ.get(rank, 0)), int(os.environ.get(local, 0))
+                return int(os.environ[size]), int(os.environ.get(rank, "0")), int(os.environ.get(local, "0"))
             except ValueError:
                 return None
     return None
@@ -215,12 +217,13 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             time.sleep(min(1.0, max(self.comm.timeout / 20, 0.05)))
+            c = self.comm
+            limit = c.timeout if c.training else max(c.timeout, SETUP_TIMEOUT)
             with self._lock:
-                late = self.since is not None and time.monotonic() - self.since > self.comm.timeout
+                late = self.since is not None and time.monotonic() - self.since > limit
                 what = self.what
             if late:
-                c = self.comm
-                print(f"{c.label}: error: rank {c.rank}: no answer from the other ranks for {c.timeout:g} s "
+                print(f"{c.label}: error: rank {c.rank}: no answer from the other ranks for {limit:g} s "
                       f"(waiting in {what}): a rank died or hangs; ending all {c.size} ranks", file=sys.stderr,
                       flush=True)
                 c.abort(1)
@@ -347,7 +350,9 @@ class NCCLCommunicator(Communicator):
         self.mpi = MPICommunicator(timeout, label) if env is not None and env[0] > 1 else None
         if self.mpi is not None:
             self.rank, self.size, self.local_rank = self.mpi.rank, self.mpi.size, self.mpi.local_rank
-        self._watchdog = self.mpi._watchdog if self.mpi is not None else _Watchdog(self)
+        self._watchdog = _Watchdog(self)          # one watchdog, reading this communicator's state
+        if self.mpi is not None:
+            self.mpi._watchdog = self._watchdog
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
         uid = nccl.get_unique_id() if self.rank == 0 else None
         if self.mpi is not None:

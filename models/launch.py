@@ -37,7 +37,8 @@ def add_dist_args(g) -> None:
                         "one process, else none. --batch-size is per rank: the global batch is N times it")
     g.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT, metavar="S",
                    help="seconds a rank waits for the others in one step before it reports them lost and ends "
-                        f"the job (default {distributed.DEFAULT_TIMEOUT:g})")
+                        f"the job (default {distributed.DEFAULT_TIMEOUT:g}; before training starts at least "
+                        f"{distributed.SETUP_TIMEOUT:g})")
 
 
 def main_on_ranks(main, args, cmd: str = "train"):
@@ -65,6 +66,7 @@ def main_on_ranks(main, args, cmd: str = "train"):
         if env is not None and env[1] != 0:    # every rank fails alike: rank 0 says it
             sys.stderr = open(os.devnull, "w")
         raise TrainError(str(e)) from None
+    limit_blas_threads(comm)
     if comm.rank != 0:
         sys.stdout = open(os.devnull, "w")
     elif not getattr(args, "quiet", False):
@@ -72,12 +74,11 @@ def main_on_ranks(main, args, cmd: str = "train"):
               file=sys.stderr)
     try:
         return main(args)
-    except BaseException as e:      # noqa: BLE001  (every failure must end the ranks cleanly)
+    except BaseException as e:      # every failure must end the ranks cleanly
         _fail_on_ranks(comm, e)
         raise
     finally:
-        if comm.rank == 0:
-            sys.stdout.flush()
+        distributed.reset()
 
 
 def _fail_on_ranks(comm, e: BaseException) -> None:
@@ -112,10 +113,14 @@ def _fail_on_ranks(comm, e: BaseException) -> None:
 
 
 def _is_user_error(e) -> bool:
+    """The errors the commands report in one line (no traceback)."""
     from minigrad.models.checkpoint import CheckpointError
     from minigrad.models.data import DataError
+    from minigrad.models.tasks import TaskError
+    from minigrad.models.tokenize import TokenizerError
 
-    return isinstance(e, (TrainError, CheckpointError, DataError, distributed.DistributedError))
+    return isinstance(e, (TrainError, CheckpointError, DataError, TaskError, TokenizerError,
+                          distributed.DistributedError))
 
 
 def from_rank0(fn):
@@ -150,8 +155,9 @@ def from_rank0(fn):
         raise distributed.agreed(_rebuild_error(head[1], head[2]))
     if head[0] == "value":
         return head[1]
-    import numpy as np
     from pathlib import Path
+
+    import numpy as np
 
     _, path, meta, specs = head
     arrays = {}
@@ -195,6 +201,27 @@ def resume_ranks(ckpt, train_opts: dict, given_train: dict) -> dict:
     return out
 
 
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def limit_blas_threads(comm) -> None:
+    """Several ranks on one machine: each rank's BLAS gets its share of the cores (a one-thread
+    BLAS for two ranks on two cores). Left alone without threadpoolctl or with one rank per machine:
+    oversubscribed BLAS threads spin against each other and can make a step several times slower."""
+    local = getattr(comm, "local_size", 1)
+    if local <= 1:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=max(1, cores() // local), user_api="blas")
+
+
 def default_workers(train_opts: dict, given_train: dict) -> dict:
     """On several ranks, unless --workers was given: one data-parallel worker per rank when the
     ranks of this machine already fill its cores (two ranks on two cores), else as many as the
@@ -204,9 +231,5 @@ def default_workers(train_opts: dict, given_train: dict) -> dict:
         return train_opts
     from minigrad.models.train_config import TrainConfig
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
     local = max(1, getattr(comm, "local_size", 1))
-    return dict(train_opts, workers=max(1, min(TrainConfig.workers, cores // local)))
+    return dict(train_opts, workers=max(1, min(TrainConfig.workers, cores() // local)))

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from minigrad.models.progress import read_log
 
 from minigrad import distributed
-from minigrad.models.progress import read_log
 
 HERE = Path(__file__).resolve().parent
 CORPUS = "".join(
@@ -115,9 +115,10 @@ def test_gradient_buffer_is_one_flat_aligned_buffer_and_keeps_missing_grads_miss
 # ---------------------------------------------------------------------------- the fused optimizer kernels
 
 def test_fused_optimizer_kernels_compile_with_nvrtc():
-    from minigrad import fused_optim
     from minigrad.kernels import check
     from minigrad.kernels.runtime import CUPY_ADDED_OPTIONS
+
+    from minigrad import fused_optim
 
     try:
         check.load_nvrtc()
@@ -135,9 +136,10 @@ def test_fused_optimizer_kernels_equal_the_numpy_update_bit_for_bit_under_the_em
                                                                                         dtype, case):
     """The kernels a GPU runs, run by the CPU emulator (-ffp-contract=off, as --fmad=false on the
     GPU), against optim.py's NumPy path (the native Adam loop off): three steps, every bit."""
-    from minigrad import Tensor, fused_optim, optim
     from minigrad.kernels.emulate.build import BuildError
     from minigrad.kernels.runtime import Program
+
+    from minigrad import Tensor, fused_optim, optim
     from minigrad.nn import Parameter
 
     monkeypatch.setenv("MINIGRAD_CPU_NATIVE", "0")
@@ -184,7 +186,8 @@ def test_fused_optimizer_kernels_equal_the_numpy_update_bit_for_bit_under_the_em
 def test_a_training_step_on_cuda_reads_the_device_once_outside_the_ops(tmp_path):
     """On the strict stand-in for a GPU (MINIGRAD_STRICT=cuda: arrays whose reads back to the host
     are counted here), the training loop, the clip and the optimizer read the device once per step
-    (the loss, at its end), and the micro-batch runs whole although --workers is 2. Reads made
+    (the loss, at its end), and the micro-batch runs whole although --workers is 2; DataParallel's
+    clip of device gradients reads nothing. Reads made
     inside the ops (index checks, cross-entropy's count of valid targets: minigrad/ops) are
     counted apart: they are the ops' own. In a child process: the stand-in is chosen when minigrad
     is first imported."""
@@ -223,8 +226,13 @@ for _ in range(3):
     reads.clear()
     loss = trainer.train_step(1e-3)
     per_step.append(list(reads))
+from minigrad.models.data_parallel import DataParallel
+dp = DataParallel(model, lambda m, b: m(b[0], b[1])[1], 2)
+dp.step(split_rows(batches("train", np.random.default_rng(1)), 2))
+reads.clear()
+dp.clip_grad_norm_(1e-3)
 print(json.dumps({"reads": per_step, "parallel": trainer.parallel is not None, "workers": trainer.workers,
-                  "loss": loss, "strict": type(model.parameters()[0].data).__name__}))
+                  "loss": loss, "strict": type(model.parameters()[0].data).__name__, "dp_clip_reads": reads}))
 """
     env = dict(os.environ, MINIGRAD_STRICT="cuda", MINIGRAD_KERNELS="off")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
@@ -236,6 +244,7 @@ print(json.dumps({"reads": per_step, "parallel": trainer.parallel is not None, "
     assert np.isfinite(out["loss"])
     outside_ops = [[r for r in step if not r.startswith("ops:")] for step in out["reads"]]
     assert outside_ops == [["__float__"]] * 3, f"device reads per step outside the ops: {out['reads']}"
+    assert out["dp_clip_reads"] == []              # DataParallel's clip on device arrays: on the device too
 
 
 # ============================================================================ with MPI (real ranks)
@@ -370,11 +379,11 @@ def test_another_number_of_ranks_that_cannot_share_the_batch_is_refused_once(tmp
 
 @needs_mpi
 def test_a_setup_error_on_one_rank_is_reported_once_and_every_rank_exits(tmp_path, corpus):
-    proc, seconds = _mpirun(2, "--data", corpus, "--max-iters", 4, "--out-dir", tmp_path / "run", *TINY,
-                            fault="raise-setup", timeout=120)
+    proc, _ = _mpirun(2, "--data", corpus, "--max-iters", 4, "--out-dir", tmp_path / "run", *TINY,
+                      fault="raise-setup", timeout=120)
     err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and err == ["minigrad train: error: rank 1: --data corpus.txt: no such file "
-                                            "(planted on rank 1)"], proc.stderr
+    assert proc.returncode == 1 and err == [("minigrad train: error: rank 1: --data corpus.txt: no such file "
+                                             "(planted on rank 1)")], proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -395,8 +404,8 @@ def test_a_hung_rank_is_reported_by_the_others_within_the_timeout(tmp_path, corp
                             "--dist-timeout", 3, fault="hang-train", timeout=120)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("minigrad train: error:")]
-    assert lines == ["minigrad train: error: rank 0: no answer from the other ranks for 3 s (waiting in allreduce): "
-                     "a rank died or hangs; ending all 2 ranks"], proc.stderr
+    assert lines == [("minigrad train: error: rank 0: no answer from the other ranks for 3 s (waiting in allreduce): "
+                      "a rank died or hangs; ending all 2 ranks")], proc.stderr
     assert seconds < 3 + 30          # the timeout, plus start-up and the watchdog's period on a busy machine
 
 
@@ -447,3 +456,12 @@ def test_one_mpi_rank_runs_the_distributed_path_and_equals_one_process(tmp_path,
     proc, _ = _mpirun(1, *common, "--out-dir", tmp_path / "mpi", "--dist", "mpi")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(tmp_path / "one", tmp_path / "mpi")
+
+
+def test_bench_ranks_refuses_what_it_cannot_time(capsys):
+    from minigrad.models import cli
+
+    assert cli.main(["bench", "train", "--ranks", "1"]) == 1
+    assert cli.main(["bench", "train", "--ranks", "2", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["minigrad bench train: error: --ranks N times MPI ranks on the CPU: N at least 2, --device cpu"] * 2
