@@ -258,10 +258,14 @@ class MPICommunicator(Communicator):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.timeout, self.label = float(timeout), label
         self._watchdog = _Watchdog(self)
+        # the ranks of this machine, by host name (not by shared memory, which MPIR_CVAR_NOLOCAL=1
+        # turns off: the cores are shared all the same)
         with self.waiting("setup"):
-            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-            self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-            node.Free()
+            hosts = self.comm.allgather(MPI.Get_processor_name())
+        mine = hosts[self.rank]
+        self.local_rank = hosts[:self.rank].count(mine)
+        self.local_size = hosts.count(mine)
+        self.machines = len(set(hosts))
 
     @contextlib.contextmanager
     def waiting(self, what: str):
@@ -307,8 +311,7 @@ class MPICommunicator(Communicator):
             os._exit(code)
 
     def describe(self) -> str:
-        nodes = max(1, self.size // max(self.local_size, 1))
-        return f"{self.size} ranks (mpi, {nodes} machine{'s' if nodes > 1 else ''})"
+        return f"{self.size} ranks (mpi, {self.machines} machine{'s' if self.machines > 1 else ''})"
 
 
 # ============================================================================ NCCL
@@ -376,7 +379,9 @@ class NCCLCommunicator(Communicator):
             dev = self.cupy.asarray(buf)
             fn(dev)
             with self.waiting("allreduce"):
-                buf[...] = dev.get()
+                host = dev.get()
+            if buf.flags.writeable:         # a read-only root buffer of a broadcast keeps its values
+                buf[...] = host
             return buf
         fn(buf)
         return buf

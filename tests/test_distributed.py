@@ -307,11 +307,14 @@ def _assert_same_run(a_dir, b_dir):
 
 
 @needs_mpi
-def test_two_ranks_equal_one_process_on_the_same_global_batch_bit_for_bit(tmp_path, corpus, capsys):
+@pytest.mark.parametrize("transport", ["shared-memory", "tcp"])
+def test_two_ranks_equal_one_process_on_the_same_global_batch_bit_for_bit(tmp_path, corpus, capsys, transport):
+    """tcp: MPICH forced onto TCP (MPIR_CVAR_NOLOCAL=1), what two machines use."""
     common = ["--data", corpus, "--max-iters", 6, "--eval-interval", 3, *TINY]
     code, out, err = _one(capsys, *common, "--out-dir", tmp_path / "one", "--batch-size", 8, "--workers", 2)
     assert code == 0, err
-    proc, _ = _mpirun(2, *common, "--out-dir", tmp_path / "two", "--batch-size", 4, "--workers", 1)
+    env = {"MPIR_CVAR_NOLOCAL": "1"} if transport == "tcp" else {}
+    proc, _ = _mpirun(2, *common, "--out-dir", tmp_path / "two", "--batch-size", 4, "--workers", 1, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines() == out.strip().splitlines()      # one val_loss line, the same one
     _assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -447,15 +450,29 @@ def _zombie(pid) -> bool:
 
 
 @needs_mpi
-def test_one_mpi_rank_runs_the_distributed_path_and_equals_one_process(tmp_path, corpus, capsys):
+def test_one_mpi_rank_with_fork_workers_runs_the_distributed_path_and_equals_one_process(tmp_path, corpus, capsys):
     """`--dist mpi` on one rank: the gradient buffer, the allreduce and the evaluation spread all
-    run (as ChainerMN's CI runs its tests at -n 1), and change no bit."""
-    common = ["--data", corpus, "--max-iters", 4, "--eval-interval", 2, "--batch-size", 4, "--workers", 1, *TINY]
+    run (as ChainerMN's CI runs its tests at -n 1), with two data-parallel workers forked after
+    MPI started, and change no bit."""
+    common = ["--data", corpus, "--max-iters", 4, "--eval-interval", 2, "--batch-size", 4, "--workers", 2, *TINY]
     code, _, err = _one(capsys, *common, "--out-dir", tmp_path / "one")
     assert code == 0, err
     proc, _ = _mpirun(1, *common, "--out-dir", tmp_path / "mpi", "--dist", "mpi")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(tmp_path / "one", tmp_path / "mpi")
+
+
+@needs_mpi
+def test_two_ranks_with_two_fork_workers_each_train(tmp_path, corpus):
+    """The within-machine workers under each rank: four slices, summed two by two (not bit-equal
+    to another split, so this checks that it trains and ends cleanly)."""
+    proc, _ = _mpirun(2, "--data", corpus, "--max-iters", 4, "--eval-interval", 4, "--batch-size", 4, "--workers", 2,
+                      "--out-dir", tmp_path / "run", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("val_loss=") and proc.stdout.count("\n") == 1
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and np.isfinite([r["loss"] for r in log]).all()
+    assert _arrays(tmp_path / "run")[0].meta["train_config"]["workers"] == 2
 
 
 def test_bench_ranks_refuses_what_it_cannot_time(capsys):
