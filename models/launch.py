@@ -98,7 +98,9 @@ def _fail_on_ranks(comm, e: BaseException) -> None:
         return
     message = f"{type(e).__name__}: {e}" if not _is_user_error(e) else str(e)
     message = message.strip().splitlines()[0] if message.strip() else type(e).__name__
-    if not _is_user_error(e):                         # a bug: its traceback, on this rank
+    if type(e).__module__.startswith("mpi4py"):       # a collective failed: another rank went away
+        message = f"lost the other ranks ({message})"
+    elif not _is_user_error(e):                       # a bug: its traceback, on this rank
         import traceback
         traceback.print_exc()
     if not comm.training:                             # setup: the others wait at the next agreement

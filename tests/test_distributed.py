@@ -396,9 +396,12 @@ def test_an_error_on_one_rank_during_training_ends_the_job_with_one_line(tmp_pat
                             fault="raise-train", timeout=120)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("minigrad train: error:")]
-    assert lines == ["minigrad train: error: rank 1: RuntimeError: planted failure in step 3; ending all 2 ranks"], \
+    assert "minigrad train: error: rank 1: RuntimeError: planted failure in step 3; ending all 2 ranks" in lines, \
         proc.stderr
-    assert seconds < 60
+    # rank 0 is ended by mpiexec, or first sees its allreduce fail and says so in one line of its own
+    others = [ln for ln in lines if "rank 1: RuntimeError" not in ln]
+    assert all(ln.startswith("minigrad train: error: rank 0: lost the other ranks") for ln in others), proc.stderr
+    assert len(lines) <= 2 and seconds < 60
 
 
 @needs_mpi
