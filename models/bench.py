@@ -294,13 +294,14 @@ def _ranks_child() -> int:
     for _ in range(warmup):
         step()
     comm.barrier()
-    t_step, t_allreduce = [], []
+    t_step, t_allreduce, t_pack = [], [], []
     for _ in range(steps):
-        before = trainer.grads.times["allreduce"]
+        before = dict(trainer.grads.times)
         t0 = time.perf_counter()
         step()
         t_step.append(time.perf_counter() - t0)
-        t_allreduce.append(trainer.grads.times["allreduce"] - before)
+        t_allreduce.append(trainer.grads.times["allreduce"] - before["allreduce"])
+        t_pack.append(trainer.grads.times["pack"] - before["pack"])
     flat = trainer.grads.groups[0][0]
     alone = []
     for _ in range(max(steps, 30)):
@@ -309,7 +310,7 @@ def _ranks_child() -> int:
         comm.allreduce_mean_(flat)
         alone.append(time.perf_counter() - t0)
     mine = {"step_ms": float(np.median(t_step)) * 1e3, "allreduce_ms": float(np.median(t_allreduce)) * 1e3,
-            "alone_ms": float(np.median(alone)) * 1e3}
+            "alone_ms": float(np.median(alone)) * 1e3, "pack_ms": float(np.median(t_pack)) * 1e3}
     everyone = comm.allgather_object(mine)
     if comm.rank == 0:
         print(json.dumps({"ranks": comm.size, "workers": trainer.workers, "batch_per_rank": per_rank,
@@ -347,8 +348,10 @@ def ranks_bench(n: int, warmup: int, steps: int, seed: int, tcp: bool) -> dict |
         step_ms = max(p["step_ms"] for p in r["per_rank"])
         ar = r["per_rank"][0]["allreduce_ms"]
         alone = r["per_rank"][0]["alone_ms"]
+        pack = r["per_rank"][0]["pack_ms"]
         print(f"  {label:<22} median {step_ms:7.2f} ms  (gradient allreduce {r['floats'] / 1e6:.2f} M float32: "
-              f"{ar:.2f} ms in the step = {100 * ar / step_ms:.1f}%, {alone:.2f} ms alone)", flush=True)
+              f"{ar:.2f} ms in the step = {100 * ar / step_ms:.1f}%, {alone:.2f} ms alone; packing the "
+              f"gradients {pack:.2f} ms)", flush=True)
     # the within-machine alternative: one process, its default workers, the same global batch
     model = GPT(BENCH_CONFIG, seed=seed)
     tokens = np.random.default_rng(seed).integers(0, VOCAB, 200_000)

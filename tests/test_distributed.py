@@ -90,6 +90,23 @@ def test_missing_mpi4py_is_one_line_saying_what_to_install(tmp_path, monkeypatch
     assert distributed.current().backend == "single"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed (the mpi extra)")
+def test_mpi4py_built_against_no_mpi_is_one_line_saying_what_to_install(monkeypatch):
+    class NoLibrary:                     # what mpi4py raises when it finds no MPI library to load
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "mpi4py.MPI":
+                raise RuntimeError("cannot load MPI library\nlibmpi.so.12: cannot open shared object file")
+            return None
+
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [NoLibrary, *sys.meta_path])
+    with pytest.raises(distributed.DistributedError) as e:
+        distributed.import_mpi()
+    assert str(e.value) == ("mpi4py is installed but cannot load an MPI library (cannot load MPI library): "
+                            + distributed.MPI_INSTALL)
+
+
 def test_gradient_buffer_is_one_flat_aligned_buffer_and_keeps_missing_grads_missing():
     from minigrad.models.gpt import GPT, GPTConfig
 
