@@ -1,7 +1,8 @@
 """`minigrad kernels bench [name]`: GPU time and achieved GB/s of each memory-bound kernel (the
-layernorm family), against a device-to-device copy measured in the same run and the unfused
-array-library (CuPy) composition, and torch when it sees the GPU. Without a GPU nothing is
-measured: the command says so and exits 0.
+layernorm family, every version and dtype: version 1 in float32/float64, version 2 in float32,
+float16 and bfloat16 on the same cases, side by side), against a device-to-device copy measured in
+the same run and the unfused array-library (CuPy) composition, and torch when it sees the GPU.
+Without a GPU nothing is measured: the command says so and exits 0.
 
 How a figure is measured (time_calls), so that neither the host nor the cache flatters it:
   - input sets rotated: enough independent sets of random inputs (never zeros) that one pass over
@@ -31,13 +32,15 @@ import time
 from functools import partial
 
 import numpy as np
+from minigrad.kernels import dtypes as dt_
 
 L2_ROTATION = 3           # one pass over the input sets spans at least this many times the L2 cache
 MAX_SETS = 8
 TARGET_S = 2e-3           # each timed region (graph replay or event-timed loop) lasts at least this long
-MEMORY_BOUND = ("layernorm.cu",)   # the families this bench reports in GB/s (attention: attention_bench)
+MEMORY_BOUND = ("layernorm.cu", "layernorm_v2.cu")   # reported in GB/s (attention: attention_bench)
 # Cases the bench adds to a family's own bench_cases: the layernorm goal spans widths 768 to 8192.
 EXTRA_CASES = {"layernorm.cu": ((8192, 8192, True),)}
+ALL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), dt_.FLOAT16, dt_.BFLOAT16)
 
 # cudaDeviceAttr codes (driver_types.h): stable across CUDA 11-13, whatever a CuPy build exports.
 _ATTR = {"clock_khz": 13, "sms": 16, "mem_clock_khz": 36, "bus_bits": 37, "l2_bytes": 38,
@@ -45,6 +48,11 @@ _ATTR = {"clock_khz": 13, "sms": 16, "mem_clock_khz": 36, "bus_bits": 37, "l2_by
 # FP32 / FP64 lanes per SM by compute capability (CUDA programming guide, arithmetic throughput).
 _LANES = {(7, 0): (64, 32), (7, 5): (64, 2), (8, 0): (64, 32), (8, 6): (128, 2), (8, 7): (128, 2),
           (8, 9): (128, 2), (9, 0): (128, 64), (10, 0): (128, 64), (12, 0): (128, 2)}
+# Dense fp16/bf16 tensor-core FLOPs per SM per clock with float32 accumulation, for the data-centre
+# parts whose published peaks give it (A100 312 TFLOP/s at 108 SMs, 1.41 GHz; H100 SXM 989 at 132,
+# 1.83 GHz): others report no tensor peak. The measured GEMM ceiling (gemm_ceiling) is the figure to
+# trust; this one is the spec.
+_TENSOR16 = {(8, 0): 2048, (9, 0): 4096}
 
 
 # ----------------------------------------------------------------------------- the device
@@ -69,13 +77,16 @@ def device_info(cupy) -> dict:
 
 def peaks(info) -> dict:
     """Spec bandwidth (B/s) and FMA peaks (FLOP/s) from attribute values (see device_info)."""
-    out = {"spec_bw": None, "peak_float32": None, "peak_float64": None}
+    out = {"spec_bw": None, "peak_float32": None, "peak_float64": None, "peak_tensor16": None}
     if info.get("mem_clock_khz") and info.get("bus_bits"):
         out["spec_bw"] = 2.0 * info["mem_clock_khz"] * 1e3 * info["bus_bits"] / 8
     lanes = _LANES.get((info.get("cc_major"), info.get("cc_minor")))
     if lanes and info.get("sms") and info.get("clock_khz"):
         for name, n in zip(("peak_float32", "peak_float64"), lanes):
             out[name] = 2.0 * n * info["sms"] * info["clock_khz"] * 1e3
+    per_sm = _TENSOR16.get((info.get("cc_major"), info.get("cc_minor")))
+    if per_sm and info.get("sms") and info.get("clock_khz"):
+        out["peak_tensor16"] = float(per_sm) * info["sms"] * info["clock_khz"] * 1e3
     return out
 
 
@@ -173,7 +184,9 @@ def input_sets(cupy, make_inputs, case, dtype, l2_bytes, seed=0):
             s = make_inputs(cupy, cupy.random.default_rng(seed + k), case, dtype)
         except Exception:   # noqa: BLE001  (a family whose make_inputs needs NumPy's generator)
             s = make_inputs(cupy, np.random.default_rng(seed + k), case, dtype)
-        sets.append({n: (v.astype(dtype) if hasattr(v, "dtype") and v.dtype.kind == "f" and v.dtype != dtype
+        # a generator that made float64 where float32 was asked for (half types and the float32
+        # statistics of version 2 are left as made)
+        sets.append({n: (v.astype(dtype) if hasattr(v, "dtype") and v.dtype == np.float64 and dtype == np.float32
                          else v) for n, v in s.items()})
     return sets
 
@@ -192,19 +205,20 @@ def poison_pool(cupy, nbytes) -> None:
 def checked_run(cupy, op, run, inputs, dtype) -> dict:
     """One call of `run(inputs)` on poisoned memory, each output vs op.reference in float64:
     {"rel": worst max|out - ref| / max|ref|, "ok": rel <= the op's tolerance and all finite}."""
+    from minigrad.kernels.family import tolerance
     from minigrad.kernels.validate import _errors
 
     poison_pool(cupy, 4 * _nbytes(inputs) + (64 << 20))
     out = run(inputs)
-    ref = op.reference({k: (v.astype(np.float64) if hasattr(v, "dtype") and v.dtype.kind == "f" else v)
-                        for k, v in inputs.items()})
-    worst = 0.0
+    ref_in = {k: (dt_.to_float64(v) if hasattr(v, "dtype") else v) for k, v in inputs.items()}
+    ref = {k: r for k, r in op.reference(ref_in).items() if r is not None}
+    tols = tolerance(op, dtype, ref_in, ref)
+    worst, ok = 0.0, True
     for key, r in ref.items():
-        if r is None:
-            continue
         _, rel = _errors(out[key], r) if out.get(key) is not None else (None, float("inf"))
         worst = max(worst, rel)
-    return {"rel": worst, "ok": bool(worst <= op.tolerance[np.dtype(dtype)])}
+        ok = ok and rel <= tols[key]
+    return {"rel": worst, "ok": bool(ok)}
 
 
 def copy_bandwidth(cupy, nbytes=2 << 30, repeat=10) -> float:
@@ -213,6 +227,17 @@ def copy_bandwidth(cupy, nbytes=2 << 30, repeat=10) -> float:
     dst = cupy.empty_like(src)
     t = time_calls(cupy, [partial(cupy.copyto, dst, src)], warmup=2, repeat=repeat, graph=False)
     return 2.0 * src.nbytes / t["s"]
+
+
+def gemm_ceiling(cupy, n=8192, repeat=10) -> float:
+    """FLOP/s of an n x n x n float16 GEMM through CuPy (cuBLAS on tensor cores, float32
+    accumulation): the measured ceiling the half-precision attention rows are read against."""
+    rng = cupy.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32).astype(np.float16)
+    b = rng.standard_normal((n, n), dtype=np.float32).astype(np.float16)
+    c = cupy.empty((n, n), dtype=np.float16)
+    t = time_calls(cupy, [partial(cupy.matmul, a, b, out=c)], warmup=2, repeat=repeat, graph=False)
+    return 2.0 * n ** 3 / t["s"]
 
 
 def _oom(cupy):
@@ -227,6 +252,14 @@ def _time_or_none(cupy, calls, warmup, repeat, graph=True):
         return None
 
 
+def torch_view(a):
+    """A torch tensor on the same memory (a uint16 CuPy array is bfloat16 bits)."""
+    import torch
+
+    t = torch.from_dlpack(a)
+    return t.view(torch.bfloat16) if t.dtype == torch.uint16 else t
+
+
 def _torch_layernorm(kernel_name, inputs):
     """(callable, label) running torch's layernorm forward, or its backward alone, on the same data."""
     try:
@@ -235,13 +268,15 @@ def _torch_layernorm(kernel_name, inputs):
             return None
     except ImportError:
         return None
-    x = torch.from_dlpack(inputs["x"])
-    w = torch.from_dlpack(inputs["weight"]) if inputs.get("weight") is not None else None
-    b = torch.from_dlpack(inputs["bias"]) if inputs.get("bias") is not None else None
+    x = torch_view(inputs["x"])
+    w = torch_view(inputs["weight"]) if inputs.get("weight") is not None else None
+    b = torch_view(inputs["bias"]) if inputs.get("bias") is not None else None
+    if w is not None and w.dtype != x.dtype:
+        return None   # torch's layer_norm wants one dtype
     C = x.shape[1]
     if "forward" in kernel_name:
         return lambda: torch.nn.functional.layer_norm(x, (C,), w, b, inputs["eps"])
-    dy = torch.from_dlpack(inputs["dy"])
+    dy = torch_view(inputs["dy"])
     mean = torch.from_dlpack(inputs["mean"]).reshape(-1, 1)
     rstd = torch.from_dlpack(inputs["rstd"]).reshape(-1, 1)
     mask = [True, w is not None, b is not None]
@@ -255,22 +290,26 @@ def _fmt(x, spec, scale=1.0):
 
 
 def run(cupy, names=None, dtypes=(np.float32, np.float64), warmup=2, repeat=20, out=print, info=None,
-        copy_bw=None, cases=None) -> list:
-    """Bench every memory-bound registered kernel (names: substrings to select) on its bench cases
-    and EXTRA_CASES (or on `cases`); returns the rows."""
+        copy_bw=None, cases=None, versions=None) -> list:
+    """Bench every memory-bound registered kernel (names: as `minigrad kernels` selects them; versions:
+    the rungs to run, all by default) in each of `dtypes` it takes, on its bench cases and
+    EXTRA_CASES (or on `cases`); returns the rows."""
     from minigrad.kernels import registry
+    from minigrad.kernels.family import select
 
     info = info or device_info(cupy)
     copy_bw = copy_bw or copy_bandwidth(cupy)
     rows = []
     out("kernel  case  dtype  check  fused us  GB/s  % copy  how  host us/call  unfused us  GB/s  torch us  GB/s")
-    for k in registry.KERNELS:
-        if k.cu not in MEMORY_BOUND or (names and not any(n in k.name for n in names)):
+    for k in select(registry.KERNELS, names):
+        if k.cu not in MEMORY_BOUND or (versions and k.version not in versions):
             continue
         op = k.op
         if op.bytes_moved is None:
             continue
         for dtype in dtypes:
+            if np.dtype(dtype) not in [np.dtype(d) for d in op.dtypes]:
+                continue
             for case in cases or tuple(op.bench_cases) + EXTRA_CASES.get(k.cu, ()):
                 sets = input_sets(cupy, op.make_inputs, case, dtype, info.get("l2_bytes"))
                 nbytes = op.bytes_moved(case, dtype)
@@ -280,7 +319,8 @@ def run(cupy, names=None, dtypes=(np.float32, np.float64), warmup=2, repeat=20, 
                     if op.unfused else None
                 tfn = [_torch_layernorm(k.name, s) for s in sets]
                 torch_t = _time_or_none(cupy, tfn, warmup, repeat, graph=False) if all(tfn) else None
-                row = {"kernel": k.name, "case": op.describe(case), "dtype": np.dtype(dtype).name, "bytes": nbytes,
+                row = {"kernel": k.name, "version": k.version, "case": op.describe(case),
+                       "dtype": dt_.name(dtype), "bytes": nbytes,
                        "sets": len(sets), "check_rel": check["rel"], "check_ok": check["ok"],
                        "fused_s": fused["s"], "fused_GBs": nbytes / fused["s"] / 1e9, "method": fused["method"],
                        "host_s": fused["host_s"], "spread": fused["spread"],
@@ -306,8 +346,9 @@ def header(info, copy_bw) -> str:
             f"(read + write, this run); spec DRAM bandwidth {_fmt(spec, '.0f', 1e-9)} GB/s")
 
 
-def bench(names=None, dtype=None, warmup=2, repeat=20, out=print, json_path=None) -> int:
-    """The `minigrad kernels bench` command: dtype None benches float32 and float64."""
+def bench(names=None, dtype=None, warmup=2, repeat=20, out=print, json_path=None, versions=None) -> int:
+    """The `minigrad kernels bench` command: dtype None benches every dtype each version takes
+    (version 1: float32, float64; version 2: float32, float16, bfloat16); dtype may be a list."""
     from minigrad.kernels.validate import gpu_available
 
     if not gpu_available():
@@ -322,8 +363,11 @@ def bench(names=None, dtype=None, warmup=2, repeat=20, out=print, json_path=None
     out(header(info, copy_bw))
     out(f"median of {repeat} timed regions of >= {TARGET_S * 1e3:.0f} ms after {warmup} warm-up rounds; "
         f"inputs rotated over sets spanning {L2_ROTATION}x L2")
-    dtypes = (np.float32, np.float64) if dtype is None else (np.dtype(dtype),)
-    rows = run(cupy, names, dtypes, warmup, repeat, out, info, copy_bw)
+    if dtype is None:
+        dtypes = ALL_DTYPES
+    else:
+        dtypes = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, (list, tuple)) else (dtype,)))
+    rows = run(cupy, names, dtypes, warmup, repeat, out, info, copy_bw, versions=versions)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"device": info, "copy_GBs": copy_bw / 1e9, "rows": rows}, f, indent=1)

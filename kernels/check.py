@@ -9,6 +9,11 @@
    ptxas, the one that builds what CuPy runs), giving registers, static shared memory, stack and
    spills per kernel and arch. If nvcc is on PATH, `nvcc -cubin --resource-usage` compiles the same
    instantiations as a cross-check (skipped with a message when nvcc is absent). Any spill fails.
+3. Occupancy per arch, from the registers, the static shared memory and a typical launch (threads per
+   block and dynamic shared memory from the kernel's Kernel.launch): resident blocks per SM (limited
+   by warps, registers allocated per warp in units of 256, shared memory with 1 KiB reserved per
+   block) and the fraction of the SM's 64 warp slots they fill. A launch that cannot fit on an SM
+   fails the check.
 
     report = run_check()          # CheckReport(rows, errors, notes)
     print(format_report(report)); sys.exit(1 if report.errors else 0)
@@ -50,6 +55,34 @@ class Row:
     arch: str
     nvrtc: Resource
     nvcc: Resource | None = None
+    threads: int | None = None      # of the typical launch (Kernel.launch), None if not declared
+    dynamic_smem: int | None = None
+    blocks_per_sm: int | None = None
+    occupancy: float | None = None  # resident warps / 64
+
+
+# Per-SM limits (CUDA programming guide, compute capabilities table; the occupancy calculator's
+# allocation rules): registers, shared memory per SM and the opt-in maximum per block, warp and block
+# slots.
+ARCH_LIMITS = {
+    "sm_80": {"regs": 65536, "smem_sm": 167936, "smem_block": 166912, "warps": 64, "blocks": 32},
+    "sm_90": {"regs": 65536, "smem_sm": 233472, "smem_block": 232448, "warps": 64, "blocks": 32},
+}
+SMEM_RESERVED = 1024   # per block, by the CUDA runtime (compute capability 8.0 on)
+
+
+def occupancy(arch, registers, static_smem, threads, dynamic_smem):
+    """(resident blocks per SM, resident warps / max warps) of a launch on `arch`."""
+    lim = ARCH_LIMITS[arch]
+    warps = -(-threads // 32)
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_regs = (lim["regs"] // per_warp) // warps
+    smem = static_smem + dynamic_smem
+    if smem > lim["smem_block"]:
+        return 0, 0.0
+    by_smem = lim["smem_sm"] // (-(-(smem + SMEM_RESERVED) // 128) * 128)
+    blocks = max(0, min(lim["blocks"], lim["warps"] // warps, by_regs, by_smem))
+    return blocks, blocks * warps / lim["warps"]
 
 
 @dataclasses.dataclass
@@ -203,6 +236,11 @@ def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
         report.errors.append(str(e))
         return report
     options = list(runtime.NVRTC_OPTIONS) + list(runtime.CUPY_ADDED_OPTIONS)
+    launch_of = {}
+    for k in registry.KERNELS:
+        if k.launch is not None:
+            for n in k.instantiations:
+                launch_of.setdefault(n, k.launch)
     if use_nvcc and shutil.which("nvcc") is None:
         report.notes.append("nvcc not on PATH: the nvcc cross-check of the ptxas report is skipped")
         use_nvcc = False
@@ -237,6 +275,14 @@ def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
                     report.errors.append(f"{cu} [{arch}]: no ptxas report for {n}")
                     r = Resource()
                 row = Row(cu, n, arch, r, None if nvcc_res is None else nvcc_res.get((lowered[n], arch)))
+                if n in launch_of and r.registers > 0 and arch in ARCH_LIMITS:
+                    row.threads, row.dynamic_smem = launch_of[n](n)
+                    row.blocks_per_sm, row.occupancy = occupancy(arch, r.registers, r.smem, row.threads,
+                                                                 row.dynamic_smem)
+                    if row.blocks_per_sm == 0:
+                        report.errors.append(f"{n} [{arch}]: a block of {row.threads} threads with {r.registers} "
+                                             f"registers and {r.smem} + {row.dynamic_smem} bytes of shared memory "
+                                             "does not fit on an SM")
                 report.rows.append(row)
                 for src, rr in (("NVRTC ptxas", r), ("nvcc", row.nvcc)):
                     if rr is not None and (rr.spill_stores > 0 or rr.spill_loads > 0):
@@ -247,19 +293,26 @@ def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
 
 def format_report(report: CheckReport) -> str:
     lines = [f"NVRTC {report.nvrtc_version}; options: same as CuPy RawModule + --gpu-architecture"]
-    head = ("kernel", "arch", "regs", "smem B", "stack B", "spill st/ld", "nvcc regs", "nvcc spill")
+    head = ("kernel", "arch", "regs", "smem B", "stack B", "spill st/ld", "nvcc regs", "nvcc spill", "threads",
+            "dyn smem B", "blocks/SM", "occupancy")
     rows = []
     for r in report.rows:
         n, c = r.nvrtc, r.nvcc
         rows.append((r.name, r.arch, str(n.registers), str(n.smem), str(n.stack),
                      f"{n.spill_stores}/{n.spill_loads}",
                      "-" if c is None else str(c.registers),
-                     "-" if c is None else f"{c.spill_stores}/{c.spill_loads}"))
+                     "-" if c is None else f"{c.spill_stores}/{c.spill_loads}",
+                     "-" if r.threads is None else str(r.threads),
+                     "-" if r.dynamic_smem is None else str(r.dynamic_smem),
+                     "-" if r.blocks_per_sm is None else str(r.blocks_per_sm),
+                     "-" if r.occupancy is None else f"{100 * r.occupancy:.0f}%"))
     if rows:
         widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*x) for x in rows]
+        lines.append("smem B: static shared memory; threads, dyn smem B: a typical launch (attention: its tile; "
+                     "layernorm: 8192 x 768 rows); occupancy: resident warps of 64 per SM")
     lines += [f"note: {n}" for n in report.notes]
     if report.errors:
         lines += [f"ERROR: {e}" for e in report.errors]

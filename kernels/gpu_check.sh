@@ -12,12 +12,17 @@
 # Stages (name: what; minimum and maximum seconds):
 #   probe          device, driver, CUDA, CuPy, torch, numpy, tools                         5   60
 #   setup          make minigrad.models / minigrad.kernels importable from this tree       5   90
-#   validate_gpu   `minigrad kernels validate` on the GPU (every kernel vs float64 ref)   20  120
+#   validate_gpu   `minigrad kernels validate` on the GPU (every kernel version and dtype  20  120
+#                  vs its float64 reference: versions 1 and 2, float32/float64, float16/bfloat16)
 #   sanitize_memcheck   compute-sanitizer over small launches of every kernel version     20   90
 #   pytest_cuda    python -m pytest --device cuda (the device suites on the GPU)          60  240
 #   gpt            300 GPT steps (`minigrad train`): cpu, cuda, cuda MINIGRAD_KERNELS=off  60  200
-#   bench_layernorm  kernels/bench.py: GB/s vs a copy, float32 and float64               30  150
+#   bench_layernorm  kernels/bench.py: GB/s vs a copy, version 1, float32 and float64    30  150
 #   bench_attention  kernels/attention_bench.py: TFLOP/s vs unfused and torch SDPA        30  150
+#                    (version 1, float32 and float64)
+#   bench_attention_v2  the same for version 2 (tensor cores), bfloat16, its goal shapes   30  150
+#   bench_layernorm_v2  kernels/bench.py for version 2: bfloat16, and float32 beside       30  120
+#                    version 1's float32
 #   sanitize_racecheck, sanitize_synccheck, sanitize_initcheck  (as memcheck)             20   90
 #   bench_train    `minigrad bench train --device cuda` vs torch on the GPU                30  120
 # A stage starts only with its minimum left; its timeout is its maximum, cut to what is left.
@@ -299,19 +304,30 @@ import os, sys
 from minigrad.kernels.validate import gpu_available
 if not gpu_available():
     print("SKIPPED: no GPU: CuPy sees no CUDA device"); sys.exit(3)
+from minigrad.kernels import dtypes
 from minigrad.kernels.bench import bench
-sys.exit(bench(json_path=os.path.join(os.environ["LOGS"], "bench_layernorm.json")))
+v2 = len(sys.argv) > 1 and sys.argv[1] == "v2"
+# version 1: float32, float64; version 2: bfloat16 (the goal) and float32 (beside version 1's)
+dts = ["float32", dtypes.BFLOAT16] if v2 else ["float32", "float64"]
+name = "bench_layernorm_v2.json" if v2 else "bench_layernorm.json"
+sys.exit(bench(dtype=dts, versions=(2,) if v2 else (1,), json_path=os.path.join(os.environ["LOGS"], name)))
 PY
 cat > "$WORK/bench_attention.py" <<'PY'
 import os, sys
 from minigrad.kernels.validate import gpu_available
 if not gpu_available():
     print("SKIPPED: no GPU: CuPy sees no CUDA device"); sys.exit(3)
+from minigrad.kernels import dtypes
 from minigrad.kernels.attention_bench import main
-sys.exit(main(json_path=os.path.join(os.environ["LOGS"], "bench_attention.json")))
+v2 = len(sys.argv) > 1 and sys.argv[1] == "v2"
+dts = [dtypes.BFLOAT16] if v2 else ["float32", "float64"]
+name = "bench_attention_v2.json" if v2 else "bench_attention.json"
+sys.exit(main(dtype=dts, versions=(2,) if v2 else (1,), json_path=os.path.join(os.environ["LOGS"], name)))
 PY
 stage bench_layernorm 30 150 "$PY" "$WORK/bench_layernorm.py"
 stage bench_attention 30 150 "$PY" "$WORK/bench_attention.py"
+stage bench_attention_v2 30 150 "$PY" "$WORK/bench_attention.py" v2
+stage bench_layernorm_v2 30 120 "$PY" "$WORK/bench_layernorm.py" v2
 
 run_sanitizer racecheck
 run_sanitizer synccheck
@@ -370,27 +386,38 @@ if g:
         L.append(f"| {lab} | {r['wall_s']:.1f} | {fmt(r.get('val_loss'), '.4f')} | {fmt(r.get('step1_rel'), '.1e')} | "
                  f"{fmt(r.get('max_abs_first10'), '.1e')} | {fmt(r.get('max_rel_smoothed'), '.2%')} | "
                  f"{fmt(r.get('val_rel'), '.2%')} | {r.get('pass', '(reference)')} |")
-b = load("bench_layernorm.json")
-if b:
-    R["bench_layernorm"] = b
-    L += ["", f"layernorm (goal: fwd and bwd >= 80% of the copy, float32, widths 768-8192); device-to-device copy "
+for key, goal in (("bench_layernorm", "version 1: fwd and bwd >= 80% of the copy, float32, widths 768-8192"),
+                  ("bench_layernorm_v2", "version 2: fwd and bwd >= 80% of the copy, bfloat16, widths 768-8192")):
+  b = load(key + ".json")
+  if b:
+    R[key] = b
+    L += ["", f"layernorm (goal, {goal}); device-to-device copy "
           f"{b['copy_GBs']:.0f} GB/s in this run:", "",
           "| kernel | case | dtype | check | us | GB/s | % copy | how | unfused GB/s | torch GB/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["rows"]:
         L.append(f"| {r['kernel']} | {r['case']} | {r['dtype']} | {'ok' if r['check_ok'] else 'FAIL %.1e' % r['check_rel']} | "
                  f"{fmt(r['fused_s'], '.1f', 1e6)} | {fmt(r['fused_GBs'], '.0f')} | {fmt(r['pct_copy'], '.0f')} | {r['method']} | "
                  f"{fmt(r['unfused_GBs'], '.0f')} | {fmt(r['torch_GBs'], '.0f')} |")
-a = load("bench_attention.json")
-if a:
-    R["bench_attention"] = a
-    L += ["", "attention (goal: fused >= 2x the unfused composition at T=1024, d=64):", "",
-          "| case | dtype | pass | check | fused ms | TFLOP/s | % peak | how | unfused ms | speedup | torch ms | torch TFLOP/s |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for key, goal in (("bench_attention", "version 1: fused >= 2x the unfused composition at T=1024, d=64"),
+                  ("bench_attention_v2", "version 2, bfloat16: forward >= 150 TFLOP/s at B4 H16 T2048 d128; "
+                   "fwd+bwd >= 50% of torch SDPA's TFLOP/s at T=1024 to 4096")):
+  a = load(key + ".json")
+  if a:
+    R[key] = a
+    gemm = a.get("gemm_flops")
+    L += ["", f"attention (goal, {goal})" + (f"; float16 GEMM {gemm / 1e12:.0f} TFLOP/s in this run" if gemm else "")
+          + ":", "",
+          "| case | version | dtype | pass | check | fused ms | TFLOP/s | % peak | % GEMM | how | unfused ms | speedup | "
+          "torch ms | torch TFLOP/s | % torch |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in a["rows"]:
         chk = "-" if r["check_ok"] is None else ("ok" if r["check_ok"] else "FAIL %.1e" % r["check_rel"])
-        L.append(f"| {r['case']} | {r['dtype']} | {r['pass_']} | {chk} | {fmt(r['fused_s'], '.3f', 1e3)} | "
-                 f"{fmt(r['tflops'], '.2f')} | {fmt(r['pct_peak'], '.0f')} | {r['method']} | {fmt(r['unfused_s'], '.3f', 1e3)} | "
-                 f"{fmt(r['speedup'], '.2f')} | {fmt(r['torch_s'], '.3f', 1e3)} | {fmt(r['torch_tflops'], '.2f')} |")
+        pct_torch = None if not r.get("torch_tflops") else 100 * r["tflops"] / r["torch_tflops"]
+        L.append(f"| {r['case']} | {r.get('version', 1)} | {r['dtype']} | {r['pass_']} | {chk} | "
+                 f"{fmt(r['fused_s'], '.3f', 1e3)} | {fmt(r['tflops'], '.2f')} | {fmt(r['pct_peak'], '.0f')} | "
+                 f"{fmt(r.get('pct_gemm'), '.0f')} | {r['method']} | {fmt(r['unfused_s'], '.3f', 1e3)} | "
+                 f"{fmt(r['speedup'], '.2f')} | {fmt(r['torch_s'], '.3f', 1e3)} | {fmt(r['torch_tflops'], '.2f')} | "
+                 f"{fmt(pct_torch, '.0f')} |")
 for tool in ("memcheck", "racecheck", "synccheck", "initcheck"):
     f = logs / f"sanitize_{tool}.log"
     if f.exists():

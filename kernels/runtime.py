@@ -18,16 +18,17 @@ file and the template instantiations to compile, and launches through it.
     disk by hash). Under the emulator, argument types are checked against the kernel's C signature.
 
 Also here, for launchers: check_array (validate an argument before any launch), array_module
-(numpy or cupy, from the arguments), KernelLaunchError (the emulator refused or aborted a launch).
+(numpy or cupy, from the arguments), KernelLaunchError (= emulate.KernelError: the emulator refused a
+launch or a kernel misbehaved; its subclasses name the class of bug).
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from pathlib import Path
 
 import numpy as np
+from minigrad.kernels.emulate.errors import KernelError
 
 KERNEL_DIR = Path(__file__).resolve().parent
 DEFAULT_SHARED_LIMIT = 48 * 1024
@@ -36,8 +37,8 @@ DEFAULT_SHARED_LIMIT = 48 * 1024
 NVRTC_OPTIONS = ("--std=c++17",)
 CUPY_ADDED_OPTIONS = ("-ftz=true",)
 
-class KernelLaunchError(RuntimeError):
-    """The emulator refused or aborted a launch (bad configuration, barrier/shuffle misuse)."""
+# The emulator's errors: KernelError and one subclass per class of bug (kernels/emulate/errors.py).
+KernelLaunchError = KernelError
 
 
 def _dims(v, what):
@@ -77,79 +78,22 @@ def check_array(name, a, *, ndim=None, dtype=None, shape=None):
 
 # ----------------------------------------------------------------------------- emulator backend
 
-_CODE_OF_DTYPE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype(np.bool_): "?"}
-for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
-    _d = np.dtype(_t)
-    _CODE_OF_DTYPE[_d] = ("i" if _d.kind == "i" else "u") + str(8 * _d.itemsize)
-_CTYPE_OF_CODE = {
-    "f": ctypes.c_float, "d": ctypes.c_double, "?": ctypes.c_bool,
-    "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
-    "u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32, "u64": ctypes.c_uint64,
-}
-
-
 class EmuModule:
-    """A .cu file built for the CPU emulator (kernels/emulate)."""
+    """A .cu file built for the CPU emulator: kernels/emulate/module.py's Module (plain and checked
+    libraries; schedule and checks from emulate.settings() or MINIGRAD_EMU_SCHEDULE / MINIGRAD_EMU_CHECK)."""
 
     def __init__(self, cu, names):
-        from minigrad.kernels.emulate.build import build
+        from minigrad.kernels.emulate.module import Module
 
         self.cu = cu
-        self.lib = build(KERNEL_DIR / cu, names)
-        self.dll = ctypes.CDLL(str(self.lib.path))
-        self.dll.mgemu_launch.restype = ctypes.c_int
-        self.dll.mgemu_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_size_t] * 3 + [
-            ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-        self.dll.mgemu_signature.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
-        self._sigs = {}
+        self.module = Module(KERNEL_DIR / cu, names)
+        self.lib = self.module.lib
 
     def signature(self, name):
-        if name not in self._sigs:
-            buf = ctypes.create_string_buffer(1024)
-            if self.dll.mgemu_signature(name.encode(), buf, len(buf)) != 0:
-                raise KeyError(f"{self.cu}: kernel {name!r} is not registered; registered: {', '.join(self.lib.names)}")
-            s = buf.value.decode()
-            self._sigs[name] = s.split(",") if s else []
-        return self._sigs[name]
-
-    def _convert(self, name, i, code, a, keep):
-        where = f"kernel {name}, argument {i}"
-        if code.startswith("*"):
-            if a is None:
-                return ctypes.c_void_p(0)
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"{where} is a pointer ({code}); got {type(a).__name__}")
-            want = code[1:]
-            if want not in ("v", "x1") and _CODE_OF_DTYPE.get(a.dtype) != want:
-                raise TypeError(f"{where} points to {want}; got an array of {a.dtype}")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"{where}: array is not C-contiguous")
-            keep.append(a)
-            return ctypes.c_void_p(a.ctypes.data)
-        if not isinstance(a, np.generic):
-            raise TypeError(f"{where} is {code}; pass a NumPy scalar of that exact type (got {type(a).__name__} "
-                            f"{a!r}; CuPy would pass a Python int as long long and a float as double)")
-        if _CODE_OF_DTYPE.get(a.dtype) != code:
-            raise TypeError(f"{where} is {code}; got a NumPy {a.dtype} scalar")
-        return _CTYPE_OF_CODE[code](a.item())
+        return self.module.signature(name)
 
     def launch(self, name, grid, block, args, shared_mem=0, max_shared=None):
-        from minigrad.kernels.emulate.build import normalize
-
-        name = normalize(name)
-        sig = self.signature(name)
-        if len(args) != len(sig):
-            raise TypeError(f"kernel {name} takes {len(sig)} arguments ({', '.join(sig)}), got {len(args)}")
-        keep = []
-        values = [self._convert(name, i, c, a, keep) for i, (c, a) in enumerate(zip(sig, args))]
-        ptrs = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
-        g, b = _dims(grid, "grid"), _dims(block, "block")
-        limit = DEFAULT_SHARED_LIMIT if max_shared is None else int(max_shared)
-        err = ctypes.create_string_buffer(2048)
-        rc = self.dll.mgemu_launch(name.encode(), *g, *b, int(shared_mem), int(self.lib.static_smem.get(name, 0)),
-                                   limit, ptrs, len(values), err, len(err))
-        if rc != 0:
-            raise KernelLaunchError(err.value.decode())
+        self.module.launch(name, grid, block, args, shared_mem=shared_mem, max_shared=max_shared)
 
 
 # ----------------------------------------------------------------------------- CuPy backend

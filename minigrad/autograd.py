@@ -28,6 +28,7 @@ import traceback
 
 import numpy as np
 
+from . import dispatch as _dispatch
 from .dispatch import backward_of as _backward_of, choose as _choose
 
 _state = threading.local()
@@ -152,6 +153,9 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **kwargs):
         """Run forward on the inputs' arrays and, if any input needs grad, record the node."""
+        if _dispatch._autocast is not None and _dispatch.autocast_policy(cls):   # minigrad.amp
+            from .ops.autocast import autocast_apply
+            return autocast_apply(cls, inputs, kwargs)
         Tensor = _tensor_class()
         if len(inputs) == 1:
             arrays = [inputs[0].data]

@@ -32,7 +32,7 @@ def _try_cupy():
     global _cupy, _cupy_error
     if _cupy is None:
         try:
-            import cupy  # noqa: F401
+            import cupy
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise RuntimeError("cupy is installed but sees no CUDA device")
             _cupy = cupy
@@ -150,3 +150,55 @@ def to_device(a, device: str):
         return a
     host = to_host(a)
     return xp_of(device).asarray(host)
+
+
+# ---------------------------------------------------------------- dtypes: the half types (issue 15)
+# float16 is NumPy's own. bfloat16 comes from the optional package ml_dtypes (extras "dev" and
+# "train"), imported on first use. Its NumPy dtype has kind "V", not "f": ask ``is_float``.
+HALF_TYPES = ("float16", "bfloat16")
+_bf16 = None
+
+
+def bfloat16():
+    """The NumPy dtype of ml_dtypes.bfloat16 (a one-line error when ml_dtypes is missing)."""
+    global _bf16
+    if _bf16 is None:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("bfloat16 needs the ml_dtypes package: pip install ml_dtypes "
+                            "(or minigrad[train])") from None
+        _bf16 = np.dtype(ml_dtypes.bfloat16)
+    return _bf16
+
+
+def as_dtype(dtype) -> np.dtype:
+    """A NumPy dtype from a name, a type or a dtype; "bfloat16"/"bf16" need ml_dtypes."""
+    if isinstance(dtype, str) and dtype.strip().lower() in ("bfloat16", "bf16"):
+        return bfloat16()
+    if isinstance(dtype, str) and dtype.strip().lower() in ("half", "fp16"):
+        return np.dtype(np.float16)
+    return np.dtype(dtype)
+
+
+def is_float(dtype) -> bool:
+    """Whether arrays of this dtype are floating point: kinds "f" and "c", and bfloat16."""
+    return dtype.kind in "fc" or dtype.name == "bfloat16"
+
+
+def round_to_half(a, name: str):
+    """float32 array ``a`` with every value rounded (to nearest, ties to even) to the half type
+    ``name`` ("bfloat16" or "float16"), kept in float32 storage: the values a half-type operand
+    holds. bfloat16 keeps float32's exponent and 8 significant bits, so it is done on the bits
+    (no ml_dtypes needed, NumPy and CuPy alike); float16 overflows to ±inf past 65504."""
+    xp = get_array_module(a)
+    if name == "float16":
+        return a.astype(np.float16).astype(np.float32)
+    u = xp.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    r = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))   # round half to even at bit 16
+    r &= np.uint32(0xFFFF0000)
+    out = r.view(np.float32)
+    nan = xp.isnan(a)                        # a NaN's payload could carry into the sign: keep it as it is
+    if nan.any():
+        out[nan] = a[nan]
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 
@@ -60,13 +61,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def closed_stdout() -> int:
+    """A reader went away (`minigrad generate | head -2`): exit quietly, as other tools do, with
+    128 + SIGPIPE. What is still buffered for stdout is dropped, so the interpreter's last flush
+    has nothing to complain about."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
+
+
 def main(argv=None) -> int:
+    for name in ("stdout", "stderr"):     # started with the stream closed (`>&-`): write nowhere
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115  (lives as long as the process)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()      # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return closed_stdout()
+    except Exception as e:   # one class only, imported when needed; anything else is re-raised
+        from minigrad.kernels.cache import CacheSecurityError
+
+        if isinstance(e, CacheSecurityError):
+            print(f"minigrad: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

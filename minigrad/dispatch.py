@@ -175,3 +175,46 @@ def native_dtype(*dtypes) -> bool:
 
 
 _native = None   # minigrad.kernels.cpu.native, imported at the first cpu_native() call
+
+
+# ---------------------------------------------------------------- autocast (issue 15): the state only
+# ``with minigrad.autocast("bfloat16"):`` (or "float16") sets the half type; Function.apply asks
+# ``autocast_policy`` only while one is set, so with autocast off nothing here runs. What the
+# policies do is minigrad.amp's (autocast_apply).
+#   "half":    the op computes on operands rounded to the half type and its output (and, going
+#              back, every gradient through those operands and output) is rounded to it too; the
+#              op itself accumulates in float32, as a tensor-core GEMM does.
+#   "float32": the op runs in float32: half-type float inputs are cast up first.
+# Ops in neither list run as they are (float32 tensors stay float32).
+AUTOCAST_HALF = ("MatMul", "Linear", "Attention", "GeluMLP", "QKVAttention")
+AUTOCAST_FLOAT32 = ("LayerNorm", "Softmax", "LogSoftmax", "LogSumExp", "CrossEntropy", "BinaryCrossEntropy",
+                    "Sum", "Mean", "Prod", "L2Norm", "CumSum", "CumProd", "LogCumSumExp", "Exp", "Log", "Pow",
+                    "PowScalar", "Sqrt", "Rsqrt", "Reciprocal", "Erf", "Softplus", "Gelu")
+_AUTOCAST_POLICY = dict([(n, "half") for n in AUTOCAST_HALF] + [(n, "float32") for n in AUTOCAST_FLOAT32])
+_autocast = None      # None, or "bfloat16" / "float16" while autocast is on
+
+
+def autocast_dtype():
+    """The half type autocast computes matmul-like ops in ("bfloat16", "float16"), or None when off."""
+    return _autocast
+
+
+def autocast_policy(cls):
+    """"half", "float32" or None: what autocast does to op class ``cls`` (by its op's name)."""
+    return _AUTOCAST_POLICY.get((cls.op or cls).__name__)
+
+
+@contextlib.contextmanager
+def autocast(dtype="bfloat16", enabled=True):
+    """``with minigrad.autocast("bfloat16"):`` matmul, Linear and attention compute on half-type
+    operands with float32 accumulation; norms, softmax, losses and reductions in float32;
+    parameters stay float32 (see minigrad.amp). ``enabled=False`` (or dtype "float32") turns it off inside."""
+    global _autocast
+    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}.get(str(dtype), str(dtype))
+    if name not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"autocast: dtype must be 'bfloat16', 'float16' or 'float32', got {dtype!r}")
+    prev, _autocast = _autocast, (name if enabled and name != "float32" else None)
+    try:
+        yield
+    finally:
+        _autocast = prev

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ BACKENDS = ("single", "mpi", "nccl")
 DEFAULT_TIMEOUT = 60.0     # seconds a rank waits in one collective before it declares the others lost
 SETUP_TIMEOUT = 600.0      # at least this long before training starts: one rank may be fetching or tokenizing data
 ALIGN = 16                 # elements: every gradient view in a flat buffer starts on a 64-byte boundary
+ABORT_GRACE = 1.0          # seconds between a rank's last line and MPI_Abort
 
 MPI_INSTALL = "pip install 'minigrad[mpi]' (mpi4py and the mpich wheel), or mpi4py built against your cluster's MPI"
 
@@ -305,6 +307,9 @@ class MPICommunicator(Communicator):
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # the launcher tears every rank and its own relays down on an abort: give them a moment to
+        # pass on the line this rank just printed (without it the line was lost in 1 run of ~5)
+        time.sleep(ABORT_GRACE)
         try:
             self.comm.Abort(code)
         finally:
@@ -512,9 +517,10 @@ class GradientBuffer:
     Layout: one flat contiguous buffer per gradient dtype (one in practice), parameter i's gradient
     at its own 64-byte-aligned view. ``reduce_`` copies each ``p.grad`` into its view, runs one
     ``allreduce_mean_`` on the buffer, and leaves each ``p.grad`` a view of the result (no copy back).
-    A second allreduce, of 2 + len(params) float64 on the same array module, carries the loss, a stop
-    request and which parameters got a gradient on some rank (those and only those get one back),
-    so a parameter that no rank touched keeps ``grad=None``, as in one process.
+    A second allreduce, of 3 + len(params) float64 on the same array module, carries the loss, the
+    stop requests (how many ranks, the sum of their signal numbers) and which parameters got a
+    gradient on some rank (those and only those get one back), so a parameter that no rank touched
+    keeps ``grad=None``, as in one process.
 
     On a GPU nothing here waits for the device except the one read of that small vector (the host
     sync of the step); on the CPU the two allreduces are the only waits.
@@ -535,13 +541,15 @@ class GradientBuffer:
         # only its launch), the small one (on a GPU: with the wait for the device)
         self.times = {"pack": 0.0, "allreduce": 0.0, "info": 0.0}
 
-    def reduce_(self, comm: Communicator, loss, stop: bool = False) -> tuple[float, bool]:
+    def reduce_(self, comm: Communicator, loss, stop: int = 0) -> tuple[float, int]:
         """Average the gradients over the ranks in place; returns (the mean of the ranks' ``loss``
-        as a host float, whether any rank asked to stop). ``loss``: a host float or a 0-d device array."""
+        as a host float, the stop request of the ranks: 0 for none, else the signal number they
+        were stopped by, SIGINT's when they differ). ``loss``: a host float or a 0-d device array;
+        ``stop``: this rank's request (a signal number; 0 for none)."""
         t0 = time.perf_counter()
         P = len(self.params)
-        info = np.zeros(2 + P, np.float64)                 # [loss, stop, has_grad...]
-        info[1] = float(bool(stop))
+        info = np.zeros(3 + P, np.float64)                 # [loss, stopping ranks, their signals' sum, has_grad...]
+        info[1], info[2] = float(bool(stop)), float(stop)
         device_loss = not isinstance(loss, (float, int, np.floating))
         if not device_loss:
             info[0] = float(loss)
@@ -550,7 +558,7 @@ class GradientBuffer:
             if p.grad is None:
                 view.fill(0)
             else:
-                info[2 + i] = 1.0
+                info[3 + i] = 1.0
                 if p.grad.data is not view:
                     view[...] = p.grad.data.reshape(-1)
         t1 = time.perf_counter()
@@ -568,10 +576,12 @@ class GradientBuffer:
                 info = to_host(dev)
         t3 = time.perf_counter()
         for i, p in enumerate(self.params):
-            if info[2 + i] > 0:
+            if info[3 + i] > 0:
                 p.grad = self._Tensor._make(self.view_of[i].reshape(p.data.shape), False)
             else:
                 p.grad = None
         for k, dt in (("pack", t1 - t0), ("allreduce", t2 - t1), ("info", t3 - t2)):
             self.times[k] += dt
-        return float(info[0]) / comm.size, bool(info[1] > 0)
+        stopping, signals = int(info[1]), int(info[2])
+        stop = 0 if not stopping else (signals // stopping if signals % stopping == 0 else int(signal.SIGINT))
+        return float(info[0]) / comm.size, stop

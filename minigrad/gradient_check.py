@@ -3,6 +3,20 @@
 The analytic side is the engine's vector-Jacobian product (one backward per output element,
 or one in fast mode); the numeric side perturbs each input element by +-eps. Elements pass
 when |analytic - numeric| <= atol + rtol * |numeric|.
+
+Tolerances. The defaults (eps=1e-6, atol=1e-5, rtol=1e-3) are PyTorch's, so a check ported from
+PyTorch means the same here. They are loose for float64: a derivative off in its fifth digit
+passes them. ``float64_tolerances(fn, inputs)`` gives the tolerance float64 supports, from the
+error bound of a central difference,
+
+    |numeric - exact| <= eps^2 M3 / 6  +  k u M0 / eps
+
+(truncation: M3 bounds the third derivative near the point; rounding: each output is computed
+with a relative error of at most k units u = 2^-53 of its magnitude M0, twice, and the
+difference is divided by 2 eps). With eps = 1e-6, k = 16 and M3 <= 1e3 this is
+1.7e-10 + 1.8e-9 M0, four orders of magnitude below the default atol. The analytic side's own
+rounding (a few u, relative) is far below that, so rtol is 0. Measured over the op registry, the
+rounding term is at most 2.4 u M0 / eps (first and second order), so k = 16 leaves a margin of 6.
 """
 from __future__ import annotations
 
@@ -90,6 +104,36 @@ def _fail(what, out_index, in_index, a, n, eps, atol, rtol, out_shape, in_shape)
         + (f"\nanalytic:\n{a}\nnumeric:\n{n}" if a.size <= 64 else ""))
 
 
+U64 = float(np.finfo(np.float64).eps) / 2      # the unit roundoff of float64, 2^-53
+
+
+def float64_tolerances(fn, inputs, order=1, eps=1e-6, rounding_steps=16, third_derivative=1e3, seed=0):
+    """{"eps", "atol", "rtol"} for gradcheck (order=1) or gradgradcheck (order=2) of ``fn`` at
+    float64 ``inputs``, from the central-difference error bound in the module docstring:
+    atol = eps^2 third_derivative / 6 + rounding_steps u M0 / eps and rtol = 0, where M0 is the
+    largest magnitude (at least 1) among the outputs of the function checked (``fn`` itself, or
+    for order=2 its first-order gradients at the grad_outputs gradgradcheck(seed=seed) draws),
+    times the largest input magnitude (at least 1).
+    ``third_derivative`` bounds the third derivative near the inputs; the default suits inputs
+    and outputs of order one.
+    """
+    inputs = list(_as_tuple(inputs))
+    if order == 1:
+        outs = _outputs(fn, inputs)
+    elif order == 2:
+        first_order, args = _first_order(fn, inputs, None, seed)
+        outs = _outputs(first_order, args)
+    else:
+        raise ValueError(f"float64_tolerances: order must be 1 or 2, got {order}")
+    m0 = max([1.0] + [float(abs(to_host(o)).max()) for o in outs if o.size and o.dtype.kind == "f"])
+    # an input's own rounding (|x| u) moves each value computed from it by about |x| u |d/dx|: with
+    # inputs far from order one (logcumsumexp over values in the hundreds) that dominates
+    m0 *= max([1.0] + [float(abs(to_host(t.data)).max()) for t in inputs
+                       if isinstance(t, Tensor) and t.data.size and t.dtype.kind == "f"])
+    atol = eps * eps * third_derivative / 6 + rounding_steps * U64 * m0 / eps
+    return {"eps": eps, "atol": atol, "rtol": 0.0}
+
+
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast=False, seed=0,
               check_zero_grad=True, check_repeat=True, raise_exception=True):
     """Check ``fn``'s analytic gradients against central differences.
@@ -99,6 +143,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast=False, seed=0,
     is below float32's resolution). ``fast=True`` compares one random directional derivative
     vᵀJu per (output, input) pair and falls back to the full Jacobian only to explain a failure.
     Returns True, or raises GradcheckError (returns False with raise_exception=False).
+    The default tolerances are PyTorch's; ``**float64_tolerances(fn, inputs)`` gives float64's own.
     """
     try:
         _gradcheck(fn, list(_as_tuple(inputs)), eps, atol, rtol, fast, seed, check_zero_grad, check_repeat)
@@ -176,8 +221,15 @@ def _check_backward_behaviour(fn, inputs, diff, oi, out0, rng, check_zero_grad, 
 
 def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3, fast=False, seed=0):
     """Second-order check: gradcheck of (inputs, grad_outputs) -> d(<fn(inputs), grad_outputs>)/d inputs,
-    the first-order gradients computed with create_graph=True."""
-    inputs = list(_as_tuple(inputs))
+    the first-order gradients computed with create_graph=True. The default tolerances are
+    PyTorch's; ``**float64_tolerances(fn, inputs, order=2)`` gives float64's own."""
+    first_order, args = _first_order(fn, list(_as_tuple(inputs)), grad_outputs, seed)
+    return gradcheck(first_order, args, eps=eps, atol=atol, rtol=rtol, fast=fast, seed=seed,
+                     check_zero_grad=False)
+
+
+def _first_order(fn, inputs, grad_outputs, seed):
+    """(first_order, inputs + grad_outputs): the function gradgradcheck checks, and its arguments."""
     outs = _as_tuple(fn(*inputs))
     fidx = _float_outputs(outs)
     if grad_outputs is None:
@@ -197,5 +249,4 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3,
         gs = _grad([p[0] for p in pairs], [ins[j] for j in diff], [p[1] for p in pairs], create_graph=True)
         return tuple(g if g is not None else ins[j] * 0.0 for j, g in zip(diff, gs))
 
-    return gradcheck(first_order, inputs + grad_outputs, eps=eps, atol=atol, rtol=rtol, fast=fast, seed=seed,
-                     check_zero_grad=False)
+    return first_order, inputs + grad_outputs

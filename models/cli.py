@@ -25,6 +25,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", default=DEFAULT_OUT, help=f"run or checkpoint directory (default {DEFAULT_OUT})")
+    p.add_argument("--best", action="store_true",
+                   help="the run's best-validation checkpoint (kept by `train --keep-best`) instead of its latest")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -129,7 +131,11 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="{train,generate,bench}", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:      # `python -m minigrad.models.cli generate | head -2`
+        from minigrad.cli import closed_stdout
+        return closed_stdout()
 
 
 if __name__ == "__main__":

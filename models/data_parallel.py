@@ -14,6 +14,14 @@ a one-thread BLAS (the default GPT step: 33.1 ms in one process, 27.6 ms on two 
              is serialised (measured at the default GPT size: a slice ran 14% slower beside the
              other thread than alone, and the step took 30.3 ms against 28.7 ms with processes).
 
+Ending: a forked worker dies with the process that forked it, however that one ends (SIGKILL
+included): it asks the kernel for SIGKILL at its parent's death (Linux's PR_SET_PDEATHSIG), and it
+closes what it inherited of the caller's pipes, sockets, terminal and files open for writing
+(stdout, stderr, log.jsonl, the other workers' pipes), so a pipeline like `minigrad train | tee log`
+ends with the trainer. Workers ignore SIGINT, SIGTERM and SIGHUP, which a shell, a scheduler or a
+closing terminal send to the whole process group: the parent handles them and ends its workers. A
+worker that dies (the out-of-memory killer's SIGKILL, say) is reported by number, PID and signal.
+
 Determinism: each slice's loss is scaled by its share of the rows, its gradients come from
 minigrad.grad (no .grad is touched by a worker), and the slices' gradients are added in slice
 order after all workers finish. The result does not depend on timing, and running the slices one
@@ -21,12 +29,18 @@ after another in this process (``concurrent=False``) gives the same numbers bit 
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import math
 import mmap
 import multiprocessing
+import multiprocessing.util  # (its exit handler must be registered before _stop_all_workers)
+import os
 import signal
+import stat
 import sys
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -110,17 +124,62 @@ def _shared_array(n: int, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=n)
 
 
-def _child_loop(conn, model, loss_fn, params, grad_views):
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a forked worker: have the kernel send SIGKILL when the parent dies (Linux), and exit at
+    once if it already has (it died between the fork and the prctl)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _close_inherited(keep: set) -> None:
+    """In a forked worker: point stdin, stdout and stderr at /dev/null, and close every other
+    inherited descriptor that is a pipe, a socket, a terminal or a file open for writing, except
+    those in `keep`. Read-only files stay open (the memory-mapped token files use theirs)."""
+    import fcntl
+
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:        # no /proc: the standard streams at least are released
+        return
+    for fd in fds:
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        except OSError:    # the listing's own descriptor, already closed
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or writable:
+            os.close(fd)
+
+
+def _child_loop(conn, model, loss_fn, params, grad_views, parent_pid):
     """A forked worker: for each (slice, scale) received, write its gradients into grad_views and
-    reply ("ok", loss, which gradients are None) or ("error", message). None ends the loop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the parent's to handle
+    reply ("ok", loss, which gradients are None) or ("error", message). None or the parent's
+    end of the pipe closing ends the loop; the parent's death kills it."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)                # the parent's to handle: it ends its workers
+    _die_with_parent(parent_pid)
+    _close_inherited({conn.fileno()})
     blas = _blas_controller()
     if blas is not None:
         blas.limit(limits=1, user_api="blas")
     while True:
         try:
             msg = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if msg is None:
             return
@@ -132,6 +191,37 @@ def _child_loop(conn, model, loss_fn, params, grad_views):
             conn.send(("ok", loss, [g is None for g in grads]))
         except BaseException as e:                         # report, keep serving
             conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _worker_gone(number: int, proc) -> WorkerError:
+    """The error for worker `number` (1-based: it computes slice `number`), which has ended: how."""
+    proc.join(timeout=2)
+    code = proc.exitcode
+    if code is None:
+        how = "stopped answering"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"was killed by {name}" + (" (the out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else "")
+    else:
+        how = f"exited with status {code}"
+    return WorkerError(f"data-parallel worker {number} (PID {proc.pid}) {how}")
+
+
+_LIVE = weakref.WeakSet()   # DataParallel objects with worker processes
+
+
+def _stop_all_workers() -> None:
+    """At exit, end the workers before multiprocessing's own exit handler would SIGTERM them, which
+    they ignore, and then wait for them forever. atexit runs handlers last-registered first, and
+    multiprocessing.util registers its handler when it is imported, so it is imported first."""
+    for dp in list(_LIVE):
+        dp.stop_workers()
+
+
+atexit.register(_stop_all_workers)
 
 
 class DataParallel:
@@ -187,28 +277,32 @@ class DataParallel:
         for _ in range(self.workers - 1):
             grads = [_shared_array(p.data.size, p.data.dtype).reshape(p.data.shape) for p in self.params]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child_loop, args=(child, self.model, self.loss_fn, self.params, grads),
-                               daemon=True, name="minigrad-dp")
+            proc = ctx.Process(target=_child_loop, daemon=True, name="minigrad-dp",
+                               args=(child, self.model, self.loss_fn, self.params, grads, os.getpid()))
             with warnings.catch_warnings():   # Python >= 3.12 warns on fork with BLAS threads alive;
                 warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
                 proc.start()                  # the child only runs its main thread, with one-thread BLAS
             child.close()
             self._children.append((proc, parent, grads))
+        _LIVE.add(self)
 
     def _run_processes(self, parts, scale):
         self._start_children()
         others = parts[1:]
         try:
-            for (_, conn, _), part in zip(self._children, others):
-                conn.send((part, scale))
+            for i, ((proc, conn, _), part) in enumerate(zip(self._children, others), 1):
+                try:
+                    conn.send((part, scale))
+                except OSError:            # BrokenPipeError, ConnectionResetError: it is gone
+                    raise _worker_gone(i, proc) from None
             with self._blas.limit(limits=1, user_api="blas"):
                 first = _slice_grads(self.model, self.loss_fn, self.params, parts[0], scale)
             results = [first]
-            for proc, conn, grads in self._children[:len(others)]:
+            for i, (proc, conn, grads) in enumerate(self._children[:len(others)], 1):
                 try:
                     reply = conn.recv()
-                except EOFError:
-                    raise WorkerError(f"data-parallel worker {proc.pid} exited (code {proc.exitcode})") from None
+                except (EOFError, OSError):
+                    raise _worker_gone(i, proc) from None
                 if reply[0] != "ok":
                     raise WorkerError(f"data-parallel worker failed: {reply[1]}")
                 results.append((reply[1], [None if none else Tensor._make(g, False)
@@ -228,9 +322,10 @@ class DataParallel:
             conn.close()
             proc.join(timeout=5)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()                # it ignores SIGTERM (see _child_loop)
                 proc.join()
         self._children = []
+        _LIVE.discard(self)
 
     # ---- one step
     def step(self, parts, scale: float = 1.0, concurrent: bool | None = None) -> float:

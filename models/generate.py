@@ -7,6 +7,8 @@ decoding computes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minigrad.models.gpt import GPT, KVCache
@@ -17,8 +19,8 @@ class GenerateError(ValueError):
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
-    if not temperature >= 0:
-        raise GenerateError(f"--temperature must be >= 0, got {temperature}")
+    if not (temperature >= 0 and math.isfinite(temperature)):   # inf would sample uniformly, NaN garbage
+        raise GenerateError(f"--temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise GenerateError(f"--top-k must be at least 1, got {top_k}")
     if not 0 < top_p <= 1:
@@ -107,13 +109,16 @@ class TextStream:
             self.shown = len(text)
 
 
-def load_model(path, device: str = "cpu"):
-    """(model, tokenizer, checkpoint) from a run or checkpoint directory, validated."""
-    from minigrad.models.checkpoint import CheckpointError, check_arrays, load_checkpoint
+def load_model(path, device: str = "cpu", which: str = "latest"):
+    """(model, tokenizer, checkpoint) from a run or checkpoint directory, validated; which="best":
+    the run's best-validation checkpoint instead of its latest. Before the model is allocated, its
+    config must describe the stored weights, and weights plus KV cache must fit in memory."""
+    from minigrad.models.checkpoint import CheckpointError, check_arrays, check_param_count, load_checkpoint
     from minigrad.models.gpt import GPTConfig
+    from minigrad.models.memory import check_fits, gpt_generate_bytes, gpt_params
     from minigrad.models.tokenize import TokenizerError, tokenizer_from_state
 
-    ckpt = load_checkpoint(path, groups=["model"])
+    ckpt = load_checkpoint(path, groups=["model"], which=which)
     if ckpt.meta.get("model") != "gpt":
         raise CheckpointError(f"checkpoint {ckpt.path} holds a {ckpt.meta.get('model')!r} model, not a GPT")
     try:
@@ -124,6 +129,9 @@ def load_model(path, device: str = "cpu"):
     if tok.vocab_size != cfg.vocab_size:
         raise CheckpointError(f"checkpoint {ckpt.path}: vocabulary has {tok.vocab_size} tokens but the model "
                               f"expects {cfg.vocab_size}")
+    check_param_count(ckpt, gpt_params(cfg))
+    needed, dominant = gpt_generate_bytes(cfg)
+    check_fits(needed, f"sampling from checkpoint {ckpt.path}", dominant, "use a machine with more memory")
     model = GPT(cfg)
     check_arrays({n: a.shape for n, a in model.state_dict().items()}, ckpt.arrays["model"], "model weights",
                  ckpt.path)
@@ -142,7 +150,7 @@ def main(args) -> None:
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
         raise GenerateError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    model, tok, _ = load_model(args.ckpt, args.device)
+    model, tok, _ = load_model(args.ckpt, args.device, "best" if getattr(args, "best", False) else "latest")
     try:
         prompt = tok.encode(args.prompt)
     except TokenizerError as e:
@@ -167,8 +175,9 @@ def main(args) -> None:
 
 def _user_errors():
     from minigrad.models.checkpoint import CheckpointError
+    from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tokenize import TokenizerError
-    return (GenerateError, CheckpointError, TokenizerError)
+    return (GenerateError, CheckpointError, TokenizerError, ModelTooLargeError)
 
 
 USER_ERRORS = _user_errors()

@@ -41,13 +41,17 @@ def add_dist_args(g) -> None:
                         f"{distributed.SETUP_TIMEOUT:g})")
 
 
-def main_on_ranks(main, args, cmd: str = "train"):
-    """``main(args)`` on this rank, with the communicator that --dist and the launcher ask for.
+def main_on_ranks(main, args, cmd: str = "train", lock=None):
+    """``main(args)`` on this rank, with the communicator that --dist and the launcher ask for;
+    ``lock()``: a context manager held around it by the rank that writes (the --out-dir lock).
 
     One process (the default): just ``main(args)``. On several ranks: non-zero ranks print nothing
     to stdout; an error before training starts is agreed on and raised on rank 0 only (the others
     raise it with stderr silenced); an error during training is printed here and ends every rank.
     """
+    import contextlib
+
+    lock = lock or contextlib.nullcontext
     global _label
     _label = f"minigrad {cmd}"
     try:
@@ -55,7 +59,8 @@ def main_on_ranks(main, args, cmd: str = "train"):
     except distributed.DistributedError as e:
         raise TrainError(str(e)) from None
     if name == "single":
-        return main(args)
+        with lock():
+            return main(args)
     timeout = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT)
     if not timeout > 0:
         raise TrainError(f"--dist-timeout must be positive, got {timeout}")
@@ -73,7 +78,8 @@ def main_on_ranks(main, args, cmd: str = "train"):
         print(f"{comm.describe()}: rank 0 logs and checkpoints; global batch = {comm.size} x --batch-size",
               file=sys.stderr)
     try:
-        return main(args)
+        with lock() if comm.rank == 0 else contextlib.nullcontext():
+            return main(args)
     except BaseException as e:      # every failure must end the ranks cleanly
         _fail_on_ranks(comm, e)
         raise
@@ -118,10 +124,11 @@ def _is_user_error(e) -> bool:
     """The errors the commands report in one line (no traceback)."""
     from minigrad.models.checkpoint import CheckpointError
     from minigrad.models.data import DataError
+    from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tasks import TaskError
     from minigrad.models.tokenize import TokenizerError
 
-    return isinstance(e, (TrainError, CheckpointError, DataError, TaskError, TokenizerError,
+    return isinstance(e, (TrainError, CheckpointError, DataError, TaskError, TokenizerError, ModelTooLargeError,
                           distributed.DistributedError))
 
 

@@ -21,7 +21,11 @@ from minigrad.models.cli_common import (
     checkpoint_to_resume,
     fail,
     given,
+    interrupted_status,
+    locked_out_dir,
+    os_error_line,
     refuse_to_overwrite,
+    resume_command,
 )
 from minigrad.models.train_config import TrainConfig, TrainError
 
@@ -62,6 +66,7 @@ def dispatch(args) -> int | None:
 
 def run(args) -> int:
     from minigrad.models.checkpoint import CheckpointError
+    from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tasks import TaskError
 
     problem = check_device(args.device)
@@ -69,11 +74,16 @@ def run(args) -> int:
         return fail("train", problem)
     from minigrad.models.launch import main_on_ranks
     try:
-        result = main_on_ranks(main, args, "train")     # main(args), on each rank under mpiexec / --dist
-    except (TrainError, CheckpointError, TaskError) as e:
+        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
+                               lock=lambda: locked_out_dir(run_dir(args), args.resume))   # the writing rank locks
+    except (TrainError, CheckpointError, TaskError, ModelTooLargeError) as e:
         return fail("train", str(e))
+    except BrokenPipeError:    # stdout closed: the console script exits quietly
+        raise
+    except OSError as e:       # a write or read that failed outside the trainer's own
+        return fail("train", os_error_line(e))
     if result.get("interrupted"):
-        return 130
+        return interrupted_status(result)
     print(f"exact_match={result['exact_match']:.4f}")
     return 0
 
@@ -99,7 +109,7 @@ def main(args) -> dict:
     given_model = given(args, MODEL_FLAGS)
 
     task_name = args.task
-    out_dir = Path(args.out_dir if args.out_dir != DEFAULT_OUT else f"out-seq2seq-{task_name or DEFAULT_TASK}")
+    out_dir = run_dir(args)
     ckpt = None
     if args.resume:
         ckpt = from_rank0(lambda: checkpoint_to_resume(
@@ -140,6 +150,7 @@ def main(args) -> dict:
                               f"{data.max_len} positions)")
     cfg = TrainConfig(**train_opts)
     cfg.check()
+    check_seq2seq_fits(mcfg, cfg, ckpt)
     model = Seq2Seq(mcfg, seed=cfg.seed)
     if args.device != "cpu":
         model.to(args.device)
@@ -156,7 +167,8 @@ def main(args) -> dict:
         return split_rows_by_targets(batch, n, IGNORE)
 
     trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, split=split,
-                      tokens_per_batch=int(B * expected_target_tokens(task)), quiet=getattr(args, "quiet", False))
+                      tokens_per_batch=int(B * expected_target_tokens(task)), quiet=getattr(args, "quiet", False),
+                      resume_hint=resume_command(out_dir, " --model seq2seq"))
     if ckpt is not None:
         trainer.load(ckpt)
     if not trainer.quiet:
@@ -177,6 +189,26 @@ def main(args) -> dict:
             print(f"  {src!r} -> {got!r} ({'ok' if got == want else 'want ' + repr(want)})", file=sys.stderr)
     result["exact_match"] = em
     return result
+
+
+def run_dir(args) -> Path:
+    """--out-dir, or out-seq2seq-TASK when it was not given."""
+    from minigrad.models.tasks import DEFAULT_TASK
+
+    return Path(args.out_dir if args.out_dir != DEFAULT_OUT else f"out-seq2seq-{args.task or DEFAULT_TASK}")
+
+
+def check_seq2seq_fits(mcfg, cfg: TrainConfig, ckpt=None) -> None:
+    """Before the model is allocated: a checkpoint's config must describe its weights, and the
+    parameter state (a lower bound) must fit in the memory available."""
+    from minigrad.models.checkpoint import check_param_count
+    from minigrad.models.memory import check_fits, seq2seq_params, training_state_bytes
+
+    n = seq2seq_params(mcfg)
+    if ckpt is not None:
+        check_param_count(ckpt, n)
+    check_fits(training_state_bytes(n, cfg.workers), f"training this seq2seq model ({n:,} parameters)",
+               "parameters, gradients and AdamW moments", "lower --n-layer or --n-embd")
 
 
 def exact_match(model, data, beam: int = 1, batch: int = EVAL_BATCH):

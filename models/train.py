@@ -20,7 +20,11 @@ from minigrad.models.cli_common import (
     checkpoint_to_resume,
     fail,
     given,
+    interrupted_status,
+    locked_out_dir,
+    os_error_line,
     refuse_to_overwrite,
+    resume_command,
 )
 from minigrad.models.train_config import TrainConfig, TrainError
 
@@ -57,6 +61,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--final-eval-iters", type=int, help="batches per split for the final evaluation (default 200)")
     g.add_argument("--log-interval", type=int, help="write a log.jsonl record every N steps (default 1)")
     g.add_argument("--out-dir", default=DEFAULT_OUT, help=f"checkpoints, log.jsonl, loss.png (default {DEFAULT_OUT})")
+    g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the checkpoint with the best val loss beside the latest (default on; "
+                        "`minigrad generate --best` samples from it)")
     g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
     g.add_argument("--force", action="store_true", help="start afresh even if --out-dir holds a checkpoint")
     g = p.add_argument_group("run")
@@ -76,9 +83,10 @@ def user_errors() -> tuple:
     """The exceptions the job reports in one line (a bad flag, checkpoint, data file or vocabulary)."""
     from minigrad.models.checkpoint import CheckpointError
     from minigrad.models.data import DataError
+    from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tokenize import TokenizerError
 
-    return (TrainError, CheckpointError, DataError, TokenizerError)
+    return (TrainError, CheckpointError, DataError, TokenizerError, ModelTooLargeError)
 
 
 def run(args) -> int:
@@ -88,14 +96,19 @@ def run(args) -> int:
         return fail("train", problem)
     from minigrad.models.launch import main_on_ranks
     try:
-        result = main_on_ranks(main, args, "train")     # main(args), on each rank under mpiexec / --dist
+        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
+                               lock=lambda: locked_out_dir(args.out_dir, args.resume))   # the writing rank locks
     except user_errors() as e:
         return fail("train", str(e))
+    except BrokenPipeError:    # stdout closed: the console script exits quietly
+        raise
+    except OSError as e:       # a write or read that failed outside the trainer's own (e.g. the data cache)
+        return fail("train", os_error_line(e))
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
         print("\nminigrad train: interrupted; nothing saved (the last checkpoint, if any, is kept)", file=sys.stderr)
         return 130
     if result.get("interrupted"):
-        return 130
+        return interrupted_status(result)
     print(f"val_loss={result['val_loss']:.4f}")
     return 0
 
@@ -118,6 +131,7 @@ def main(args) -> dict:
     ckpt = None
     if args.resume:
         ckpt = from_rank0(lambda: checkpoint_to_resume(out_dir, args.force, "gpt", "not a GPT"))
+        check_saved_gpt(ckpt)
         meta = ckpt.meta
         saved_model = meta["model_config"]
         for k, v in given_model.items():
@@ -149,6 +163,7 @@ def main(args) -> dict:
         raise CheckpointError(f"checkpoint {ckpt.path} was trained on another vocabulary "
                               f"({ckpt.meta['model_config']['vocab_size']} tokens) than {data.source} gives "
                               f"({data.vocab_size} tokens)")
+    check_gpt_fits(mcfg, cfg)
     model = GPT(mcfg, seed=cfg.seed)
     if args.device != "cpu":
         model.to(args.device)
@@ -167,7 +182,8 @@ def main(args) -> dict:
         from minigrad.profiler import PhaseTimer
         timer = PhaseTimer.for_device(args.device)
     trainer = Trainer(model, batches, loss_fn, cfg, out_dir, meta=meta, tokens_per_batch=B * T,
-                      quiet=getattr(args, "quiet", False), timer=timer, split=split_rows)
+                      quiet=getattr(args, "quiet", False), timer=timer, split=split_rows,
+                      resume_hint=resume_command(out_dir))
     if ckpt is not None:
         trainer.load(ckpt)
         if trainer.step >= cfg.max_iters:
@@ -181,3 +197,28 @@ def main(args) -> dict:
     if timer is not None:
         print(timer.summary(tokens_per_step=B * T * cfg.grad_accum, device=args.device), flush=True)
     return result
+
+
+def check_saved_gpt(ckpt) -> None:
+    """A checkpoint's model_config must describe the weights it stores (a hand-edited meta.json is
+    caught here, before anything is allocated from it)."""
+    from minigrad.models.checkpoint import CheckpointError, check_param_count
+    from minigrad.models.gpt import GPTConfig
+    from minigrad.models.memory import gpt_params
+
+    try:
+        saved = GPTConfig.from_dict(ckpt.meta["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ckpt.path}: model config is invalid ({e})") from None
+    check_param_count(ckpt, gpt_params(saved))
+
+
+def check_gpt_fits(mcfg, cfg: TrainConfig) -> None:
+    """Before the model is allocated: a training step's memory (a lower bound from the config) must
+    fit in what is available."""
+    from minigrad.models.memory import check_fits, gpt_train_bytes
+
+    needed, dominant = gpt_train_bytes(mcfg, cfg.batch_size, cfg.workers)
+    check_fits(needed, f"training this GPT (block_size {mcfg.block_size}, batch {cfg.batch_size}, "
+               f"{mcfg.n_layer} layers of {mcfg.n_embd})", dominant,
+               "lower --block-size, --batch-size, --n-layer or --n-embd")

@@ -32,6 +32,7 @@ class TrainConfig:
     log_interval: int = 1
     seed: int = 1337
     workers: int = 2  # data-parallel workers, each computing a slice of every micro-batch (models/data_parallel.py)
+    keep_best: bool = True  # keep the best-validation checkpoint beside the latest (best.json)
 
     def check(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",

@@ -6,7 +6,10 @@ log records and checkpoints out.
     batches     batches(split, rng) -> batch (any object `loss_fn` understands)
     loss_fn     loss_fn(model, batch) -> scalar Tensor
     meta        JSON-able extras stored in every checkpoint (model config, vocabulary, ...)
-and owns the optimiser, lr schedule, accumulation, clipping, eval, logging, checkpoints, Ctrl-C.
+and owns the optimiser, lr schedule, accumulation, clipping, eval, logging, checkpoints, and how a
+run ends: SIGINT, SIGTERM and SIGHUP finish the step, save and return (exit 130, 143, 129); a
+data-parallel worker's death saves the last whole step; a failed write (a full disk) stops the run
+with one line, the last good checkpoint kept.
 It knows nothing about GPT: `minigrad train` (models/train.py) and its seq2seq job
 (models/seq2seq_train.py) both run it.
 
@@ -25,7 +28,6 @@ and data-parallel workers are not used (one per rank).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -39,13 +41,21 @@ import numpy as np
 import minigrad
 from minigrad import distributed, optim
 from minigrad.backend import is_device_array
-from minigrad.models.checkpoint import CheckpointError, check_arrays, load_optim, optim_state, save_checkpoint
-from minigrad.models.data_parallel import DataParallel
-from minigrad.models.progress import Progress, plot_log, read_log, rewrite_log
+from minigrad.models.checkpoint import (
+    CheckpointError,
+    check_arrays,
+    latest_name,
+    load_optim,
+    optim_state,
+    save_checkpoint,
+)
+from minigrad.models.data_parallel import DataParallel, WorkerError
+from minigrad.models.progress import LogFile, Progress, plot_log, read_log, rewrite_log
 from minigrad.models.train_config import TrainConfig, TrainError, lr_at
 
 EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
 DROPOUT_STREAM = 0xD50D  # salt for each rank's dropout stream (several ranks only)
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def set_lr(opt, lr: float) -> None:
@@ -78,10 +88,11 @@ class StepTimer:
 class Trainer:
     def __init__(self, model, batches, loss_fn, cfg: TrainConfig, out_dir, meta: dict | None = None,
                  tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
-                 on_step=None, split=None):
+                 on_step=None, split=None, resume_hint: str = "--resume"):
         """split: split(batch, n) -> [(slice, weight), ...] with weights summing to 1, so that the
         batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.workers
-        workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread."""
+        workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread.
+        resume_hint: how to continue this run, for the messages of an interrupted one."""
         cfg.check()
         self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg
         self.out_dir = Path(out_dir)
@@ -108,19 +119,35 @@ class Trainer:
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
+        self.stop_signal = None            # the signal that stopped the run, if one did
+        self.resume_hint = resume_hint
         self.last_eval: dict = {}
+        self.best = None                   # {"step", "val_loss"} of the best checkpoint (keep_best)
+        self._saved = (None, None)         # (step, path) of this run's last checkpoint
 
     # ---- state for checkpoints
-    def save(self) -> Path | None:
-        if self.comm.rank != 0:          # rank 0 alone writes
+    def save(self, evaluated: bool = False) -> Path | None:
+        """Checkpoint the current step (rank 0 alone writes; other ranks return None). evaluated:
+        self.last_eval was measured at this step, so with cfg.keep_best a lower val_loss than the
+        best so far makes this the best checkpoint."""
+        if self.comm.rank != 0:
             return None
+        best, keep = self.best, getattr(self.cfg, "keep_best", True)
+        val = self.last_eval.get("val_loss") if evaluated and keep else None
+        is_best = val is not None and (best is None or val < best["val_loss"])
+        if is_best:
+            best = {"step": self.step, "val_loss": val}
         optim_arrays, optim_info = optim_state(self.opt)
         dropout_rng = getattr(self.model, "dropout_rng", None)
         meta = dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
                     dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
-                    optim=optim_info, last_eval=self.last_eval, ranks=self.comm.size)
+                    optim=optim_info, last_eval=self.last_eval, best=best if keep else None,
+                    ranks=self.comm.size)
         arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
-        return save_checkpoint(self.out_dir, self.step, arrays, meta)
+        path = save_checkpoint(self.out_dir, self.step, arrays, meta, best=is_best if keep else None)
+        self.best = best if keep else None
+        self._saved = (self.step, path)
+        return path
 
     def load(self, ckpt) -> None:
         """Restore weights, moments, step and RNG streams from a loaded Checkpoint (validated)."""
@@ -138,19 +165,25 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt.path}: training state is incomplete ({e})") from None
         load_optim(self.opt, ckpt.arrays.get("optim", {}), optim_info, ckpt.path)
         self.last_eval = ckpt.meta.get("last_eval", {})
+        self.best = ckpt.meta.get("best")
 
     # ---- pieces of a step
-    def evaluate(self, iters: int) -> dict:
-        """Mean loss over `iters` batches of each split, drawn from a (seed, step) generator."""
+    def evaluate(self, iters: int, on_batch=None) -> dict:
+        """Mean loss over `iters` batches of each split, drawn from a (seed, step) generator;
+        on_batch() is called after each batch (a progress bar)."""
         self.model.eval()
         out = {}
         with minigrad.no_grad():
             for split in ("train", "val"):
                 rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, self.step])
                 if self.distributed:
-                    losses = self._evaluate_on_ranks(split, rng, iters)
+                    losses = self._evaluate_on_ranks(split, rng, iters, on_batch)
                 else:
-                    losses = [float(self.loss_fn(self.model, self.batches(split, rng)).item()) for _ in range(iters)]
+                    losses = []
+                    for _ in range(iters):
+                        losses.append(float(self.loss_fn(self.model, self.batches(split, rng)).item()))
+                        if on_batch is not None:
+                            on_batch()
                 out[f"{split}_loss"] = float(np.mean(losses))
         self.model.train()
         return out
@@ -182,7 +215,10 @@ class Trainer:
         loss = total / cfg.grad_accum
         with t.phase("optimizer"):
             if self.distributed:            # one allreduce: every rank now holds the global batch's gradient
-                loss, self._agreed_stop = self.grads.reduce_(self.comm, loss, self._stop)
+                loss, stop = self.grads.reduce_(self.comm, loss, (self.stop_signal or signal.SIGINT) if self._stop else 0)
+                if stop:                    # some rank was asked to stop: all stop after this step
+                    self._agreed_stop = True
+                    self.stop_signal = self.stop_signal or stop
                 if cfg.grad_clip > 0:
                     optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if self.parallel is not None:
@@ -208,7 +244,7 @@ class Trainer:
         weight = share * self.comm.size
         return part, (1.0 if abs(weight - 1.0) < 1e-12 else weight)
 
-    def _evaluate_on_ranks(self, split, rng, iters: int):
+    def _evaluate_on_ranks(self, split, rng, iters: int, on_batch=None):
         """The losses of `iters` batches drawn as one process draws them, batch i evaluated by rank
         i mod N; one allreduce of the vector (each entry is one rank's value plus zeros: exact)."""
         losses = np.zeros(iters, np.float64)
@@ -216,6 +252,8 @@ class Trainer:
             batch = self.batches(split, rng)
             if i % self.comm.size == self.comm.rank:
                 losses[i] = float(self.loss_fn(self.model, batch).item())
+            if on_batch is not None:
+                on_batch()
         self.comm.allreduce_sum_(losses)
         return losses
 
@@ -235,9 +273,74 @@ class Trainer:
             rng.bit_generator.state = np.random.default_rng(
                 [self.cfg.seed, DROPOUT_STREAM, self.comm.rank, self.step]).bit_generator.state
 
-    def request_stop(self) -> None:
-        """Stop after the current step, save, return (what Ctrl-C does)."""
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current step, save, return (what Ctrl-C does); signum is reported."""
         self._stop = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    # ---- how a run ends: signals, a dead worker, a failed write
+    def _catch_stop_signals(self):
+        """SIGINT, SIGTERM and SIGHUP (Ctrl-C; a scheduler, container or `kill`; a closed terminal
+        or SSH session) end the run after the current step, saved. A second one of the same kind
+        acts at once: SIGINT raises KeyboardInterrupt, the others take their default action. A
+        signal the caller ignores (nohup, a background job) stays ignored. Returns the function
+        that puts the previous handlers back."""
+        if not _in_main_thread():
+            return lambda: None
+        previous = {}
+
+        def on_signal(signum, frame):
+            self.request_stop(signum)
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        for sig in STOP_SIGNALS:
+            old = signal.getsignal(sig)
+            if old is not signal.SIG_IGN:
+                previous[sig] = old
+                signal.signal(sig, on_signal)
+
+        def restore():
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        return restore
+
+    def _step_saving_on_worker_death(self, lr: float) -> float:
+        """train_step; if a data-parallel worker dies in it, the step is undone (its batch goes
+        back to the stream), the last whole step is saved and a one-line TrainError says so."""
+        rng_state = self.train_rng.bit_generator.state if self.parallel is not None else None
+        try:
+            return self.train_step(lr)
+        except WorkerError as e:
+            self.train_rng.bit_generator.state = rng_state
+            self.opt.zero_grad()
+            if self.comm.rank != 0:         # several ranks: rank 0 holds the checkpoints
+                raise TrainError(f"{e}; rank 0's last checkpoint is kept; continue with {self.resume_hint}") from None
+            path = self._io(self.save, what="checkpoint")
+            raise TrainError(f"{e}; saved step {self.step} to {path}; continue with {self.resume_hint}") from None
+
+    def _io(self, fn, *args, what: str, **kwargs):
+        """fn(*args, **kwargs), with an OSError (a full disk, a failing device) turned into a
+        one-line TrainError saying what could not be written and what was kept. The writers
+        themselves remove their temporary files (models/checkpoint.py, models/progress.py)."""
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            raise TrainError(self._write_failure(e, what)) from None
+
+    def _write_failure(self, e: OSError, what: str) -> str:
+        reason = e.strerror or str(e) or type(e).__name__
+        kept = latest_name(self.out_dir)
+        after = (f"the last good checkpoint, {kept}, is kept; free space (or fix the disk) and continue with "
+                 f"{self.resume_hint}") if kept else "no checkpoint was saved yet; free space and start again"
+        return f"cannot write the {what} in {self.out_dir} (step {self.step}): {reason}; {after}"
+
+    def _say(self, line: str) -> None:
+        """A line on stderr, which may be gone (SIGHUP closed the terminal, a pipe was closed)."""
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     # ---- the run
     def run(self) -> dict:
@@ -249,24 +352,19 @@ class Trainer:
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
-            rewrite_log(log_path, records)  # drop lines a crashed run logged past its last checkpoint
-        progress = Progress(cfg.max_iters, self.step, disable=self.quiet)
-        previous = signal.getsignal(signal.SIGINT)
-        main_thread = _in_main_thread()
-
-        def on_sigint(signum, frame):
-            self._stop = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
-
-        if main_thread:
-            signal.signal(signal.SIGINT, on_sigint)
+            # drop lines a crashed run logged past its last checkpoint
+            self._io(rewrite_log, log_path, records, what="log.jsonl")
+        sigpipe = getattr(signal, "SIGPIPE", 13)
+        progress = Progress(cfg.max_iters, self.step, disable=self.quiet,
+                            on_broken=lambda: self.request_stop(sigpipe))  # stderr closed: stop, saved
+        restore_signals = self._catch_stop_signals()
         try:
-            with open(log_path, "a") as log:
+            with self._io(LogFile, log_path, what="log.jsonl") as log:
                 while self.step < cfg.max_iters and not (self._agreed_stop if self.distributed else self._stop):
                     lr = lr_at(self.step, cfg)
                     self._rank_dropout()
                     t0 = time.perf_counter()
-                    loss = self.train_step(lr)
+                    loss = self._step_saving_on_worker_death(lr)
                     dt = time.perf_counter() - t0
                     self.step += 1
                     final = self.step == cfg.max_iters
@@ -275,38 +373,41 @@ class Trainer:
                     rec = None
                     if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
                         rec = {"step": self.step, "loss": loss, "lr": lr}
-                    if not math.isfinite(loss):   # the same loss on every rank
+                    if not math.isfinite(loss):   # on several ranks: the same loss on every rank
                         raise distributed.agreed(
                             TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data"))
-                    if self.step % cfg.eval_interval == 0 or final:
-                        with self.timer.phase("eval"):
-                            self.last_eval = self.evaluate(cfg.final_eval_iters if final else cfg.eval_iters)
+                    evaluated = self.step % cfg.eval_interval == 0 or final
+                    if evaluated:
+                        iters = cfg.final_eval_iters if final else cfg.eval_iters
+                        bar = progress.task(2 * iters, "final evaluation") if final else contextlib.nullcontext()
+                        with self.timer.phase("eval"), bar as tick:
+                            self.last_eval = self.evaluate(iters, tick)
                         rec.update(self.last_eval)
                         progress.write(f"step {self.step}: train loss {self.last_eval['train_loss']:.4f}, "
                                        f"val loss {self.last_eval['val_loss']:.4f}")
                     if rec is not None:
-                        log.write(json.dumps(rec) + "\n")
-                        log.flush()
+                        self._io(log.append, rec, what="log.jsonl")
                         records.append(rec)
-                    if self.step % cfg.eval_interval == 0 or final:
-                        self.save()
+                    if evaluated:
+                        self._io(self.save, evaluated=True, what="checkpoint")
                     if self.on_step is not None:
                         self.on_step(self)
         finally:
             progress.close()
             if self.parallel is not None:
                 self.parallel.stop_workers()   # worker processes end with the run (restarted on demand)
-            if main_thread:
-                signal.signal(signal.SIGINT, previous)
+            restore_signals()
         interrupted = self.step < cfg.max_iters
-        if interrupted:
-            path = self.save()
-            if path is not None:
-                print(f"interrupted: saved step {self.step} to {path}; continue with --resume", file=sys.stderr)
+        if interrupted and writer:   # saved already if the stop came at an evaluation step
+            path = self._saved[1] if self._saved[0] == self.step else self._io(self.save, what="checkpoint")
+            sig = self.stop_signal or signal.SIGINT
+            by = "" if sig == signal.SIGINT else f" by {signal.Signals(sig).name}"
+            self._say(f"interrupted{by}: saved step {self.step} to {path}; continue with {self.resume_hint}")
         note = plot_log(records, self.out_dir / "loss.png") if records and writer else None
         if note and not self.quiet:
-            print(note, file=sys.stderr)
-        return {"step": self.step, "interrupted": interrupted, **self.last_eval}
+            self._say(note)
+        return {"step": self.step, "interrupted": interrupted,
+                "signal": (self.stop_signal or signal.SIGINT) if interrupted else None, **self.last_eval}
 
 
 def tune_malloc() -> bool:

@@ -25,12 +25,68 @@ from minigrad import strict
 
 try:
     from hypothesis import HealthCheck, settings
-    # reproducible examples (CI must not flake); no per-example deadline on a shared 2-core machine
-    settings.register_profile("minigrad", deadline=None, derandomize=True, print_blob=True,
+    # Randomised, not frozen: every run draws new examples from a fresh seed, which a failed run prints
+    # at its end ("hypothesis seed N"); `pytest --hypothesis-seed=N` replays that run. A failure prints
+    # its draws (and a ready-to-paste regression entry, see tests/test_shapes_hypothesis.py) and, with
+    # print_blob, an @reproduce_failure(...) line. Failing examples also go to the local database
+    # (.hypothesis/, ignored by git) and are replayed first on the next local run; a fresh CI clone
+    # has no database, so a failure found there is kept by adding it to the test file as an explicit
+    # case. No per-example deadline on a shared 2-core machine.
+    settings.register_profile("minigrad", deadline=None, derandomize=False, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    # the old frozen behaviour, for bisecting: pytest --hypothesis-profile=minigrad-frozen
+    settings.register_profile("minigrad-frozen", settings.get_profile("minigrad"), derandomize=True)
     settings.load_profile("minigrad")
 except ImportError:   # hypothesis is a dev dependency; the files that need it importorskip it
     pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Pick this run's hypothesis seed (unless --hypothesis-seed gave one) before hypothesis' own
+    plugin reads the option, so the seed is known and printed (header, and summary of a failed run)."""
+    try:
+        seed = config.getoption("hypothesis_seed")
+    except ValueError:          # hypothesis is not installed: no option
+        return
+    if seed is None and config.getoption("hypothesis_profile", None) != "minigrad-frozen":
+        config.option.hypothesis_seed = str(int.from_bytes(os.urandom(4), "little"))
+
+
+# Hypothesis tests that fail for some draws because of the test's own check, not the code: pinned to
+# the examples the old frozen profile drew (which pass) until the check is fixed as described.
+PINNED: dict = {}   # test node id -> why it keeps hypothesis' frozen draws (none today)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if item.nodeid.split("[")[0] in PINNED and hasattr(fn, "_hypothesis_internal_use_settings"):
+            # what @settings(derandomize=True) would set, applied from here
+            fn._hypothesis_internal_use_settings = settings(fn._hypothesis_internal_use_settings, derandomize=True)
+
+
+def _seed_line(config):
+    try:
+        seed = config.getoption("hypothesis_seed")
+    except ValueError:
+        return None
+    return None if seed is None else f"hypothesis seed {seed} (replay this run's draws: pytest --hypothesis-seed={seed})"
+
+
+def pytest_report_header(config):
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The seed again at the end of a failed run (the header is hidden under -q, which CI uses)."""
+    line = _seed_line(config)
+    if line and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+        terminalreporter.write_line(line)
 
 EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): float(np.finfo(np.float64).eps)}
 
@@ -214,3 +270,63 @@ def pytest_report_header(config):
 def device(request) -> str:
     """The device the suite runs on ("cpu" or "cuda"): where host data without device= lands."""
     return request.config._minigrad_device
+
+
+# ------------------------------------------------------------------ implementation switches
+# Which implementation of an op runs is chosen by environment switches. This is the one place the
+# tests set them: IMPLS names each choice; use_impl() applies one and records what really ran.
+#   reference  the NumPy code everywhere (native loops off, kernels off)
+#   native     the default CPU choice: the C++ loops of kernels/cpu where they take the arrays
+#   emulate    layer_norm and attention through the CUDA kernels on the CPU emulator
+# MINIGRAD_IMPL (minigrad/dispatch.py) picks reference or auto; the two older switches pick among
+# the variants in auto mode.
+IMPLS = {
+    "reference": {"MINIGRAD_IMPL": "reference", "MINIGRAD_CPU_NATIVE": "0", "MINIGRAD_KERNELS": "off"},
+    "native": {"MINIGRAD_IMPL": "auto", "MINIGRAD_CPU_NATIVE": "1", "MINIGRAD_KERNELS": "auto"},
+    "emulate": {"MINIGRAD_IMPL": "auto", "MINIGRAD_CPU_NATIVE": "1", "MINIGRAD_KERNELS": "emulate"},
+}
+
+
+class ImplRecord:
+    """What ran under use_impl(): calls that got the native library, and kernel launcher look-ups."""
+
+    def __init__(self, name):
+        self.name, self.native, self.kernels = name, 0, 0
+
+    def ran(self, variant):
+        return {"native": self.native, "emulate": self.kernels}[variant] > 0
+
+
+def use_impl(monkeypatch, name) -> ImplRecord:
+    """Switch every op to implementation ``name`` (a key of IMPLS) for the rest of the test.
+    Skips, saying why, when that implementation cannot be built here."""
+    import shutil
+    import warnings
+
+    from minigrad import dispatch
+    for k, v in IMPLS[name].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(dispatch, "_impl", IMPLS[name]["MINIGRAD_IMPL"])   # read from the env at import only
+    if name != "reference" and strict.enabled():
+        pytest.skip("the strict backend's arrays are not numpy arrays: no native loop or emulated kernel takes them")
+    if name != "reference":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dispatch.cpu_native() is None:
+                pytest.skip("the native CPU library could not be built here (no usable C++ compiler)")
+    if name == "emulate" and shutil.which("g++") is None:
+        pytest.skip("no g++: the CPU emulator cannot build the kernels")
+    rec = ImplRecord(name)
+    real_native, real_launchers = dispatch.cpu_native, dispatch.launchers
+
+    def cpu_native(*arrays):
+        lib = real_native(*arrays)
+        rec.native += lib is not None
+        return lib
+
+    def launchers():
+        rec.kernels += 1
+        return real_launchers()
+    monkeypatch.setattr(dispatch, "cpu_native", cpu_native)
+    monkeypatch.setattr(dispatch, "launchers", launchers)
+    return rec

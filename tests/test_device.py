@@ -67,14 +67,15 @@ def test_default_device_moves_host_data_and_leaves_device_arrays(strict_cuda):
 # ------------------------------------------------------------------ NumPy 2 promotion of scalars
 
 # (tensor dtype, other operand, result dtype): a Python number (np.float64 is a subclass of float)
-# takes a float tensor's dtype; other NumPy scalars and 0-d arrays are strong, as in NumPy 2 (NEP 50).
-# The same on every device: on "cuda" the scalar is uploaded as a 0-d array of the dtype given here.
+# takes a float tensor's dtype; with an integer tensor a float scalar gives float32 (PyTorch's rule,
+# README "Conventions"); 0-d arrays are strong, as in NumPy 2 (NEP 50). Integer true division gives
+# float32. The same on every device: on "cuda" the scalar is uploaded as a 0-d array.
 PROMOTION = [
     (np.float32, 2.0, np.float32), (np.float32, 2, np.float32), (np.float64, 0.5, np.float64),
     (np.float32, np.float64(2.0), np.float32), (np.float32, np.float32(2.0), np.float32),
     (np.float64, np.float32(2.0), np.float64), (np.float32, np.asarray(2.0), np.float64),
-    (np.float32, np.asarray(2.0, np.float32), np.float32), (np.int64, 2.5, np.float64),
-    (np.int64, 3, np.int64), (np.int64, np.float32(1.5), np.float64),
+    (np.float32, np.asarray(2.0, np.float32), np.float32), (np.int64, 2.5, np.float32),
+    (np.int64, 3, np.int64), (np.int64, np.float32(1.5), np.float32), (np.int64, np.asarray(2.0), np.float64),
 ]
 
 
@@ -83,7 +84,7 @@ PROMOTION = [
 def test_scalar_operands_promote_the_same_on_the_test_device(device, dtype, other, want):
     t = mg.Tensor(np.arange(1, 4).astype(dtype))
     host = np.arange(1, 4).astype(dtype)
-    quotient = np.dtype(want) if np.dtype(want).kind == "f" else np.dtype(np.float64)
+    quotient = np.dtype(want) if np.dtype(want).kind == "f" else np.dtype(np.float32)
     for name, got, ref, dt in (("mul", t * other, host * other, want), ("radd", other + t, other + host, want),
                                ("div", t / other, host / other, quotient)):
         assert got.device == device

@@ -1,5 +1,6 @@
 """gradcheck / gradgradcheck themselves: they pass correct ops and catch wrong ones with a useful message."""
 import argparse
+import math
 import re
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import minigrad as mg
 from minigrad import GradcheckError, Tensor, sweep
 from minigrad.autograd import Function
-from minigrad.gradient_check import GradcheckWarning
+from minigrad.backend import get_array_module
+from minigrad.gradient_check import GradcheckWarning, float64_tolerances
 from minigrad.opinfo import OpInfo
 
 
@@ -163,3 +165,39 @@ def test_sweep_exits_nonzero_on_a_wrong_op(monkeypatch, capsys):
 def test_sweep_rejects_unknown_op_names(capsys):
     assert sweep.main(_args(op=["nope"])) == 2
     assert "unknown op(s) nope" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ float64 tolerances vs PyTorch's defaults
+
+class GeluTanhFifthDigit(Function):
+    """The tanh GELU with its backward's cubic constant off in the fifth digit (0.044716 for 0.044715)."""
+
+    def forward(self, x):
+        self.c = math.sqrt(2 / math.pi)
+        self.t = get_array_module(x).tanh(self.c * (x + 0.044715 * x ** 3))
+        return 0.5 * x * (1 + self.t)
+
+    def backward(self, g):
+        x, t = self.inputs[0], Tensor._make(self.t)
+        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * self.c * (1.0 + 3 * 0.044716 * x * x)),)
+
+
+def test_a_derivative_constant_off_in_its_fifth_digit_fails_at_float64_tolerance():
+    x = x64(np.linspace(-2.5, 2.5, 11))
+    # PyTorch's defaults (atol 1e-5, rtol 1e-3) let it through: the error is at most about 2e-6
+    assert mg.gradcheck(GeluTanhFifthDigit.apply, [x])
+    tight = float64_tolerances(GeluTanhFifthDigit.apply, [x])
+    with pytest.raises(GradcheckError, match="Jacobian mismatch") as e:
+        mg.gradcheck(GeluTanhFifthDigit.apply, [x], **tight)
+    assert f"atol={tight['atol']}" in str(e.value) and "rtol=0.0" in str(e.value)
+    # the same check passes the true derivative
+    assert mg.gradcheck(lambda t: mg.nn.functional.gelu(t, approximate="tanh"), [x], **tight)
+
+
+def test_float64_tolerances_are_below_the_defaults_and_scale_with_the_output():
+    x = x64([0.5, -1.5])
+    small = float64_tolerances(lambda t: t * 1.0, [x])
+    big = float64_tolerances(lambda t: t * 1000.0, [x])
+    assert small["atol"] < 1e-8          # PyTorch's default atol is 1e-5
+    # the rounding term grows with the output's magnitude M0 (here 1500 against 1)
+    assert big["atol"] > 100 * small["atol"]

@@ -108,7 +108,7 @@ def test_kernels_modules_import_no_circle():
     graph = _kernels_import_graph(Path(minigrad.kernels.__file__).parent)
     assert _circles(graph) == set(), _circles(graph)
     # the runtime knows no family; family modules never import the table
-    assert graph["minigrad.kernels.runtime"] <= {"minigrad.kernels.emulate.build"}
+    assert all(m.startswith("minigrad.kernels.emulate") for m in graph["minigrad.kernels.runtime"])
     for family in ("layernorm", "attention"):
         assert "minigrad.kernels.registry" not in graph[f"minigrad.kernels.{family}"]
     assert {"minigrad.kernels.layernorm", "minigrad.kernels.attention"} <= graph["minigrad.kernels.registry"]

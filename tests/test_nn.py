@@ -331,3 +331,199 @@ def test_mha_rejects_bad_sizes():
     m = nn.MultiheadAttention(8, 2)
     with pytest.raises(ValueError, match="embedding size 8"):
         m(Tensor(np.ones((1, 2, 6), np.float32)))
+
+
+# ------------------------------------------------------------------ convolution, pooling, normalisation layers
+
+def test_conv_layers_have_pytorch_shapes_and_init_bounds():
+    rng = np.random.default_rng(0)
+    c = nn.Conv2d(4, 6, (3, 2), groups=2, rng=rng)
+    assert c.weight.shape == (6, 2, 3, 2) and c.bias.shape == (6,)
+    bound = 1 / math.sqrt(2 * 3 * 2)                         # fan_in = in_channels / groups · kh · kw
+    assert np.abs(c.weight.numpy()).max() <= bound and np.abs(c.bias.numpy()).max() <= bound
+    assert np.abs(c.weight.numpy()).max() > 0.8 * bound      # uniform over the whole range
+    assert nn.Conv1d(3, 5, 4, bias=False).bias is None and nn.Conv1d(3, 5, 4).weight.shape == (5, 3, 4)
+    t = nn.ConvTranspose2d(4, 6, 3, groups=2, rng=rng)
+    assert t.weight.shape == (4, 3, 3, 3)
+    assert np.abs(t.weight.numpy()).max() <= 1 / math.sqrt(3 * 9)
+    assert "kernel_size=(3, 2)" in repr(c) and "groups=2" in repr(c)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 6, 3, groups=2)
+    with pytest.raises(ValueError, match="padding_mode"):
+        nn.Conv2d(3, 6, 3, padding_mode="mirror")
+
+
+def test_conv_layers_compute_their_functional_forms():
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal((2, 4, 7, 6)))
+    c = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2, dtype=np.float64, rng=rng)
+    assert_close(c(x), F.conv2d(x, c.weight, c.bias, 2, 1, 1, 2).numpy())
+    r = nn.Conv2d(4, 2, (3, 2), padding="same", padding_mode="reflect", dtype=np.float64, rng=rng)
+    want = F.conv2d(F.pad(x, (0, 1, 1, 1), mode="reflect"), r.weight, r.bias)   # 'same': kw=2 pads (0, 1)
+    assert r(x).shape == x.shape[:1] + (2,) + x.shape[2:]
+    assert_close(r(x), want.numpy())
+    t = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, dtype=np.float64, rng=rng)
+    assert t(x).shape == (2, 2, 14, 12)
+    assert_close(t(x), F.conv_transpose2d(x, t.weight, t.bias, 2, 1, 1).numpy())
+    c1 = nn.Conv1d(4, 3, 2, padding=1, padding_mode="circular", dtype=np.float64, rng=rng)
+    x1 = x[:, :, 0]
+    assert_close(c1(x1), F.conv1d(F.pad(x1, (1, 1), mode="circular"), c1.weight, c1.bias).numpy())
+
+
+def test_pooling_layers_and_upsample_call_their_functional_forms():
+    x = Tensor(np.random.default_rng(2).standard_normal((2, 3, 7, 8)))
+    pairs = [(nn.MaxPool2d(3, 2, 1), F.max_pool2d(x, 3, 2, 1)), (nn.AvgPool2d(2), F.avg_pool2d(x, 2)),
+             (nn.AdaptiveAvgPool2d((2, 3)), F.adaptive_avg_pool2d(x, (2, 3))),
+             (nn.Upsample(scale_factor=2, mode="bilinear"), F.interpolate(x, scale_factor=2, mode="bilinear"))]
+    for m, want in pairs:
+        assert_close(m(x), want.numpy())
+    x1 = x[:, :, 0]
+    for m, want in [(nn.MaxPool1d(2), F.max_pool1d(x1, 2)), (nn.AvgPool1d(3, 1, 1), F.avg_pool1d(x1, 3, 1, 1)),
+                    (nn.AdaptiveAvgPool1d(1), x1.mean(axis=2, keepdims=True))]:
+        assert_close(m(x1), want.numpy())
+
+
+def _bn_numpy(x, steps_stats, momentum=0.1):
+    """Running mean and (unbiased) variance after the batches in steps_stats, by PyTorch's rule."""
+    rm, rv = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    for b in steps_stats:
+        axes = (0,) + tuple(range(2, b.ndim))
+        n = b.size // b.shape[1]
+        m = momentum if momentum is not None else None
+        rm = (1 - m) * rm + m * b.mean(axes)
+        rv = (1 - m) * rv + m * b.var(axes) * n / (n - 1)
+    return rm, rv
+
+
+def test_batchnorm_trains_on_batch_statistics_and_updates_running_ones_then_evaluates_with_them():
+    rng = np.random.default_rng(3)
+    bn = nn.BatchNorm2d(3, dtype=np.float64)
+    batches = [rng.standard_normal((4, 3, 2, 5)) * 2 + 1 for _ in range(3)]
+    for b in batches:
+        y = bn(Tensor(b))
+        mu, var = b.mean((0, 2, 3), keepdims=True), b.var((0, 2, 3), keepdims=True)
+        assert_close(y, (b - mu) / np.sqrt(var + 1e-5))
+    rm, rv = _bn_numpy(batches[0], batches)
+    assert_close(bn.running_mean, rm)
+    assert_close(bn.running_var, rv)
+    assert bn.num_batches_tracked.item() == 3
+    bn.eval()
+    x = rng.standard_normal((2, 3, 2, 2))
+    assert_close(bn(Tensor(x)), (x - rm.reshape(1, 3, 1, 1)) / np.sqrt(rv.reshape(1, 3, 1, 1) + 1e-5))
+    assert bn.num_batches_tracked.item() == 3                 # eval updates nothing
+    assert set(bn.state_dict()) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+
+def test_batchnorm_gradients_reach_weight_and_bias_but_not_the_running_statistics():
+    rng = np.random.default_rng(4)
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    x = Tensor(rng.standard_normal((5, 3)), requires_grad=True)
+    (bn(x) * Tensor(rng.standard_normal((5, 3)))).sum().backward()
+    assert bn.weight.grad is not None and bn.bias.grad is not None and x.grad is not None
+    assert not bn.running_mean.requires_grad and bn.running_mean.grad is None
+    fresh = nn.BatchNorm1d(3, dtype=np.float64)
+
+    def fn(x, w, b):     # gradcheck perturbs the module's own parameters in place
+        return F.batch_norm(x, None, None, w, b, training=True)
+    assert mg.gradcheck(fn, [x, fresh.weight, fresh.bias])
+
+
+def test_batchnorm_momentum_none_is_a_cumulative_average_and_untracked_stats_use_the_batch():
+    rng = np.random.default_rng(5)
+    bn = nn.BatchNorm1d(2, momentum=None, dtype=np.float64)
+    batches = [rng.standard_normal((6, 2, 3)) + i for i in range(4)]
+    for b in batches:
+        bn(Tensor(b))
+    assert_close(bn.running_mean, np.mean([b.mean((0, 2)) for b in batches], axis=0))
+    free = nn.BatchNorm1d(2, track_running_stats=False, affine=False, dtype=np.float64).eval()
+    b = batches[0]
+    assert free.running_mean is None and free.weight is None
+    assert_close(free(Tensor(b)), (b - b.mean((0, 2), keepdims=True)) / np.sqrt(b.var((0, 2), keepdims=True) + 1e-5))
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        bn(Tensor(np.ones((2, 2, 2, 2))))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        nn.BatchNorm1d(2)(Tensor(np.ones((1, 2), np.float32)))
+
+
+def test_batchnorm_state_dict_round_trips_the_running_statistics():
+    rng = np.random.default_rng(6)
+    a, b = nn.BatchNorm2d(2, dtype=np.float64), nn.BatchNorm2d(2, dtype=np.float64)
+    a(Tensor(rng.standard_normal((3, 2, 2, 2))))
+    b.load_state_dict(a.state_dict())
+    x = Tensor(rng.standard_normal((1, 2, 2, 2)))
+    assert_close(b.eval()(x), a.eval()(x).numpy())
+    assert b.num_batches_tracked.item() == 1
+
+
+def test_group_norm_and_rms_norm_layers():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 6, 4))
+    gn = nn.GroupNorm(3, 6, dtype=np.float64)
+    g = x.reshape(2, 3, 8)
+    assert_close(gn(Tensor(x)), ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5))
+                 .reshape(x.shape))
+    assert gn.weight.shape == (6,) and gn.bias.shape == (6,)
+    rms = nn.RMSNorm((6, 4), dtype=np.float64)
+    eps = np.finfo(np.float64).eps
+    assert_close(rms(Tensor(x)), x / np.sqrt((x * x).mean((1, 2), keepdims=True) + eps))
+    assert nn.RMSNorm(4, elementwise_affine=False).weight is None
+    with pytest.raises(ValueError, match="cannot be split into 4 groups"):
+        nn.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match="does not end with normalized_shape"):
+        rms(Tensor(np.ones((2, 4, 6))))
+
+
+def test_flatten_identity_and_activation_layers():
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((2, 3, 4, 5))
+    x = Tensor(a)
+    assert nn.Flatten()(x).shape == (2, 60) and nn.Flatten(0, 1)(x).shape == (6, 4, 5)
+    assert nn.Flatten(1, 2)(x).shape == (2, 12, 5) and nn.Flatten()(Tensor(np.ones((0, 3, 2)))).shape == (0, 6)
+    ident = nn.Identity(54, unused=True)
+    assert ident(x) is x and ident.parameters() == []
+    assert_close(nn.Sigmoid()(x), 1 / (1 + np.exp(-a)))
+    e = np.exp(a - a.max(1, keepdims=True))
+    assert_close(nn.Softmax(dim=1)(x), e / e.sum(1, keepdims=True))
+    assert_close(nn.LogSoftmax(dim=1)(x), np.log(e / e.sum(1, keepdims=True)))
+    assert_close(nn.ReLU()(x), np.maximum(a, 0))
+    assert_close(nn.Tanh()(x), np.tanh(a))
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        nn.Flatten(2, 1)(x)
+
+
+def test_a_cnn_step_runs_on_the_strict_backend(strict_backend):
+    rng = np.random.default_rng(9)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.ConvTranspose2d(4, 2, 2, stride=2, rng=rng), nn.GroupNorm(1, 2), nn.AvgPool2d(2),
+                        nn.Upsample(scale_factor=2, mode="bilinear"), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(2, 3, rng=rng))
+    assert all(type(p.data).__name__ == "StrictArray" for p in net.parameters())
+    loss = F.cross_entropy(net(Tensor(rng.standard_normal((2, 2, 6, 6)).astype(np.float32))), np.array([0, 2]))
+    loss.backward()
+    assert all(type(p.grad.data).__name__ == "StrictArray" for p in net.parameters())
+    assert type(net[1].running_mean.data).__name__ == "StrictArray"
+
+
+@pytest.mark.parametrize("name, kwargs, fn", [
+    ("SiLU", {}, lambda x: x / (1 + np.exp(-x))),
+    ("Mish", {}, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    ("SELU", {}, lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x))),
+    ("ReLU6", {}, lambda x: np.clip(x, 0, 6)),
+    ("Hardsigmoid", {}, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    ("Hardswish", {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    ("LogSigmoid", {}, lambda x: -np.log1p(np.exp(-x))),
+    ("Softsign", {}, lambda x: x / (1 + np.abs(x))),
+    ("Softplus", {"beta": 2.0}, lambda x: np.log1p(np.exp(2 * x)) / 2),
+    ("LeakyReLU", {"negative_slope": 0.2}, lambda x: np.where(x > 0, x, 0.2 * x)),
+    ("ELU", {"alpha": 0.5}, lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+    ("CELU", {"alpha": 2.0}, lambda x: np.where(x > 0, x, 2.0 * np.expm1(x / 2.0))),
+    ("Hardtanh", {"min_val": -0.5, "max_val": 2.0}, lambda x: np.clip(x, -0.5, 2.0)),
+    ("GLU", {"dim": -1}, lambda x: x[..., :3] / (1 + np.exp(-x[..., 3:]))),
+])
+def test_activation_modules_match_their_formulas(name, kwargs, fn):
+    x = np.random.default_rng(3).uniform(-4, 4, (5, 6)) + 0.05      # away from the kinks at 0
+    m = getattr(nn, name)(**kwargs)
+    y = m(Tensor(x, requires_grad=True))
+    np.testing.assert_allclose(y.numpy(), fn(x), rtol=1e-12, atol=1e-12)
+    assert all(f"{k}=" in repr(m) for k in kwargs if k != "dim")
+    assert list(m.parameters()) == []

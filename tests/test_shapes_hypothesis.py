@@ -5,6 +5,11 @@ Each drawn case checks: the forward against the op's NumPy reference (or the sam
 when NumPy refuses the shape), and the gradients against central differences (gradcheck; its
 fast directional mode for the larger cases). Every case checks that each gradient has its input's
 shape (so empty for empty inputs); an empty output must give all-zero gradients.
+
+The draws are random on every run (tests/conftest.py prints the run's seed on failure; rerun with
+pytest --hypothesis-seed=N). A failing drawn case prints a line "regression entry: (...)"; add it
+to REGRESSIONS below and it is checked on every later run, in CI too (a fresh clone has no
+hypothesis database, so the database alone would forget it).
 """
 import warnings
 
@@ -13,13 +18,13 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="the shape tests need the 'hypothesis' dev dependency")
 from conftest import assert_close
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minigrad as mg
 from minigrad import Tensor
-from minigrad.opinfo import OPS
+from minigrad.opinfo import BY_NAME, OPS
 
 KINDS = ("elementwise", "binary", "reduce", "shape", "linalg", "nn")
 SIDE = dict(min_side=0, max_side=4)
@@ -141,7 +146,25 @@ def check_case(op, shapes, seed):
 def test_drawn_shapes_forward_and_gradients(op, data):
     shapes = data.draw(shapes_for(op), label="shapes")
     seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    note(f"regression entry: ({op.name!r}, {tuple(shapes)!r}, {seed}),")
     check_case(op, shapes, seed)
+
+
+# (op name, input shapes, seed): drawn cases kept as explicit checks. Failures found by the draws
+# go here (see the module docstring); the first entries are edge cases worth checking every run.
+REGRESSIONS = [
+    ("matmul_batched_broadcast", ((0, 1, 3, 4), (3, 4, 2)), 0),     # an empty batch
+    ("matmul_1d_3d", ((0,), (2, 0, 3)), 0),                         # an empty contraction: zeros
+    ("add", ((), (2, 0)), 0),                                       # a 0-d input against an empty one
+    ("max_axis", ((3, 1),), 5),                                     # a reduction over a size-1 axis
+    ("broadcast_to", ((1,),), 1),
+    ("getitem_slice", ((1, 0, 2),), 0),
+]
+
+
+@pytest.mark.parametrize("name,shapes,seed", REGRESSIONS, ids=[f"{n}-{s}" for n, s, _ in REGRESSIONS])
+def test_regression_cases(name, shapes, seed):
+    check_case(BY_NAME[name], shapes, seed)
 
 
 # ------------------------------------------------------------------ reductions with drawn axes

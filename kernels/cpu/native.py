@@ -8,8 +8,10 @@ attention_cpu.cpp (arithmetic-bound loops and small GEMMs, built with fused mult
     y, slope = lib.gelu(x)
 
 The library is cached by the SHA-256 of (sources, compiler flags, compiler version, CPU model and
-flags) in $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/cpu, written atomically. The compiler is $CXX
-(default g++). Every method takes NumPy arrays that the caller has checked are C-contiguous and
+flags) in $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/cpu, written atomically, and loaded only from a
+private folder and only if it hashes to the value recorded at its build (kernels/cache.py: a
+planted or altered library is refused or rebuilt, never loaded). The compiler is $CXX
+(default g++); compiling prints one line on stderr. Every method takes NumPy arrays that the caller has checked are C-contiguous and
 of one dtype, float32 or float64 (see ``eligible``); outputs are fresh arrays or in-place updates.
 """
 from __future__ import annotations
@@ -20,12 +22,15 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from minigrad.kernels import cache
 
 SOURCE = Path(__file__).with_name("fast_cpu.cpp")
 FMA_SOURCES = (Path(__file__).with_name("gelu.cpp"), Path(__file__).with_name("attention_cpu.cpp"))
@@ -47,8 +52,7 @@ class NativeBuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    d = os.environ.get("MINIGRAD_CACHE_DIR")
-    return (Path(d) if d else Path.home() / ".cache" / "minigrad") / "cpu"
+    return cache.root() / "cpu"
 
 
 def _cpu_id() -> str:
@@ -73,29 +77,38 @@ def _compiler_id(cxx: str) -> str:
     return out.splitlines()[0] if out else cxx
 
 
-def build() -> Path:
-    """Compile the sources (or reuse the cached library); returns the .so path."""
-    cxx = os.environ.get("CXX", "g++")
-    sources = (SOURCE, *FMA_SOURCES)
-    texts = [p.read_text() for p in (*sources, *HEADERS)]
+def library_path(cxx: str | None = None) -> Path:
+    """Where the library for these sources, flags, compiler and CPU is (or will be) cached."""
+    cxx = cxx or os.environ.get("CXX", "g++")
+    texts = [p.read_text() for p in (SOURCE, *FMA_SOURCES, *HEADERS)]
     flags = " ".join(CXXFLAGS) + repr(sorted(SOURCE_FLAGS.items()))
     key = hashlib.sha256("\0".join([*texts, flags, _compiler_id(cxx), _cpu_id()]).encode())
-    out_dir = cache_dir()
-    so = out_dir / f"fast_cpu-{key.hexdigest()[:20]}.so"
-    if so.exists():
+    return cache_dir() / f"fast_cpu-{key.hexdigest()[:20]}.so"
+
+
+def build() -> Path:
+    """Compile the sources, or reuse the cached library if it passes its hash check; returns the
+    .so path. CacheSecurityError if the cache folder or a file in it is not this user's alone."""
+    cxx = os.environ.get("CXX", "g++")
+    so = library_path(cxx)
+    out_dir = cache.private_dir(so.parent)
+    if cache.verified(so):
         return so
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
-        objects = []
-        for src in sources:
-            obj = Path(tmp) / (src.stem + ".o")
-            cmd = [cxx, *CXXFLAGS, *SOURCE_FLAGS.get(src.name, []), f"-I{HEADERS[0].parent}", "-c", str(src),
-                   "-o", str(obj)]
-            _run(cxx, src.name, cmd)
-            objects.append(str(obj))
-        tmp_so = Path(tmp) / "lib.so"
-        _run(cxx, "the link", [cxx, "-shared", *objects, "-o", str(tmp_so)])
-        os.replace(tmp_so, so)
+    with cache.build_lock(out_dir):
+        if cache.verified(so):      # another process built it while this one waited
+            return so
+        print(f"minigrad: compiling the native CPU code (once; cached in {out_dir})...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+            objects = []
+            for src in (SOURCE, *FMA_SOURCES):
+                obj = Path(tmp) / (src.stem + ".o")
+                cmd = [cxx, *CXXFLAGS, *SOURCE_FLAGS.get(src.name, []), f"-I{HEADERS[0].parent}", "-c", str(src),
+                       "-o", str(obj)]
+                _run(cxx, src.name, cmd)
+                objects.append(str(obj))
+            tmp_so = Path(tmp) / "lib.so"
+            _run(cxx, "the link", [cxx, "-shared", *objects, "-o", str(tmp_so)])
+            cache.install(tmp_so, so, {"abi": ABI_VERSION})
     return so
 
 
@@ -112,8 +125,8 @@ def load():
         return _lib
     with _lock:
         if not _loaded:
-            try:
-                _lib = NativeCPU(ctypes.CDLL(str(build())))
+            try:        # a CacheSecurityError is not caught: it is reported, never worked around
+                _lib = NativeCPU(cache.load_library(build()))
             except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
                 warnings.warn(f"minigrad: the native CPU path is off, NumPy is used instead: {e}",
                               RuntimeWarning, stacklevel=2)

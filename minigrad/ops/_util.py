@@ -32,3 +32,17 @@ def saved(array, recompute):
 def needs(fn, i):
     """Whether input i of this op wants a gradient."""
     return fn.inputs[i].requires_grad
+
+
+def float_input(a):
+    """An integer or bool array as float32 (minigrad's default float, as in PyTorch) for ops whose
+    result is a float (sin, exp, true division ...); a float array as it is."""
+    return a if a.dtype.kind in "fc" or a.dtype.name == "bfloat16" else a.astype("float32")
+
+
+def zeros_grad(fn, i=0):
+    """A zero gradient (a fresh constant Tensor) shaped and typed like input i of ``fn``: the
+    gradient of piecewise-constant ops (rounding, floor division), as in PyTorch."""
+    from ..tensor import Tensor
+    t = fn.inputs[i]
+    return Tensor._make(xp_of(t.data).zeros(t.shape, dtype=t.dtype))

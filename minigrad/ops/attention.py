@@ -1,6 +1,17 @@
-"""Scaled dot-product attention: softmax(q kᵀ · scale, masked) v, with its native CPU and CUDA
+"""Scaled dot-product attention: softmax(q kᵀ · scale + bias, masked) v, with its native CPU and CUDA
 kernel variants, and the Tensor-op pieces (probabilities, vector-Jacobian product) that the
-create_graph backwards of this op and of the fused QKVAttention share."""
+create_graph backwards of this op and of the fused QKVAttention share.
+
+Which implementation takes what (minigrad.dispatch picks the first variant whose ``takes`` accepts):
+  Attention (the reference)  everything: bool mask, float additive bias (differentiable), causal,
+                             broadcasting batch dims (grouped-query attention is q viewed as
+                             (B, Hkv, G, Tq, d) against k, v (B, Hkv, 1, Tk, d)), any head size.
+  AttentionKernel (CUDA)     q, k, v (B, H, T, d) with equal B and H, 16 <= d <= 128, causal and/or
+                             a bool key-padding mask (B, Tk); no float bias, no GQA, no other mask.
+  AttentionNative (CPU)      NumPy float32/float64, causal and/or a key-padding mask (B, Tk) for
+                             4-D q; batch dims may broadcast (so GQA without a mask runs here);
+                             no float bias, no other bool mask.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -19,21 +30,25 @@ def _T(a):
     return Tensor._make(a)
 
 
-def attention_reference(q, k, v, mask, scale):
-    """softmax(q kᵀ scale, masked) v on arrays. mask: bool (…, Tq, Tk), True = may attend, or None.
-    A query row with no attendable key gets a zero output row. Returns (o, p), p (…, Tq, Tk)."""
+def attention_reference(q, k, v, mask, scale, bias=None):
+    """softmax(q kᵀ scale + bias, masked) v on arrays. mask: bool (…, Tq, Tk), True = may attend, or None;
+    bias: float broadcastable to (…, Tq, Tk) (-inf entries act as masked), or None. A query row with
+    no attendable key gets a zero output row. Returns (o, p), p (…, Tq, Tk)."""
     xp = xp_of(q)
     s = q @ k.swapaxes(-1, -2)                                # (…, Tq, Tk), scaled and softmaxed in place
     s *= scale
+    if bias is not None:
+        s += bias
     if mask is not None:
         s += xp.where(mask, 0.0, -xp.inf).astype(s.dtype)      # an additive bias: one broadcast pass
+    masked = mask is not None or bias is not None
     m = s.max(axis=-1, keepdims=True)
-    if mask is not None:
+    if masked:
         m = xp.where(xp.isfinite(m), m, 0).astype(s.dtype, copy=False)
     s -= m
     xp.exp(s, out=s)
     den = s.sum(axis=-1, keepdims=True)
-    if mask is not None:
+    if masked:
         den[den == 0] = 1
     s /= den
     return s @ v, s
@@ -44,9 +59,18 @@ def causal_mask(xp, tq, tk):
     return xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + (tk - tq)
 
 
-def attention_probs(q, k, mask, scale):
-    """The attention probabilities as a differentiable Tensor expression (for create_graph)."""
+def attention_probs(q, k, mask, scale, bias=None):
+    """The attention probabilities as a differentiable Tensor expression (for create_graph).
+    bias: a Tensor added to the scores; its -inf entries join the mask (and get zero gradient)."""
     s = (q @ k.swapaxes(-1, -2)) * scale
+    if bias is not None:
+        xp = xp_of(bias.data)
+        finite = bias.data != -xp.inf
+        if bool(finite.all()):
+            s = s + bias
+        else:
+            s = s + Where.apply(bias, _T(xp.zeros((), dtype=bias.dtype)), cond=finite)
+            mask = finite if mask is None else (mask & finite)
     if mask is None:
         return Softmax.apply(s, axis=-1)
     xp = xp_of(q.data)
@@ -61,24 +85,33 @@ def attention_probs(q, k, mask, scale):
 def attention_vjp(q, k, v, g, mask, scale):
     """(dq, dk, dv) of attention at g (…, Tq, dv), in Tensor ops with p recomputed from q and k,
     so the gradient is itself differentiable (create_graph). Shapes before unbroadcasting."""
-    p = attention_probs(q, k, mask, scale)
+    return attention_vjp_ds(q, k, v, g, mask, scale)[:3]
+
+
+def attention_vjp_ds(q, k, v, g, mask, scale, bias=None):
+    """(dq, dk, dv, ds) as attention_vjp, with a bias; ds = p ∘ (dp − rowsum(dp ∘ p)) (…, Tq, Tk) is
+    the gradient of the scores after scaling, so also of the bias (before unbroadcasting)."""
+    p = attention_probs(q, k, mask, scale, bias)
     dv = p.swapaxes(-1, -2) @ g
     dp = g @ v.swapaxes(-1, -2)
     ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-    return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv
+    return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv, ds
 
 
 class Attention(Function):
-    """scaled_dot_product_attention(q, k, v): q (…, Tq, d), k and v (…, Tk, d) -> (…, Tq, d).
+    """scaled_dot_product_attention(q, k, v[, bias]): q (…, Tq, d), k and v (…, Tk, d) -> (…, Tq, d);
+    the batch dims broadcast (grouped-query attention: q (B, Hkv, G, Tq, d), k, v (B, Hkv, 1, Tk, d)).
 
+    ``bias``: an optional fourth input, float, broadcastable to (…, Tq, Tk), added to the scaled
+    scores (PyTorch's float attn_mask); it gets a gradient like q, k and v.
     ``mask``: None or bool broadcastable to (…, Tq, Tk), True = may attend (is_causal folded in below).
     ``key_mask``: the same information as (B, Tk) when the mask is a pure key-padding mask and
     q is (B, H, Tq, d), so the variants can take it. The reference keeps p (…, Tq, Tk).
     """
 
-    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+    def forward(self, q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
         self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
-        o, self.p = attention_reference(q, k, v, self._full_mask(xp_of(q), q, k), scale)
+        o, self.p = attention_reference(q, k, v, self._full_mask(xp_of(q), q, k), scale, bias)
         return o
 
     def _full_mask(self, xp, q, k):
@@ -89,17 +122,29 @@ class Attention(Function):
         return m
 
     def backward(self, g):
-        q, k, v = self.inputs
-        dq, dk, dv = attention_vjp(q, k, v, g, self._full_mask(xp_of(q.data), q.data, k.data), self.scale)
-        return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+        q, k, v = self.inputs[:3]
+        bias = self.inputs[3] if len(self.inputs) > 3 else None
+        dq, dk, dv, ds = attention_vjp_ds(q, k, v, g, self._full_mask(xp_of(q.data), q.data, k.data), self.scale,
+                                          bias)
+        grads = (unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape))
+        return grads if bias is None else grads + (unbroadcast(ds, bias.shape) if bias.requires_grad else None,)
 
     def backward_arrays(self, g):
-        q, k, v = (t.data for t in self.inputs)
+        q, k, v = (t.data for t in self.inputs[:3])
+        self.dbias = None
         grads = attention_grads(q, k, v, self.p, g, self._ds_)
-        return tuple(sum_to_array(d, t.shape) for d, t in zip(grads, self.inputs))
+        out = tuple(sum_to_array(d, t.shape) for d, t in zip(grads, self.inputs))
+        if len(self.inputs) > 3:
+            out += (None if self.dbias is None else sum_to_array(self.dbias, self.inputs[3].shape),)
+        return out
 
     def _ds_(self, ds, p):
-        softmax_ds_(ds, p, self.scale)
+        if len(self.inputs) > 3 and self.inputs[3].requires_grad:    # keep ds before scaling: the bias's
+            softmax_ds_(ds, p, 1.0)
+            self.dbias = ds.copy()
+            ds *= self.scale
+        else:
+            softmax_ds_(ds, p, self.scale)
 
 
 def attention_grads(q, k, v, p, g, ds_):
@@ -125,13 +170,13 @@ class AttentionKernel(Attention):
     and/or a (B, Tk) key mask; no (Tq, Tk) array is stored, only o and the row log-sum-exps."""
 
     @staticmethod
-    def takes(q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
-        return (q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
+    def takes(q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
+        return (bias is None and q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
                 and q.shape[:2] == k.shape[:2] == v.shape[:2] and q.dtype == k.dtype == v.dtype
                 and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None)
                 and dispatch.use_kernels(device_of(q)))
 
-    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+    def forward(self, q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
         xp = xp_of(q)
         self.scale, self.is_causal, self.key_mask = scale, is_causal, key_mask
         self.o, self.lse = dispatch.launchers().attention_forward(
@@ -154,13 +199,15 @@ class AttentionNative(Attention):
     backward's ds in one more (kernels/cpu/fast_cpu.cpp); the GEMMs stay NumPy's."""
 
     @staticmethod
-    def takes(q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+    def takes(q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
+        if bias is not None:
+            return False
         if mask is not None and (key_mask is None or q.ndim != 4 or k.ndim > 4
                                  or key_mask.shape != (q.shape[0], k.shape[-2])):
             return False
         return type(q) is np.ndarray and dispatch.native_dtype(q.dtype, k.dtype)
 
-    def forward(self, q, k, v, mask=None, scale=None, is_causal=False, key_mask=None):
+    def forward(self, q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
         self.scale, self.mask, self.is_causal, self.key_mask = scale, mask, is_causal, key_mask
         s = q @ k.swapaxes(-1, -2)                            # (…, Tq, Tk), softmaxed in place
         self.p = dispatch.cpu_native(s).softmax_(s, scale, causal=is_causal, key_mask=key_mask)

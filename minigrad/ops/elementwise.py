@@ -1,13 +1,32 @@
-"""Elementwise ops. Binary ops broadcast like NumPy; backward sums grads back to each input's shape."""
+"""Elementwise ops. Binary ops broadcast like NumPy; backward sums grads back to each input's shape.
+
+Dtypes (PyTorch's rule where NumPy would widen to float64): an integer or bool operand meeting a
+float one takes the float's dtype (``promote``); true division of integers and float functions
+of integers (exp, log, sqrt, tanh, sigmoid) give float32."""
 from __future__ import annotations
 
 from ..autograd import Function
-from ..backend import to_device
-from ._util import needs, saved, unbroadcast, xp_of
+from ..backend import is_float, to_device
+from ._util import float_input, needs, saved, unbroadcast, xp_of
+
+
+def promote(a, b):
+    """An integer or bool array meeting a float array takes the float's dtype (PyTorch's category
+    rule: int64 + float32 is float32 here, where NumPy gives float64); otherwise NumPy's rules."""
+    if a.dtype is b.dtype:
+        return a, b
+    fa, fb = is_float(a.dtype), is_float(b.dtype)
+    if fa and not fb:
+        return a, b.astype(a.dtype)
+    if fb and not fa:
+        return a.astype(b.dtype), b
+    return a, b
 
 
 class Add(Function):
     def forward(self, a, b):
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a + b
 
     def backward(self, g):
@@ -18,6 +37,8 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, a, b):
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a - b
 
     def backward(self, g):
@@ -28,6 +49,8 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, a, b):
+        if a.dtype is not b.dtype:
+            a, b = promote(a, b)
         return a * b
 
     def backward(self, g):
@@ -37,7 +60,11 @@ class Mul(Function):
 
 
 class Div(Function):
+    """True division; integers divide as float32."""
+
     def forward(self, a, b):
+        if a.dtype is not b.dtype or not is_float(a.dtype):
+            a, b = promote(float_input(a), float_input(b))
         return a / b
 
     def backward(self, g):
@@ -60,7 +87,7 @@ class PowScalar(Function):
 
     def forward(self, a, p):
         self.p = p
-        return a ** p
+        return (float_input(a) if isinstance(p, float) else a) ** p
 
     def backward(self, g):
         (x,), p = self.inputs, self.p
@@ -70,24 +97,33 @@ class PowScalar(Function):
 
 
 class Pow(Function):
-    """a ** b with both tensors: d/da = b a^(b-1), d/db = a^b log a."""
+    """a ** b with both tensors: d/da = b a^(b-1), d/db = a^b log a.
+
+    At a = 0, PyTorch's values: d/da is 0 where b = 0 (not 0·0^-1 = NaN), and d/db is 0 where
+    b >= 0 (not 0·log 0 = NaN); b < 0 gives -inf there. Elsewhere the formulas are used as they
+    are, so second derivatives hold (also at b = 0 with a != 0)."""
 
     def forward(self, a, b):
+        a, b = promote(a, b)
         return a ** b
 
     def backward(self, g):
         a, b = self.inputs
+        xp = xp_of(a.data)
+        one = _T(xp.ones((), dtype=g.dtype))
         ga = gb = None
         if a.requires_grad:
-            ga = unbroadcast(g * b * a ** (b - 1.0), a.shape)
+            b1 = Where.apply(one, b, cond=(a.data == 0) & (b.data == 0))   # 1 there: b·a^0 = 0, not 0·inf
+            ga = unbroadcast(g * b * a ** (b1 - 1.0), a.shape)
         if b.requires_grad:
-            gb = unbroadcast(g * (a ** b) * a.log(), b.shape)
+            a1 = Where.apply(one, a, cond=(a.data == 0) & (b.data >= 0))   # log 1 = 0 there
+            gb = unbroadcast(g * (a ** b) * a1.log(), b.shape)
         return ga, gb
 
 
 class Exp(Function):
     def forward(self, a):
-        self.y = xp_of(a).exp(a)
+        self.y = xp_of(a).exp(float_input(a))
         return self.y
 
     def backward(self, g):
@@ -96,7 +132,7 @@ class Exp(Function):
 
 class Log(Function):
     def forward(self, a):
-        return xp_of(a).log(a)
+        return xp_of(a).log(float_input(a))
 
     def backward(self, g):
         return (g / self.inputs[0],)
@@ -104,7 +140,7 @@ class Log(Function):
 
 class Sqrt(Function):
     def forward(self, a):
-        self.y = xp_of(a).sqrt(a)
+        self.y = xp_of(a).sqrt(float_input(a))
         return self.y
 
     def backward(self, g):
@@ -113,7 +149,7 @@ class Sqrt(Function):
 
 class Tanh(Function):
     def forward(self, a):
-        self.y = xp_of(a).tanh(a)
+        self.y = xp_of(a).tanh(float_input(a))
         return self.y
 
     def backward(self, g):
@@ -124,6 +160,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     def forward(self, a):
         xp = xp_of(a)
+        a = float_input(a)
         # stable for both signs: exp of a non-positive number never overflows
         e = xp.exp(-xp.abs(a))
         self.y = xp.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
@@ -176,6 +213,7 @@ class Maximum(Function):
     """Elementwise max; ties split the gradient evenly (as PyTorch does)."""
 
     def forward(self, a, b):
+        a, b = promote(a, b)
         self.wa = (a > b) + 0.5 * (a == b)
         return xp_of(a).maximum(a, b)
 
@@ -195,6 +233,7 @@ def _split_grad(fn, g, w):
 
 class Minimum(Function):
     def forward(self, a, b):
+        a, b = promote(a, b)
         self.wa = (a < b) + 0.5 * (a == b)
         return xp_of(a).minimum(a, b)
 
@@ -206,10 +245,30 @@ class Where(Function):
 
     def forward(self, a, b, cond):
         self.cond = cond
+        a, b = promote(a, b)
         return xp_of(a).where(cond, a, b)
 
     def backward(self, g):
         return _split_grad(self, g, self.cond)
+
+
+class Atan2(Function):
+    """atan2(a, b): the angle of the point (b, a), in (-pi, pi]. d/da = b/(a²+b²), d/db = -a/(a²+b²)."""
+
+    def forward(self, a, b):
+        a, b = promote(float_input(a), float_input(b))
+        return xp_of(a).arctan2(a, b)
+
+    def backward(self, g):
+        a, b = self.inputs
+        r = g / (a * a + b * b)
+        return (unbroadcast(r * b, a.shape) if a.requires_grad else None,
+                unbroadcast(-r * a, b.shape) if b.requires_grad else None)
+
+
+def _T(a):
+    from ..tensor import Tensor
+    return Tensor._make(a)
 
 
 class Compare(Function):
@@ -226,7 +285,7 @@ class AsType(Function):
         return a.astype(dtype)
 
     def backward(self, g):
-        return (g.astype(self.src),) if self.src.kind in "fc" else (None,)
+        return (g.astype(self.src),) if is_float(self.src) else (None,)
 
 
 class ToDevice(Function):
@@ -240,4 +299,4 @@ class ToDevice(Function):
 
 
 __all__ = ["Add", "Sub", "Mul", "Div", "Neg", "PowScalar", "Pow", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Relu",
-           "Abs", "Clip", "Maximum", "Minimum", "Where", "Compare", "AsType", "ToDevice", "needs"]
+           "Abs", "Clip", "Maximum", "Minimum", "Where", "Atan2", "Compare", "AsType", "ToDevice", "needs", "promote"]

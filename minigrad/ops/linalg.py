@@ -16,9 +16,10 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align ({ka} != {kb})")
         try:
-            return a @ b
+            y = a @ b
         except ValueError:
             raise ValueError(f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast") from None
+        return y if y.dtype == a.dtype else y.astype(a.dtype)   # NumPy's bfloat16 matmul returns float32
 
     def backward(self, g):
         a, b = self.inputs
@@ -55,6 +56,8 @@ class Linear(Function):
         y = x.reshape(-1, x.shape[-1]) @ w.T if x.ndim > 2 else x @ w.T
         if b is not None:
             y += b
+        if y.dtype != x.dtype:                                # NumPy's bfloat16 matmul returns float32
+            y = y.astype(x.dtype)
         return y.reshape(x.shape[:-1] + (w.shape[0],)) if x.ndim > 2 else y
 
     def backward(self, g):
@@ -72,8 +75,8 @@ class Linear(Function):
         x, w = self.inputs[0], self.inputs[1]
         n_out, n_in = w.shape
         g2 = g.reshape(-1, n_out)
-        out = ((g2 @ w.data).reshape(x.shape) if x.requires_grad else None,
-               g2.T @ x.data.reshape(-1, n_in) if w.requires_grad else None)
+        out = ((g2 @ w.data).astype(x.dtype, copy=False).reshape(x.shape) if x.requires_grad else None,
+               (g2.T @ x.data.reshape(-1, n_in)).astype(w.dtype, copy=False) if w.requires_grad else None)
         if len(self.inputs) == 2:
             return out
         return out + ((g2.sum(axis=0) if self.inputs[2].requires_grad else None),)
