@@ -24,7 +24,7 @@
 #   bench_layernorm_v2  kernels/bench.py for version 2: bfloat16, and float32 beside       30  120
 #                    version 1's float32
 #   sanitize_racecheck, sanitize_synccheck, sanitize_initcheck  (as memcheck)             20   90
-#   bench_train    `minigrad bench train --device cuda` vs torch (skipped: no --device)   30  120
+#   bench_train    `minigrad bench train --device cuda` vs torch on the GPU                30  120
 # A stage starts only with its minimum left; its timeout is its maximum, cut to what is left.
 #
 # Environment: GPU_CHECK_BUDGET (seconds, default 420), PYTHON (default python3), GPT_STEPS (300).

@@ -1,13 +1,27 @@
 """Optimizers with PyTorch's update math (SGD, Adam, AdamW), a warmup+cosine schedule, clip_grad_norm_.
 
-Updates run in place on the parameters' arrays, outside the graph.
+Updates run in place on the parameters' arrays, outside the graph. On the CPU each update is the
+NumPy code below (Adam: one native loop when available); on a GPU it is one fused kernel per
+parameter (minigrad/fused_optim.py: the same operations in the same order). clip_grad_norm_ on a
+GPU computes the norm and scales on the device: no host sync.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import dispatch
-from .backend import get_array_module, to_host
+from .backend import get_array_module, is_device_array, to_host
+
+
+def _fused(*arrays):
+    """minigrad.fused_optim when these arrays are CuPy arrays it takes and the kernels are on
+    (not under MINIGRAD_KERNELS=off or MINIGRAD_IMPL=reference), else None."""
+    if not type(arrays[0]).__module__.startswith("cupy") or not dispatch.use_kernels("cuda"):
+        return None
+    from . import fused_optim
+    return fused_optim if fused_optim.supports(*[a for a in arrays if a is not None]) else None
 
 
 class Optimizer:
@@ -102,8 +116,17 @@ class SGD(Optimizer):
                          weight_decay=weight_decay)
 
     def _update(self, w, grad, st, g):
-        d = grad + g["weight_decay"] * w if g["weight_decay"] else grad
         mu = g["momentum"]
+        fused = _fused(w, grad)
+        if fused is not None:     # one kernel: the lines below in one pass over w, grad, buf
+            first = mu and st.get("momentum_buffer") is None
+            if first:
+                st["momentum_buffer"] = get_array_module(w).empty_like(w)
+            fused.launch(*fused.sgd_launch(w, grad, st.get("momentum_buffer") if mu else None, lr=g["lr"],
+                                           weight_decay=g["weight_decay"], momentum=mu,
+                                           dampening=g["dampening"], nesterov=g["nesterov"], first=first))
+            return
+        d = grad + g["weight_decay"] * w if g["weight_decay"] else grad
         if mu:
             buf = st.get("momentum_buffer")
             if buf is None:
@@ -135,6 +158,11 @@ class Adam(Optimizer):
         if lib is not None:   # the same math in one native pass over w, grad, m, v
             lib.adam_(w, grad, m, v, lr=lr, beta1=b1, beta2=b2, eps=g["eps"], weight_decay=wd,
                       decoupled=self.decoupled, step=t)
+            return
+        fused = _fused(w, grad, m, v)
+        if fused is not None:  # the same math in one kernel on the GPU
+            fused.launch(*fused.adam_launch(w, grad, m, v, lr=lr, beta1=b1, beta2=b2, eps=g["eps"],
+                                            weight_decay=wd, decoupled=self.decoupled, step=t))
             return
         if wd and self.decoupled:
             w *= 1.0 - lr * wd
@@ -199,13 +227,37 @@ def grad_sq_norm(g) -> float:
 
 
 def clip_grad_norm_(parameters, max_norm, eps=1e-6):
-    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before."""
+    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before.
+
+    The norm is a Python float for host arrays. For device arrays it stays on the device, a 0-d
+    float64 array (as torch returns a tensor): the squares are summed and the gradients scaled
+    there, by min(1, max_norm / (norm + eps)) (a product by exactly 1 changes no bit), so clipping
+    never waits for the GPU; ``float()`` of the result does."""
     grads = [p.grad.data for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
+    if is_device_array(grads[0]):
+        return _clip_on_device(grads, max_norm, eps)
     total = math.sqrt(sum(grad_sq_norm(g) for g in grads))    # the sum over tensors is in float64
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for g in grads:
             g *= coef
     return total
+
+
+def _clip_on_device(grads, max_norm, eps):
+    """clip_grad_norm_ on device arrays: the same float64 sum of each gradient's float32 dot, no sync."""
+    xp = get_array_module(grads[0])
+    total = xp.zeros((), dtype=np.float64)
+    for g in grads:
+        total = total + xp.vdot(g.ravel(), g.ravel()).astype(np.float64)
+    norm = xp.sqrt(total)
+    coef = xp.minimum(max_norm / (norm + eps), 1.0)
+    cast = {}
+    for g in grads:
+        c = cast.get(g.dtype)
+        if c is None:
+            c = cast[g.dtype] = coef.astype(g.dtype)
+        g *= c
+    return norm

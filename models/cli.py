@@ -47,6 +47,13 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-context", type=int, default=256, help="context length for the tokens/s figures")
     p.add_argument("--no-gen", action="store_true", help="skip the generation figures")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where minigrad's step runs (cuda: one worker; torch on the GPU too when it can)")
+    p.add_argument("--ranks", type=int, default=None, metavar="N",
+                   help="also time the step on 1 and N MPI ranks (mpiexec; per-rank batch as above): allreduce "
+                        "time and share, scaling efficiency; needs the mpi extra")
+    p.add_argument("--tcp", action="store_true", help="with --ranks: also a run forced onto TCP (one machine "
+                                                      "standing in for two)")
 
 
 def add_subcommands(subparsers, bench_subparsers=None) -> None:
@@ -109,6 +116,12 @@ def run_bench_train(args) -> int:
         return fail("bench train", f"--steps must be at least 30, got {args.steps}")
     if args.workers is not None and args.workers < 1:
         return fail("bench train", f"--workers must be at least 1, got {args.workers}")
+    if args.ranks is not None and (args.ranks < 2 or args.device != "cpu"):
+        return fail("bench train", "--ranks N times MPI ranks on the CPU: N at least 2, --device cpu")
+    if args.device != "cpu":
+        problem = check_device(args.device)
+        if problem:
+            return fail("bench train", problem)
     tune_malloc()  # for both minigrad and torch: they share this process
     return bench.main(args)
 

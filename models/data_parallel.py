@@ -48,7 +48,8 @@ import numpy as np
 import minigrad
 from minigrad import Tensor
 from minigrad.nn.layers import Dropout
-from minigrad.optim import grad_sq_norm
+from minigrad.backend import is_device_array
+from minigrad.optim import clip_grad_norm_, grad_sq_norm
 
 
 def split_rows(batch, n: int):
@@ -238,7 +239,8 @@ class DataParallel:
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         self._children = []                # (process, connection, gradient views), started lazily
         self._weights = None               # the shared arrays the parameters hold (process backend)
-        self.grad_norm = None              # the global norm of .grad after the last step
+        self.grad_norm = None              # the global norm of .grad after the last step (host arrays)
+        self.norm_on_device = False        # device arrays: clip_grad_norm_ measures it on the device
 
     def can_run_concurrently(self) -> bool:
         """False when workers would change the result or the measurement: one worker, arrays not
@@ -341,13 +343,14 @@ class DataParallel:
             results = [_slice_grads(self.model, self.loss_fn, self.params, part, scale) for part in parts]
 
         sq = [0.0] * len(self.params)
+        on_host = not any(is_device_array(p.data) for p in self.params[:1])   # a GPU: the norm at clip time
 
         def reduce(indices):              # each parameter's slice gradients, added in slice order
             for i in indices:
                 grads = [r[1][i].data for r in results if r[1][i] is not None]
                 p = self.params[i]
                 if not grads:
-                    sq[i] = grad_sq_norm(p.grad.data) if p.grad is not None else 0.0
+                    sq[i] = grad_sq_norm(p.grad.data) if p.grad is not None and on_host else 0.0
                     continue
                 total = grads[0] + grads[1] if len(grads) > 1 else grads[0].copy()
                 for g in grads[2:]:
@@ -356,20 +359,24 @@ class DataParallel:
                     p.grad = Tensor._make(total, False)
                 else:
                     p.grad.data += total
-                sq[i] = grad_sq_norm(p.grad.data)     # while it is in cache, for gradient clipping
+                if on_host:
+                    sq[i] = grad_sq_norm(p.grad.data)     # while it is in cache, for gradient clipping
 
         indices = list(range(len(self.params)))
         if concurrent:
             list(self.pool.map(reduce, balanced(indices, [p.data.size for p in self.params], self.workers)))
         else:
             reduce(indices)
-        self.grad_norm = math.sqrt(sum(sq))
+        self.grad_norm = math.sqrt(sum(sq)) if on_host else None
+        self.norm_on_device = not on_host
         return float(sum(weight * r[0] for (_, weight), r in zip(parts, results)))
 
     # ---- after the step: clipping and the optimizer
     def clip_grad_norm_(self, max_norm: float, eps: float = 1e-6) -> float:
         """``optim.clip_grad_norm_`` over the parameters, with the global norm that ``step`` measured
         while each gradient was in cache (no second pass over the gradients)."""
+        if self.norm_on_device:           # gradients on a GPU: norm and scaling there, no host sync
+            return clip_grad_norm_(self.params, max_norm, eps)
         if self.grad_norm is None:
             raise RuntimeError("DataParallel.clip_grad_norm_: no step has run yet, so no norm was measured")
         coef = max_norm / (self.grad_norm + eps)

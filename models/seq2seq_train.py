@@ -72,9 +72,10 @@ def run(args) -> int:
     problem = check_device(args.device)
     if problem:
         return fail("train", problem)
+    from minigrad.models.launch import main_on_ranks
     try:
-        with locked_out_dir(run_dir(args), args.resume):
-            result = main(args)
+        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
+                               lock=lambda: locked_out_dir(run_dir(args), args.resume))   # the writing rank locks
     except (TrainError, CheckpointError, TaskError, ModelTooLargeError) as e:
         return fail("train", str(e))
     except BrokenPipeError:    # stdout closed: the console script exits quietly
@@ -93,7 +94,9 @@ def main(args) -> dict:
     from minigrad.models.data_parallel import split_rows_by_targets
     from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
     from minigrad.models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
+    from minigrad.models.launch import default_workers, from_rank0, resume_ranks
     from minigrad.models.trainer import Trainer
+    from minigrad import distributed
 
     for k in GPT_ONLY_FLAGS:
         if getattr(args, k, None) is not None:
@@ -109,8 +112,8 @@ def main(args) -> dict:
     out_dir = run_dir(args)
     ckpt = None
     if args.resume:
-        ckpt = checkpoint_to_resume(out_dir, args.force, "seq2seq",
-                                    "not a seq2seq one (drop --model seq2seq, or choose another --out-dir)")
+        ckpt = from_rank0(lambda: checkpoint_to_resume(
+            out_dir, args.force, "seq2seq", "not a seq2seq one (drop --model seq2seq, or choose another --out-dir)"))
         meta = ckpt.meta
         if task_name is not None and task_name != meta.get("task"):
             raise CheckpointError(f"checkpoint {ckpt.path} was trained on task {meta.get('task')!r}, "
@@ -121,18 +124,19 @@ def main(args) -> dict:
             if saved_model.get(k) != v:
                 raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
                                       f"--{k.replace('_', '-')} {v} was given")
-        train_opts = dict(meta["train_config"], **given_train)
+        train_opts = resume_ranks(ckpt, dict(meta["train_config"], **given_train), given_train)
         try:
             mcfg = Seq2SeqConfig.from_dict(saved_model)
             vocab = Vocab.from_state(meta["vocab"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: model config or vocabulary is unusable ({e})") from None
     else:
-        refuse_to_overwrite(out_dir, args.force)
+        from_rank0(lambda: refuse_to_overwrite(out_dir, args.force))
         task_name = task_name or DEFAULT_TASK
         train_opts = {**TRAIN_DEFAULTS, **TASK_TRAIN_DEFAULTS.get(task_name, {}), **given_train}
         vocab = Vocab()
         mcfg = None
+    train_opts = default_workers(train_opts, given_train)
     task = get_task(task_name)
     data = TaskData(task, vocab)
     if mcfg is None:
@@ -150,7 +154,7 @@ def main(args) -> dict:
     model = Seq2Seq(mcfg, seed=cfg.seed)
     if args.device != "cpu":
         model.to(args.device)
-    B = cfg.batch_size
+    B = cfg.batch_size * distributed.size()      # the global batch: per-rank batch x ranks
     meta = {"model": "seq2seq", "task": task_name, "model_config": mcfg.to_dict(), "vocab": vocab.state()}
 
     def batches(split, rng):
@@ -177,7 +181,8 @@ def main(args) -> dict:
             return result
     else:
         result = {"step": trainer.step, "interrupted": False, **trainer.last_eval}
-        print(f"checkpoint is at step {trainer.step} = --max-iters: evaluating only", file=sys.stderr)
+        if distributed.rank() == 0:
+            print(f"checkpoint is at step {trainer.step} = --max-iters: evaluating only", file=sys.stderr)
     em, examples = exact_match(model, data, beam)
     if not trainer.quiet:
         for src, want, got in examples:

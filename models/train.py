@@ -70,8 +70,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seeds init, batches and eval (default 1337)")
     g.add_argument("--workers", type=int, metavar="N",
                    help="data-parallel workers (processes on Linux, else threads); each computes 1/N of "
-                        "every micro-batch (default 2)")
+                        "every micro-batch (default 2; 1 on cuda; on several ranks 1 when they fill the cores)")
     g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    from minigrad.models.launch import add_dist_args   # --dist, --dist-timeout (several ranks)
+    add_dist_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--profile", action="store_true",
                    help="print the phase breakdown, tokens/s and achieved FLOP/s against this machine's matmul peak")
@@ -92,9 +94,10 @@ def run(args) -> int:
     problem = check_device(args.device)
     if problem:
         return fail("train", problem)
+    from minigrad.models.launch import main_on_ranks
     try:
-        with locked_out_dir(args.out_dir, args.resume):
-            result = main(args)
+        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
+                               lock=lambda: locked_out_dir(args.out_dir, args.resume))   # the writing rank locks
     except user_errors() as e:
         return fail("train", str(e))
     except BrokenPipeError:    # stdout closed: the console script exits quietly
@@ -116,7 +119,9 @@ def main(args) -> dict:
     from minigrad.models.data import load_data
     from minigrad.models.data_parallel import split_rows
     from minigrad.models.gpt import GPT, GPTConfig
+    from minigrad.models.launch import default_workers, from_rank0, resume_ranks
     from minigrad.models.trainer import Trainer
+    from minigrad import distributed
 
     out_dir = Path(args.out_dir)
     train_flags = [f.name for f in TrainConfig.__dataclass_fields__.values()]
@@ -125,7 +130,7 @@ def main(args) -> dict:
     given_data = given(args, DEFAULT_DATA)
     ckpt = None
     if args.resume:
-        ckpt = checkpoint_to_resume(out_dir, args.force, "gpt", "not a GPT")
+        ckpt = from_rank0(lambda: checkpoint_to_resume(out_dir, args.force, "gpt", "not a GPT"))
         check_saved_gpt(ckpt)
         meta = ckpt.meta
         saved_model = meta["model_config"]
@@ -134,13 +139,14 @@ def main(args) -> dict:
                 raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
                                       f"--{k.replace('_', '-')} {v} was given")
         data_opts = dict(meta.get("data", DEFAULT_DATA), **given_data)
-        train_opts = dict(meta["train_config"], **given_train)
+        train_opts = resume_ranks(ckpt, dict(meta["train_config"], **given_train), given_train)
         model_opts = {k: v for k, v in saved_model.items() if k != "vocab_size"}
     else:
-        refuse_to_overwrite(out_dir, args.force)
+        from_rank0(lambda: refuse_to_overwrite(out_dir, args.force))
         data_opts = dict(DEFAULT_DATA, **given_data)
         train_opts = given_train
         model_opts = given_model
+    train_opts = default_workers(train_opts, given_train)
     if given_data.get("data") is not None:
         data_opts["data"] = str(Path(given_data["data"]).resolve())  # resumable from any directory
     if data_opts["tokenizer"] == "char" and data_opts.get("vocab_size") is not None:
@@ -161,7 +167,7 @@ def main(args) -> dict:
     model = GPT(mcfg, seed=cfg.seed)
     if args.device != "cpu":
         model.to(args.device)
-    B, T = cfg.batch_size, mcfg.block_size
+    B, T = cfg.batch_size * distributed.size(), mcfg.block_size   # the global batch: per-rank batch x ranks
     meta = {"model": "gpt", "model_config": mcfg.to_dict(), "tokenizer": data.tokenizer.state(),
             "data": data_opts}
 

@@ -16,11 +16,20 @@ It knows nothing about GPT: `minigrad train` (models/train.py) and its seq2seq j
 Reproducibility contract: training batches come only from `train_rng`, evaluation batches only
 from a generator derived from (seed, step), so evaluating never shifts the training stream and a
 resumed run logs exactly the losses of an uninterrupted one.
+
+On several ranks (minigrad.distributed; `mpiexec -n N minigrad train`): `batches` returns the
+global batch (N times the per-rank batch), drawn from the same `train_rng` on every rank, and
+rank r trains on the r-th of `split(batch, N)`: disjoint shards, whose union is the batch one
+process would draw with --batch-size N·B. One allreduce of all gradients per step makes every
+rank's gradient the global batch's; evaluation batches are spread over the ranks; rank 0 alone
+prints, logs and checkpoints. On a GPU the step waits for the device once (the loss read back),
+and data-parallel workers are not used (one per rank).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -30,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 import minigrad
-from minigrad import optim
+from minigrad import distributed, optim
+from minigrad.backend import is_device_array
 from minigrad.models.checkpoint import (
     CheckpointError,
     check_arrays,
@@ -44,6 +54,7 @@ from minigrad.models.progress import LogFile, Progress, plot_log, read_log, rewr
 from minigrad.models.train_config import TrainConfig, TrainError, lr_at
 
 EVAL_STREAM = 0xE7A1  # salt for the evaluation generators
+DROPOUT_STREAM = 0xD50D  # salt for each rank's dropout stream (several ranks only)
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
@@ -92,8 +103,19 @@ class Trainer:
         self.on_step = on_step
         self.opt = optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-        self.split = split if cfg.workers > 1 else None
-        self.parallel = DataParallel(model, loss_fn, cfg.workers) if self.split is not None else None
+        # ---- distributed hook: the communicator, this rank's shard, one worker on a GPU
+        self.comm = distributed.current()
+        self.distributed = self.comm.backend != "single"
+        self.on_device = any(is_device_array(p.data) for p in model.parameters())
+        self.workers = 1 if self.on_device else cfg.workers   # a GPU runs the micro-batch whole
+        if self.distributed and split is None:
+            raise TrainError("distributed training needs the job's split function (how to cut a batch into shards)")
+        self.quiet = quiet or self.comm.rank != 0
+        self.grads = distributed.GradientBuffer(model.parameters()) if self.distributed else None
+        self._agreed_stop = False
+        # ----
+        self.split = split if self.workers > 1 or self.distributed else None
+        self.parallel = DataParallel(model, loss_fn, self.workers) if split is not None and self.workers > 1 else None
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
@@ -104,9 +126,12 @@ class Trainer:
         self._saved = (None, None)         # (step, path) of this run's last checkpoint
 
     # ---- state for checkpoints
-    def save(self, evaluated: bool = False) -> Path:
-        """Checkpoint the current step. evaluated: self.last_eval was measured at this step, so
-        with cfg.keep_best a lower val_loss than the best so far makes this the best checkpoint."""
+    def save(self, evaluated: bool = False) -> Path | None:
+        """Checkpoint the current step (rank 0 alone writes; other ranks return None). evaluated:
+        self.last_eval was measured at this step, so with cfg.keep_best a lower val_loss than the
+        best so far makes this the best checkpoint."""
+        if self.comm.rank != 0:
+            return None
         best, keep = self.best, getattr(self.cfg, "keep_best", True)
         val = self.last_eval.get("val_loss") if evaluated and keep else None
         is_best = val is not None and (best is None or val < best["val_loss"])
@@ -116,7 +141,8 @@ class Trainer:
         dropout_rng = getattr(self.model, "dropout_rng", None)
         meta = dict(self.meta, train_config=asdict(self.cfg), train_rng=self.train_rng.bit_generator.state,
                     dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
-                    optim=optim_info, last_eval=self.last_eval, best=best if keep else None)
+                    optim=optim_info, last_eval=self.last_eval, best=best if keep else None,
+                    ranks=self.comm.size)
         arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
         path = save_checkpoint(self.out_dir, self.step, arrays, meta, best=is_best if keep else None)
         self.best = best if keep else None
@@ -150,35 +176,56 @@ class Trainer:
         with minigrad.no_grad():
             for split in ("train", "val"):
                 rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, self.step])
-                losses = []
-                for _ in range(iters):
-                    losses.append(float(self.loss_fn(self.model, self.batches(split, rng)).item()))
-                    if on_batch is not None:
-                        on_batch()
+                if self.distributed:
+                    losses = self._evaluate_on_ranks(split, rng, iters, on_batch)
+                else:
+                    losses = []
+                    for _ in range(iters):
+                        losses.append(float(self.loss_fn(self.model, self.batches(split, rng)).item()))
+                        if on_batch is not None:
+                            on_batch()
                 out[f"{split}_loss"] = float(np.mean(losses))
         self.model.train()
         return out
 
     def train_step(self, lr: float) -> float:
-        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss."""
+        """One optimiser update over grad_accum micro-batches; returns the mean micro-batch loss
+        (on several ranks: its mean over the ranks, i.e. the global batch's)."""
         cfg, t = self.cfg, self.timer
         set_lr(self.opt, lr)
         total = 0.0
         for _ in range(cfg.grad_accum):
             with t.phase("data"):
                 batch = self.batches("train", self.train_rng)
+                weight = 1.0
+                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
+                    batch, weight = self._shard(batch)
             if self.parallel is not None:
                 with t.phase("forward+backward"):
-                    total += self.parallel.step(self.split(batch, cfg.workers), 1.0 / cfg.grad_accum)
+                    total += weight * self.parallel.step(self.split(batch, self.workers), weight / cfg.grad_accum)
                 continue
             with t.phase("forward"):
                 loss = self.loss_fn(self.model, batch)
-                scaled = loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss
+                c = weight / cfg.grad_accum
+                scaled = loss * c if c != 1.0 else loss
             with t.phase("backward"):
                 scaled.backward()
-            total += float(loss.item())
+            # on a GPU the losses add up on the device: the step reads the total back once, at its end
+            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        loss = total / cfg.grad_accum
         with t.phase("optimizer"):
-            if self.parallel is not None:   # the gradient norm was measured in its reduction
+            if self.distributed:            # one allreduce: every rank now holds the global batch's gradient
+                loss, stop = self.grads.reduce_(self.comm, loss, (self.stop_signal or signal.SIGINT) if self._stop else 0)
+                if stop:                    # some rank was asked to stop: all stop after this step
+                    self._agreed_stop = True
+                    self.stop_signal = self.stop_signal or stop
+                if cfg.grad_clip > 0:
+                    optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if self.parallel is not None:
+                    self.parallel.optimizer_step(self.opt)
+                else:
+                    self.opt.step()
+            elif self.parallel is not None:   # the gradient norm was measured in its reduction
                 if cfg.grad_clip > 0:
                     self.parallel.clip_grad_norm_(cfg.grad_clip)
                 self.parallel.optimizer_step(self.opt)
@@ -187,7 +234,44 @@ class Trainer:
                     optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.opt.step()
             self.opt.zero_grad()
-        return total / cfg.grad_accum
+        return float(loss)
+
+    # ---- on several ranks
+    def _shard(self, batch):
+        """This rank's rows of the global batch, and ranks × their share of it (exactly 1 when the
+        shards are equal, so the mean over ranks weighs them as one process would)."""
+        part, share = self.split(batch, self.comm.size)[self.comm.rank]
+        weight = share * self.comm.size
+        return part, (1.0 if abs(weight - 1.0) < 1e-12 else weight)
+
+    def _evaluate_on_ranks(self, split, rng, iters: int, on_batch=None):
+        """The losses of `iters` batches drawn as one process draws them, batch i evaluated by rank
+        i mod N; one allreduce of the vector (each entry is one rank's value plus zeros: exact)."""
+        losses = np.zeros(iters, np.float64)
+        for i in range(iters):
+            batch = self.batches(split, rng)
+            if i % self.comm.size == self.comm.rank:
+                losses[i] = float(self.loss_fn(self.model, batch).item())
+            if on_batch is not None:
+                on_batch()
+        self.comm.allreduce_sum_(losses)
+        return losses
+
+    def _start_ranks(self) -> None:
+        """Every rank's setup succeeded (else all raise alike), then rank 0's parameters everywhere
+        (a fresh start and a resume alike). Per-rank dropout streams are set each step."""
+        if self.distributed:
+            self.comm.agree()
+            self.comm.training = True
+            self.comm.broadcast_parameters(self.model)
+
+    def _rank_dropout(self) -> None:
+        """On several ranks each rank draws its own dropout masks, from a stream derived from
+        (seed, rank, step), so a resumed run draws what the uninterrupted one drew."""
+        rng = getattr(self.model, "dropout_rng", None)
+        if self.distributed and rng is not None:
+            rng.bit_generator.state = np.random.default_rng(
+                [self.cfg.seed, DROPOUT_STREAM, self.comm.rank, self.step]).bit_generator.state
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current step, save, return (what Ctrl-C does); signum is reported."""
@@ -230,6 +314,8 @@ class Trainer:
         except WorkerError as e:
             self.train_rng.bit_generator.state = rng_state
             self.opt.zero_grad()
+            if self.comm.rank != 0:         # several ranks: rank 0 holds the checkpoints
+                raise TrainError(f"{e}; rank 0's last checkpoint is kept; continue with {self.resume_hint}") from None
             path = self._io(self.save, what="checkpoint")
             raise TrainError(f"{e}; saved step {self.step} to {path}; continue with {self.resume_hint}") from None
 
@@ -259,19 +345,24 @@ class Trainer:
     # ---- the run
     def run(self) -> dict:
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.out_dir / "log.jsonl"
-        records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
-        # drop lines a crashed run logged past its last checkpoint
-        self._io(rewrite_log, log_path, records, what="log.jsonl")
+        self._start_ranks()
+        writer = self.comm.rank == 0     # rank 0 alone writes the log, the plot and the checkpoints
+        log_path = self.out_dir / "log.jsonl" if writer else Path(os.devnull)
+        records = []
+        if writer:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            records = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
+            # drop lines a crashed run logged past its last checkpoint
+            self._io(rewrite_log, log_path, records, what="log.jsonl")
         sigpipe = getattr(signal, "SIGPIPE", 13)
         progress = Progress(cfg.max_iters, self.step, disable=self.quiet,
                             on_broken=lambda: self.request_stop(sigpipe))  # stderr closed: stop, saved
         restore_signals = self._catch_stop_signals()
         try:
             with self._io(LogFile, log_path, what="log.jsonl") as log:
-                while self.step < cfg.max_iters and not self._stop:
+                while self.step < cfg.max_iters and not (self._agreed_stop if self.distributed else self._stop):
                     lr = lr_at(self.step, cfg)
+                    self._rank_dropout()
                     t0 = time.perf_counter()
                     loss = self._step_saving_on_worker_death(lr)
                     dt = time.perf_counter() - t0
@@ -282,8 +373,9 @@ class Trainer:
                     rec = None
                     if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
                         rec = {"step": self.step, "loss": loss, "lr": lr}
-                    if not math.isfinite(loss):
-                        raise TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
+                    if not math.isfinite(loss):   # on several ranks: the same loss on every rank
+                        raise distributed.agreed(
+                            TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data"))
                     evaluated = self.step % cfg.eval_interval == 0 or final
                     if evaluated:
                         iters = cfg.final_eval_iters if final else cfg.eval_iters
@@ -306,12 +398,12 @@ class Trainer:
                 self.parallel.stop_workers()   # worker processes end with the run (restarted on demand)
             restore_signals()
         interrupted = self.step < cfg.max_iters
-        if interrupted:   # saved already if the stop came at an evaluation step
+        if interrupted and writer:   # saved already if the stop came at an evaluation step
             path = self._saved[1] if self._saved[0] == self.step else self._io(self.save, what="checkpoint")
             sig = self.stop_signal or signal.SIGINT
             by = "" if sig == signal.SIGINT else f" by {signal.Signals(sig).name}"
             self._say(f"interrupted{by}: saved step {self.step} to {path}; continue with {self.resume_hint}")
-        note = plot_log(records, self.out_dir / "loss.png") if records else None
+        note = plot_log(records, self.out_dir / "loss.png") if records and writer else None
         if note and not self.quiet:
             self._say(note)
         return {"step": self.step, "interrupted": interrupted,

@@ -170,6 +170,7 @@ DEVICE_SUITES = {
     "test_ops.py", "test_shapes_hypothesis.py", "test_autograd.py", "test_gradcheck.py", "test_nn.py",
     "test_optim.py", "test_gpt.py", "test_seq2seq.py", "test_kernels_layernorm.py", "test_kernels_attention.py",
     "test_qkv_attention.py", "test_gelu_mlp.py", "test_dispatch.py", "test_errors.py", "test_device.py",
+    "test_distributed_cuda.py",
 }
 # node id (file::test for every parametrisation, or file::test[id] for one) -> why it cannot run
 # with its tensors on a GPU

@@ -179,7 +179,7 @@ def test_clip_grad_norm_returns_the_pre_clip_norm_and_scales_in_place():
     a.grad = Tensor(np.array([3.0, 0.0], np.float32))
     b.grad = Tensor(np.array([0.0, 4.0, 12.0], np.float32))
     grad_array = a.grad.data
-    total = optim.clip_grad_norm_([a, b, c], max_norm=1.0)
+    total = float(optim.clip_grad_norm_([a, b, c], max_norm=1.0))   # on a device: a 0-d device array
     assert total == pytest.approx(13.0, rel=1e-12)
     assert a.grad.data is grad_array, "clipping scales the existing gradient arrays in place"
     norm = math.sqrt(float((a.grad.numpy().astype(np.float64) ** 2).sum() + (b.grad.numpy() ** 2).sum()))
@@ -187,9 +187,9 @@ def test_clip_grad_norm_returns_the_pre_clip_norm_and_scales_in_place():
     assert_close(a.grad, np.array([3.0, 0.0]) / (13.0 + 1e-6), np.float32)
     # below the threshold nothing changes
     before = b.grad.numpy().copy()
-    assert optim.clip_grad_norm_([b], max_norm=100.0) == pytest.approx(float(np.linalg.norm(before)))
+    assert float(optim.clip_grad_norm_([b], max_norm=100.0)) == pytest.approx(float(np.linalg.norm(before)))
     assert np.array_equal(b.grad.numpy(), before)
-    assert optim.clip_grad_norm_([c], max_norm=1.0) == 0.0
+    assert float(optim.clip_grad_norm_([c], max_norm=1.0)) == 0.0
 
 
 # ------------------------------------------------------------------ state_dict
