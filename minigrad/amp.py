@@ -87,17 +87,16 @@ class GradScaler:
         if id(optimizer) in self._unscaled:
             raise RuntimeError("GradScaler.unscale_() was already called on this optimizer since the last update()")
         inv = 1.0 / self._scale
-        found = False
+        finite = None           # all gradients finite so far: a 0-d array, read once (one device sync)
         for p in _params(optimizer):
             g = p.grad
             if g is None:
                 continue
             g.data *= g.data.dtype.type(inv)
-            if not found:
-                xp = g._xp
-                found = not bool(xp.isfinite(g.data).all())
+            ok = g._xp.isfinite(g.data).all()
+            finite = ok if finite is None else finite & ok
         self._unscaled.add(id(optimizer))
-        self._found_inf = bool(self._found_inf) or found
+        self._found_inf = bool(self._found_inf) or (finite is not None and not bool(finite))
 
     def step(self, optimizer, *args, **kwargs):
         """Unscale (unless done), then ``optimizer.step()`` unless a gradient is inf or NaN.
