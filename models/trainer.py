@@ -232,30 +232,9 @@ class Trainer:
         (on several ranks: its mean over the ranks, i.e. the global batch's)."""
         cfg, t = self.cfg, self.timer
         set_lr(self.opt, lr)
-        total = 0.0
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None   # float16's loss scale
-        for _ in range(cfg.grad_accum):
-            with t.phase("data"):
-                batch = self.batches("train", self.train_rng)
-                weight = 1.0
-                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
-                    batch, weight = self._shard(batch)
-            if self.parallel is not None:
-                c = weight / cfg.grad_accum
-                with t.phase("forward+backward"):
-                    total += weight * self.parallel.step(self.split(batch, self.workers),
-                                                         c if scale is None else c * scale, self._slices_concurrent)
-                continue
-            with t.phase("forward"):
-                loss = self.loss_fn(self.model, batch)
-                c = weight / cfg.grad_accum
-                if scale is not None:
-                    c *= scale
-                scaled = loss * c if c != 1.0 else loss
-            with t.phase("backward"):
-                scaled.backward()
-            # on a GPU the losses add up on the device: the step reads the total back once, at its end
-            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        with _quiet_overflow() if scale is not None else contextlib.nullcontext():
+            total = self._accumulate(scale)
         loss = total / cfg.grad_accum
         with t.phase("optimizer"):
             if self.distributed:            # one allreduce: every rank now holds the global batch's gradient
@@ -285,6 +264,35 @@ class Trainer:
             if scale is not None:
                 self.scaler.update()
         return float(loss)
+
+    def _accumulate(self, scale) -> float:
+        """The grad_accum micro-batches' gradients (times the loss scale, if any) into .grad; returns
+        the sum of their losses."""
+        cfg, t = self.cfg, self.timer
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            with t.phase("data"):
+                batch = self.batches("train", self.train_rng)
+                weight = 1.0
+                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
+                    batch, weight = self._shard(batch)
+            if self.parallel is not None:
+                c = weight / cfg.grad_accum
+                with t.phase("forward+backward"):
+                    total += weight * self.parallel.step(self.split(batch, self.workers),
+                                                         c if scale is None else c * scale, self._slices_concurrent)
+                continue
+            with t.phase("forward"):
+                loss = self.loss_fn(self.model, batch)
+                c = weight / cfg.grad_accum
+                if scale is not None:
+                    c *= scale
+                scaled = loss * c if c != 1.0 else loss
+            with t.phase("backward"):
+                scaled.backward()
+            # on a GPU the losses add up on the device: the step reads the total back once, at its end
+            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        return total
 
     def _unscale(self, scale: float) -> bool:
         """float16: divide the summed (and allreduced) gradients by the loss scale; True when one
@@ -502,6 +510,17 @@ def tune_malloc() -> bool:
     ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
     ok &= mallopt(M_TOP_PAD, 128 << 20) == 1
     return bool(ok)
+
+
+@contextlib.contextmanager
+def _quiet_overflow():
+    """float16: a scaled gradient that overflows is expected (the step is skipped), not worth NumPy's
+    RuntimeWarning. A warnings filter, not np.errstate: the data-parallel threads sum gradients too."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value) encountered", RuntimeWarning)
+        yield
 
 
 def _in_main_thread() -> bool:
