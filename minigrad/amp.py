@@ -13,6 +13,11 @@ a float32 parameter (the master weight) is a float32 array holding the half-type
 is exactly the rounding of a GPU's half GEMM with float32 accumulation (round to nearest even),
 on any device; on the CPU it costs a few extra passes over the operands.
 
+Where a kernel takes the half type itself (attention and the GPT's QKVAttention on "cuda", or on the
+CPU under MINIGRAD_KERNELS=emulate: ``autocast_half_storage`` on the op), the op gets real half
+arrays instead (``astype``, whose gradient casts back the same way) and runs the tensor-core
+kernels of version 2, which also round P to the half type for the PV product.
+
 The fused ops are rounded at their boundary only: GeluMLP's hidden activation (N, 4C) and the
 attention probabilities stay float32 inside the op, as in a fused kernel that keeps them in
 registers (FlashAttention keeps S in float32; it rounds P to the half type for the PV product, which
