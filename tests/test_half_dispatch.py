@@ -255,3 +255,17 @@ def test_layer_norm_with_float32_parameters_on_half_input_keeps_the_reference(em
     with dispatch.trace() as seen:
         out = F.layer_norm(x, 16, mg.Tensor(np.ones(16, np.float32)), mg.Tensor(np.zeros(16, np.float32)))
     assert "LayerNormKernel" not in seen and emulated == [] and out.dtype == np.float32
+
+
+def test_half_kernels_need_a_gpu_that_has_them(monkeypatch, fast_paths):
+    """Version 2 needs compute capability 8.0 on a GPU; a device without a CuPy GPU behind it (the
+    strict stand-in) gets no half kernel even with the kernels on, and runs the reference."""
+    from minigrad.ops.attention import half_kernels_run_on
+
+    monkeypatch.setattr(backend, "_strict_cuda", True)
+    monkeypatch.setenv("MINIGRAD_KERNELS", "auto")
+    q = mg.Tensor(np.zeros((1, 1, 4, 16), np.float16), device="cuda")
+    assert half_kernels_run_on(np.zeros(1, np.float16)) and not half_kernels_run_on(q.data)
+    assert not AttentionKernel.takes(q.data, q.data, q.data)
+    assert AttentionKernel.takes(*(q.astype(np.float32).data,) * 3)       # version 1 asks for no capability
+    assert not LayerNormKernel.takes(q.data.reshape(4, 16))

@@ -57,6 +57,17 @@ def attention_reference(q, k, v, mask, scale, bias=None):
     return s @ v, s
 
 
+def half_kernels_run_on(a) -> bool:
+    """Whether the version-2 (half-type) kernels can run where array ``a`` lives: anywhere the CPU
+    emulator runs them, on a GPU of compute capability 8.0 or later (mma.sync bf16, cvt.rn.bf16)."""
+    if device_of(a) != "cuda":
+        return True
+    try:
+        return int(xp_of(a).cuda.Device().compute_capability) >= 80
+    except Exception:   # noqa: BLE001  (no CuPy device behind it, e.g. the strict stand-in)
+        return False
+
+
 def kernel_head_dim(dtype, d) -> bool:
     """Whether a CUDA attention kernel takes head dim d in ``dtype``: version 1 (float32, float64)
     16..128, version 2 (float16, bfloat16) 1..128; no other dtype."""
@@ -69,7 +80,7 @@ def _kernel_fits(q, k, v, dtype, bias, mask, key_mask) -> bool:
     """Whether AttentionKernel runs q, k, v (of ``dtype``, or cast to it) with these options."""
     return (bias is None and q.ndim == 4 and kernel_head_dim(dtype, q.shape[-1]) and v.shape[-1] == q.shape[-1]
             and q.shape[:2] == k.shape[:2] == v.shape[:2] and (mask is None or key_mask is not None)
-            and dispatch.use_kernels(device_of(q)))
+            and dispatch.use_kernels(device_of(q)) and (dtype.itemsize > 2 or half_kernels_run_on(q)))
 
 
 def causal_mask(xp, tq, tk):

@@ -12,7 +12,8 @@ from ..autograd import Function
 from ..backend import as_dtype, device_of
 from ._util import xp_of
 from .activations import normal_cdf_pdf
-from .attention import attention_grads, attention_reference, attention_vjp, causal_mask, kernel_head_dim, softmax_ds_
+from .attention import (attention_grads, attention_reference, attention_vjp, causal_mask, half_kernels_run_on,
+                        kernel_head_dim, softmax_ds_)
 from .linalg import Linear
 from .shape import Concatenate
 from .special import gelu_and_slope
@@ -158,7 +159,8 @@ class QKVAttentionKernel(QKVAttention):
     @staticmethod
     def fits(qkv, n_head, dtype) -> bool:
         """Whether the kernels take qkv as ``dtype`` (its own, or the type autocast would cast it to)."""
-        return kernel_head_dim(dtype, qkv.shape[-1] // 3 // n_head) and dispatch.use_kernels(device_of(qkv))
+        return (kernel_head_dim(dtype, qkv.shape[-1] // 3 // n_head) and dispatch.use_kernels(device_of(qkv))
+                and (dtype.itemsize > 2 or half_kernels_run_on(qkv)))
 
     def forward(self, qkv, n_head, is_causal, scale):
         self.n_head, self.is_causal, self.scale = n_head, is_causal, scale

@@ -7,6 +7,7 @@ from .. import dispatch
 from ..autograd import Function
 from ..backend import device_of
 from ._util import xp_of
+from .attention import half_kernels_run_on
 
 
 class LayerNorm(Function):
@@ -104,7 +105,7 @@ class LayerNormKernel(LayerNorm):
             return False
         if not (_half(x) and 0 < x.shape[-1] <= V2_MAX_WIDTH or x.dtype in (np.float32, np.float64)):
             return False
-        return dispatch.use_kernels(device_of(x))
+        return dispatch.use_kernels(device_of(x)) and (not _half(x) or half_kernels_run_on(x))
 
     def _rows(self, x2, weight, bias, eps):
         y, self.mean, self.rstd = dispatch.launchers().layernorm_forward(
