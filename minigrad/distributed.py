@@ -21,7 +21,8 @@ Failure: a blocking collective (or the host sync that waits for an NCCL one) run
 A rank that waits longer than ``timeout`` seconds for the others (before training starts, at least
 SETUP_TIMEOUT: a rank may be preparing its data) prints one line naming what it waited in and ends
 the whole job (``MPI_Abort``): a dead or hung rank never makes the others hang.
-Under MPICH's mpiexec a rank that dies is noticed sooner: the launcher ends the others at once.
+Under MPICH's mpiexec a rank that dies is noticed sooner: the launcher ends the others at once
+(`minigrad launch`, models/mpi_launch.py, then says which rank died in one line).
 
 ``GradientBuffer`` is what a training loop reduces each step: every gradient copied into one flat
 buffer per dtype (one in practice), one allreduce, then each ``p.grad`` a view of the result; the
@@ -109,6 +110,7 @@ class Communicator:
     collective a no-op."""
 
     backend = "single"
+    _watchdog = None          # a _Watchdog in the backends whose collectives can wait
 
     def __init__(self):
         self.rank, self.size, self.local_rank = 0, 1, 0
@@ -181,9 +183,16 @@ class Communicator:
 
     @contextlib.contextmanager
     def waiting(self, what: str):
-        """Around a call that waits for the other ranks: the watchdog ends the job if it lasts
-        longer than ``timeout`` seconds."""
-        yield
+        """Around a call that waits for the other ranks: the watchdog (the mpi and nccl backends
+        have one) ends the job if it lasts longer than ``timeout`` seconds."""
+        dog = self._watchdog
+        if dog is not None:
+            dog.enter(what)
+        try:
+            yield
+        finally:
+            if dog is not None:
+                dog.leave()
 
     def describe(self) -> str:
         return "1 process"
@@ -268,14 +277,6 @@ class MPICommunicator(Communicator):
         self.local_rank = hosts[:self.rank].count(mine)
         self.local_size = hosts.count(mine)
         self.machines = len(set(hosts))
-
-    @contextlib.contextmanager
-    def waiting(self, what: str):
-        self._watchdog.enter(what)
-        try:
-            yield
-        finally:
-            self._watchdog.leave()
 
     def allreduce_sum_(self, buf):
         _check_flat(buf, "allreduce_sum_")
@@ -367,14 +368,6 @@ class NCCLCommunicator(Communicator):
             uid = self.mpi.broadcast_object(uid)
         with self.waiting("NCCL setup"):
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
-
-    @contextlib.contextmanager
-    def waiting(self, what: str):
-        self._watchdog.enter(what)
-        try:
-            yield
-        finally:
-            self._watchdog.leave()
 
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr
