@@ -41,7 +41,8 @@ import time
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from . import backend
+from .backend import get_array_module
 
 BACKENDS = ("single", "mpi", "nccl")
 DEFAULT_TIMEOUT = 60.0     # seconds a rank waits in one collective before it declares the others lost
@@ -565,8 +566,14 @@ class GradientBuffer:
             if device_loss:
                 dev[0] = loss
             comm.allreduce_sum_(dev)
+            checks = backend.deferred_flags()            # this rank's checks of its data, read with it
+            if checks is not None:
+                dev = self.xp.concatenate((dev, checks.astype(np.float64)))
             with comm.waiting("gradient allreduce (device)"):
-                info = to_host(dev)
+                host = backend.host_copy(dev)
+            info = host[:3 + P]
+            if checks is not None:                       # a failed one raises here, on its rank
+                backend.raise_deferred_checks(host[3 + P:] > 0)
         t3 = time.perf_counter()
         for i, p in enumerate(self.params):
             if info[3 + i] > 0:
