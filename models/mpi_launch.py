@@ -192,11 +192,9 @@ class Job:
                 written += [blank, line]
                 blank = b""
             if written:
-                sink.write(b"".join(written))
-                sink.flush()
+                sink = _write(sink, b"".join(written))
         if pending or blank:
-            sink.write(blank + pending)
-            sink.flush()
+            _write(sink, blank + pending)
 
     def _line(self, text: str) -> bool:
         """Note what ``text`` (one line, no newline) says; True when it is dropped."""
@@ -269,6 +267,19 @@ class Job:
             return f"rank 0's last checkpoint in {path} on {rank0['host']} is kept", True
         name = latest_name(path)
         return (f"the last checkpoint, {path / name}, is kept", True) if name else (f"no checkpoint in {path} yet", False)
+
+
+def _write(sink, data: bytes):
+    """``data`` to ``sink``; the sink, or None once it is gone (a reader closed the pipe: the rest of
+    the output is read and dropped, so mpiexec never blocks on a full pipe)."""
+    if sink is None:
+        return None
+    try:
+        sink.write(data)
+        sink.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        return None
+    return sink
 
 
 def _own_group_ended_with_us() -> None:
