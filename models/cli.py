@@ -1,4 +1,4 @@
-"""`minigrad train`, `minigrad generate`, `minigrad bench train`: their parsers and handlers.
+"""`minigrad train`, `minigrad generate`, `minigrad launch`, `minigrad bench train`: their parsers and handlers.
 
 The flags of `train` and its GPT job live in models/train.py (--model seq2seq: models/seq2seq_train.py);
 the helpers the commands share in models/cli_common.py. The top-level CLI calls `add_subcommands(subparsers)`; each registered parser sets `func`, a
@@ -57,7 +57,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers, bench_subparsers=None) -> None:
-    """Register train, generate and bench train.
+    """Register train, generate, launch and bench train.
 
     If the caller already has a `bench` parser with its own subparsers, pass those as
     bench_subparsers and `train` is added there; otherwise a `bench` command is created.
@@ -68,10 +68,17 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
     train.add_train_args(p)
     seq2seq_train.add_train_args(p)
     p.set_defaults(func=run_train)
+    train_parser = p
     p = subparsers.add_parser("generate", help="sample text from a trained GPT checkpoint",
                               description="Stream text sampled from a checkpoint, with a KV cache.")
     _add_generate_args(p)
     p.set_defaults(func=run_generate)
+    p = subparsers.add_parser("launch", help="run `train` on N MPI ranks (mpiexec), a failure in one line",
+                              description="mpiexec -n N minigrad train ..., with a killed rank reported in one line "
+                                          "(which rank, its signal, the last checkpoint, how to resume).")
+    from minigrad.models import mpi_launch  # stdlib-only imports
+    mpi_launch.add_launch_args(p)
+    p.set_defaults(func=mpi_launch.run, train_parser=train_parser)   # checks the ranks' flags first
     if bench_subparsers is None:
         bench = subparsers.add_parser("bench", help="benchmarks")
         bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="{train}", required=True)
@@ -128,7 +135,7 @@ def run_bench_train(args) -> int:
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="minigrad", description="minigrad language-model commands")
-    sub = parser.add_subparsers(dest="command", metavar="{train,generate,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,generate,launch,bench}", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
     try:
