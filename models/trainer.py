@@ -51,7 +51,7 @@ import numpy as np
 import minigrad
 from minigrad import distributed, optim
 from minigrad.amp import GradScaler
-from minigrad.backend import is_device_array
+from minigrad.backend import is_device_array, raise_deferred_checks
 from minigrad.models.checkpoint import (
     CheckpointError,
     check_arrays,
@@ -447,6 +447,10 @@ class Trainer:
                             if self._skipped:
                                 rec["skipped"] = True
                     if not math.isfinite(loss):   # on several ranks: the same loss on every rank
+                        try:   # on cuda a bad token or target id is filed on the device, named here
+                            raise_deferred_checks()
+                        except IndexError as e:
+                            raise TrainError(f"{e} (step {self.step})") from None
                         raise distributed.agreed(
                             TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data"))
                     evaluated = self.step % cfg.eval_interval == 0 or final

@@ -161,3 +161,28 @@ print(json.dumps({"ok": ok[0], "message": raised(lambda: step(bad)), "left": len
     assert np.isfinite(out["ok"])
     assert out["message"] == "cross_entropy: target -4 is out of range for 11 classes"
     assert out["left"] == 0
+
+
+def test_a_training_run_names_a_bad_target_on_the_device_instead_of_a_nan_loss(tmp_path):
+    """The Trainer's non-finite-loss stop reads the filed checks first, so a bad target id on cuda
+    gets cross_entropy's own message (on the CPU it raises at once, in the op). -4 indexes from the end
+    in NumPy and CuPy alike, so only the filed check can catch it."""
+    out = _on_stand_in(PRELUDE + r"""
+import os
+from minigrad.models.gpt import GPT, GPTConfig
+from minigrad.models.trainer import Trainer
+from minigrad.models.train_config import TrainConfig, TrainError
+os.chdir(%r)
+model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16), seed=0).to("cuda")
+def batches(split, rng):
+    x = np.zeros((2, 8), np.int64); y = np.ones((2, 8), np.int64); y[1, 2] = -4
+    return x, y
+cfg = TrainConfig(max_iters=3, warmup_iters=0, eval_interval=3, eval_iters=1, final_eval_iters=1)
+try:
+    Trainer(model, batches, lambda m, b: m(b[0], b[1])[1], cfg, "run", quiet=True).run()
+    message = None
+except TrainError as e:
+    message = str(e)
+print(json.dumps({"message": message}))
+""" % str(tmp_path))
+    assert out["message"] == "cross_entropy: target -4 is out of range for 11 classes (step 1)"
