@@ -338,14 +338,12 @@ def quantize_(module, scheme="int8", group_size=None, activations="float32"):
 
 
 def dequantize_(module):
-    """Replace every QuantizedLinear by an nn.Linear holding its dequantized float32 weight (a tied
-    head goes back to None: the model multiplies by its embedding again); returns `module`."""
+    """Replace every QuantizedLinear by an nn.Linear holding its dequantized float32 weight, so the
+    model computes in float32 what the quantized one stands for; returns `module`. A tied head
+    becomes an untied Linear too (set ``lm_head = None`` to multiply by the embedding again)."""
     for _, parent in list(module.named_modules()):
         for name, child in list(parent._modules.items()):
             if isinstance(child, QuantizedLinear):
-                if name == "lm_head" and isinstance(getattr(parent, "wte", None), Module):
-                    setattr(parent, name, None)
-                    continue
                 lin = Linear(child.in_features, child.out_features, bias=child.bias is not None)
                 lin.weight.data = child.dequantized()
                 if child.bias is not None:
