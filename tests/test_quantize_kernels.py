@@ -102,7 +102,7 @@ def test_int8_activation_matmul_is_exact_integer_accumulation(lib, m, n, k, grou
     mag = xs_ref.astype(np.float64)[:, None] * (np.abs(acc) * s.astype(np.float64)[None]).sum(axis=2) + np.abs(b)
     tol = (ng + 4) * EPS * mag
     for isa in _isas(lib, [0, 2]):
-        y, xq, xs = lib.q8a8_matmul(x, q, s, Q._wsum(q, g), b, g, isa, threads, keep_xq=True)
+        y, xq, xs = lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, g), b, g, isa, threads, keep_xq=True)
         assert np.array_equal(xq, xq_ref) and np.array_equal(xs, xs_ref), f"isa {isa}: x quantized differently"
         _check(y, ref, tol, f"int8 activations isa {isa}")
 
@@ -116,7 +116,7 @@ def test_zero_weights_and_zero_rows(lib):
     for isa in _isas(lib, [0, 1]):
         assert (lib.q8_matmul(x, q, s, None, 40, isa, 1) == 0).all()
     for isa in _isas(lib, [0, 2]):
-        y = lib.q8a8_matmul(x, q, s, Q._wsum(q, 40), None, 40, isa, 1)
+        y = lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, 40), None, 40, isa, 1)
         assert (y == 0).all()
 
 

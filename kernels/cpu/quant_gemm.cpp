@@ -359,7 +359,9 @@ typedef void (*RowsFn)(const Args&, i64, i64);
 
 // A persistent pool: rows [0, N) split over up to nthreads threads in blocks of 4 rows, the
 // calling thread taking the first share. Workers spin ~50 µs for the next call (decode issues
-// dozens of GEMVs per token back to back), then sleep on a condition variable. One call at a time
+// dozens of GEMVs per token back to back), then sleep on a condition variable; the caller spins
+// for its workers, then yields its core (on an oversubscribed machine a worker may be waiting for
+// one). One call at a time
 // (a mutex); a forked child starts its own workers. Below ~256 KB of weights per thread the
 // hand-off costs more than it saves, so small problems stay on the calling thread.
 class Pool {
@@ -387,7 +389,10 @@ class Pool {
         }
         cv_.notify_all();
         fn(a, 0, per_ < a.N ? per_ : a.N);
-        while (remaining_.load(std::memory_order_acquire) != 0) pause();
+        for (int spin = 0; remaining_.load(std::memory_order_acquire) != 0; ++spin) {
+            if (spin < 4000) pause();
+            else std::this_thread::yield();   // a worker without a core (a busy machine): give it ours
+        }
     }
 
   private:

@@ -146,7 +146,7 @@ class QuantizedMatmul(Function):
     GEMM. act_int8 (int8 only): x is quantized per row first (as the VNNI kernel does). Inference
     only: backward raises."""
 
-    def forward(self, x, *, weight, scale=None, bias=None, group=None, act_int8=False):
+    def forward(self, x, *, weight, scale=None, bias=None, group=None, act_int8=False, wsum=None):
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         if act_int8:
@@ -167,19 +167,19 @@ class QuantizedMatmulNative(QuantizedMatmul):
     """kernels/cpu/quant_gemm.cpp: float32 x, int8 or bfloat16 W read once per call."""
 
     @staticmethod
-    def takes(x, *, weight, scale=None, bias=None, group=None, act_int8=False):
+    def takes(x, *, weight, scale=None, bias=None, group=None, act_int8=False, wsum=None):
         return (x.dtype == np.float32 and type(weight) is np.ndarray and x.ndim >= 1
                 and dispatch.cpu_native(x) is not None)
 
-    def forward(self, x, *, weight, scale=None, bias=None, group=None, act_int8=False):
+    def forward(self, x, *, weight, scale=None, bias=None, group=None, act_int8=False, wsum=None):
         lib = dispatch.cpu_native(x)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         nt = _threads()
         if weight.dtype == np.int8:
             if act_int8:
-                y = lib.q8a8_matmul(x2, weight, scale, _wsum(weight, group), bias, group,
-                                    native_isa(lib, "int8a8"), nt)
+                y = lib.q8a8_matmul(x2, weight, scale, wsum_int8(weight, group) if wsum is None else wsum, bias,
+                                    group, native_isa(lib, "int8a8"), nt)
             else:
                 y = lib.q8_matmul(x2, weight, scale, bias, group, native_isa(lib, "int8"), nt)
         else:
@@ -187,22 +187,13 @@ class QuantizedMatmulNative(QuantizedMatmul):
         return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
-_WSUM: dict = {}
-
-
-def _wsum(q, group):
-    """Σ_k q[n, k] per row and group (int32 (N, G)), for the VNNI kernel's unsigned offset; cached per array."""
-    key = (id(q), q.ctypes.data, group)
-    hit = _WSUM.get(key)
-    if hit is None or hit[0] is not q:
-        n, k = q.shape
-        ng = -(-k // group)
-        pad = np.zeros((n, ng * group), np.int32)
-        pad[:, :k] = q
-        hit = _WSUM[key] = (q, np.ascontiguousarray(pad.reshape(n, ng, group).sum(axis=2, dtype=np.int32)))
-        if len(_WSUM) > 512:
-            _WSUM.pop(next(iter(_WSUM)))
-    return hit[1]
+def wsum_int8(q, group):
+    """Σ_k q[n, k] per row and group of `group` inputs: int32 (N, G), the VNNI kernel's offset term."""
+    n, k = q.shape
+    ng = -(-k // group) if k else 1
+    pad = np.zeros((n, ng * group), np.int32)
+    pad[:, :k] = to_host(q)
+    return np.ascontiguousarray(pad.reshape(n, ng, group).sum(axis=2, dtype=np.int32))
 
 
 def quantize_rows(x2):
@@ -269,9 +260,18 @@ class QuantizedLinear(Module):
             raise ValueError(f"QuantizedLinear: input of shape {x.shape} does not fit in_features {self.in_features}")
         scale = self.weight_scale.data if self.weight_scale is not None else None
         group = self._group() if scale is not None else None
+        act_int8 = self.activations == "int8"
         return QuantizedMatmul.apply(x, weight=self.weight.data, scale=scale,
                                      bias=None if self.bias is None else self.bias.data, group=group,
-                                     act_int8=self.activations == "int8")
+                                     act_int8=act_int8, wsum=self._wsum(group) if act_int8 else None)
+
+    def _wsum(self, group):
+        """wsum_int8 of the current weight array, computed once per array (a load replaces it)."""
+        hit = self.__dict__.get("_wsum_of")
+        if hit is None or hit[0] is not self.weight.data:
+            hit = (self.weight.data, wsum_int8(self.weight.data, group))
+            object.__setattr__(self, "_wsum_of", hit)
+        return hit[1]
 
     def dequantized(self):
         """The float32 weight (N, K) this layer multiplies by."""
