@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from minigrad.models.gpt import GPT, GPTConfig, KVCache
 
 import minigrad
 from minigrad import nn
 from minigrad.backend import bfloat16
-from minigrad.models.gpt import GPT, KVCache, GPTConfig
 from minigrad.nn import quantize as Q
 
 EPS = float(np.finfo(np.float32).eps)
@@ -82,6 +82,11 @@ def test_bad_arguments_are_one_line_errors():
         nn.quantize_(m, "bfloat16")
     with pytest.raises(ValueError, match="activations must be"):
         Q.QuantizedLinear(4, 4, "bfloat16", activations="int8")
+    with pytest.raises(ValueError, match="groups of at most 66,000"):
+        Q.QuantizedLinear(70_000, 2, "int8", activations="int8")
+    Q.QuantizedLinear(70_000, 2, "int8", group_size=128, activations="int8")
+    f = GPT(GPTConfig(n_layer=1, n_embd=32, n_head=2, block_size=8))
+    assert nn.quantize_(f, "float32") is f and f.lm_head is None     # --weights float32: unchanged
 
 
 # ---------------------------------------------------------------- the module

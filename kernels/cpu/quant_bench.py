@@ -16,7 +16,6 @@ import os
 import time
 
 import numpy as np
-
 from minigrad.kernels.cpu import native
 
 SHAPES = ((768, 2304), (768, 3072), (3072, 768), (768, 50257))   # (K in, N out)
@@ -60,38 +59,45 @@ def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHA
         f"quant_isa={isa} (1 AVX-512, 2 VNNI, 4 AVX512-BF16), median of {repeats}")
     out(f"{'K x N':>12} {'kind':>14} {'ms':>9} {'GB/s':>7} {'x f32':>6}")
     for k, n in shapes:
-        x = rng.standard_normal((rows, k)).astype(np.float32)
-        w0 = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
-        q0, s0 = _int8(w0)
-        b0 = _bf16_bits(w0)
-        wsum0 = q0.sum(axis=1, dtype=np.int32).reshape(n, 1)
+        results += _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out)
+    return results
 
-        def copies(nbytes, make):
-            c = 1 if warm else max(2, -(-COLD_BYTES // nbytes))
-            return [make() for _ in range(c)]
 
-        kinds = [("float32", 4 * n * k, lambda: (w0.copy(),), lambda w: np.dot(x, w.T))]
-        if isa & 1:
-            kinds.append(("int8", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
-                          lambda q, s: lib.q8_matmul(x, q, s, None, k, 1, nt)))
-        kinds.append(("int8-portable", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
-                      lambda q, s: lib.q8_matmul(x, q, s, None, k, 0, nt)))
-        if isa & 2:
-            kinds.append(("int8a8-vnni", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
-                          lambda q, s: lib.q8a8_matmul(x, q, s, wsum0, None, k, 2, nt)))
-        if isa & 1:
-            kinds.append(("bf16", 2 * n * k, lambda: (b0.copy(),), lambda b: lib.bf16_matmul(x, b, None, 1, nt)))
-        if isa & 4 and bf16_dot:
-            kinds.append(("bf16-dot", 2 * n * k, lambda: (b0.copy(),), lambda b: lib.bf16_matmul(x, b, None, 2, nt)))
-        f32_ms = None
-        for name, nbytes, make, fn in kinds:
-            args = copies(nbytes, make)
-            ms = _median_ms(fn, args, repeats)
-            f32_ms = ms if name == "float32" else f32_ms
-            gbs = nbytes / ms / 1e6
-            out(f"{f'{k}x{n}':>12} {name:>14} {ms:9.3f} {gbs:7.1f} {f32_ms / ms:6.2f}")
-            results.append(((k, n), name, ms, gbs))
-            del args
+def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out):
+    """The rows of one (K, N) shape."""
+    results = []
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w0 = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
+    q0, s0 = _int8(w0)
+    b0 = _bf16_bits(w0)
+    wsum0 = q0.sum(axis=1, dtype=np.int32).reshape(n, 1)
+
+    def copies(nbytes, make):
+        c = 1 if warm else max(2, -(-COLD_BYTES // nbytes))
+        return [make() for _ in range(c)]
+
+    kinds = [("float32", 4 * n * k, lambda: (w0.copy(),), lambda w: np.dot(x, w.T))]
+    if isa & 1:
+        kinds.append(("int8", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
+                      lambda q, s: lib.q8_matmul(x, q, s, None, k, 1, nt)))
+    kinds.append(("int8-portable", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
+                  lambda q, s: lib.q8_matmul(x, q, s, None, k, 0, nt)))
+    if isa & 2:
+        kinds.append(("int8a8-vnni", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
+                      lambda q, s: lib.q8a8_matmul(x, q, s, wsum0, None, k, 2, nt)))
+    if isa & 1:
+        kinds.append(("bf16", 2 * n * k, lambda: (b0.copy(),), lambda b: lib.bf16_matmul(x, b, None, 1, nt)))
+    if isa & 4 and bf16_dot:
+        kinds.append(("bf16-dot", 2 * n * k, lambda: (b0.copy(),), lambda b: lib.bf16_matmul(x, b, None, 2, nt)))
+    f32_ms = None
+    for name, nbytes, make, fn in kinds:
+        args = copies(nbytes, make)
+        ms = _median_ms(fn, args, repeats)
+        f32_ms = ms if name == "float32" else f32_ms
+        gbs = nbytes / ms / 1e6
+        out(f"{f'{k}x{n}':>12} {name:>14} {ms:9.3f} {gbs:7.1f} {f32_ms / ms:6.2f}")
+        results.append(((k, n), name, ms, gbs))
+        del args
     return results
 
 

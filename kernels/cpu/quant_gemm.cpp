@@ -6,21 +6,25 @@
 //          Dequantize on the fly: 16 int8 -> int32 -> float32 (vpmovsxbd, vcvtdq2ps), then float32
 //          FMAs against x; per group, tot += acc · s[n, g]; y = Σ lanes(tot) + b. Activations stay
 //          float32, so the only rounding is float32 accumulation (bound: (K + 2)·eps·Σ|x||w|).
-//   bf16   W bfloat16 bits as uint16 (N, K): float(bits << 16) is exact, then the same FMAs
-//          (isa 1). isa 2 uses AVX512-BF16 vdpbf16ps instead: x is rounded to bfloat16 once per call
-//          and pairs of products are summed by the instruction (faster in compute, less accurate).
+//   bf16   W bfloat16 bits as uint16 (N, K), isa 1: a 64-byte load holds 32 weights; (v << 16) and
+//          (v & 0xffff0000) are the even and odd ones as exact float32, multiplied by x's even and odd
+//          elements (split once per call) with float32 FMAs: the same bound as q8. isa 2 uses
+//          AVX512-BF16 vdpbf16ps instead: x is rounded to bfloat16 once per call and the instruction
+//          sums pairs of products (an extra 2^-9 relative error per activation: opt-in, measured).
 //   q8a8   W as q8, x quantized per row on the fly: sx = max|x| / 127, xq = rint(x / sx) in int8.
 //          The dot products are exact int32 sums: VNNI vpdpbusd multiplies unsigned bytes by signed
 //          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
 //          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
-//          K · 255 · 127 < 2^31 (the caller checks).
+//          group · 255 · 127 < 2^31 (minigrad.nn.quantize refuses larger groups).
 //
 // isa: 0 = portable loops (no intrinsics; -march=native may still vectorise them), 1 = AVX-512,
 // 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
-// this CPU support. Work is split over output rows n in blocks of 4 across `nthreads` std::threads
-// (each thread reads its own rows of W once; x is shared and read-only); small problems run on
-// the calling thread. Every array is C-contiguous; sizes are int64. Deterministic: each y element
-// is computed by one thread in a fixed order.
+// this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
+// so each weight byte is loaded once per call for M <= 3 and converted once per x tile. Weight rows
+// are prefetched PF bytes ahead. Work is split over output rows in blocks of 4 across `nthreads`
+// threads of a persistent pool (each thread reads its own rows of W once; x is shared and
+// read-only); small problems run on the calling thread. Every array is C-contiguous; sizes are
+// int64. Deterministic: each y element is computed by one thread in a fixed order, whatever nthreads.
 #include <cmath>
 #include <cstdint>
 #include <cstring>

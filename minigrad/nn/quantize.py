@@ -221,6 +221,9 @@ class QuantizedLinear(Module):
                              f"got {activations!r} with {scheme!r}")
         self.in_features, self.out_features, self.scheme, self.activations = in_features, out_features, scheme, \
             activations
+        if activations == "int8" and min(group_size or in_features, in_features) * 255 * 127 >= 2 ** 31:
+            raise ValueError(f"quantize: activations='int8' sums each group in int32; groups of at most 66,000 "
+                             f"inputs (in_features {in_features}, group_size {group_size}): pass a group_size")
         _check_group(in_features, group_size)
         self.group_size = None if group_size is None else int(group_size)    # as asked (may exceed K)
         if scheme == "int8":
