@@ -114,6 +114,9 @@ def dequantize(weight, scale=None, group_size=None):
 
 
 # ---------------------------------------------------------------- the op
+_CPUS = []
+
+
 def _threads() -> int:
     v = os.environ.get("MINIGRAD_QUANT_THREADS", "").strip()
     if v:
@@ -121,7 +124,9 @@ def _threads() -> int:
             return max(1, int(v))
         except ValueError:
             raise ValueError(f"MINIGRAD_QUANT_THREADS must be a positive integer, got {v!r}") from None
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not _CPUS:     # the CPUs this process may run on, asked once (a system call per GEMV adds up)
+        _CPUS.append(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return _CPUS[0]
 
 
 def native_isa(lib, kind: str) -> int:
