@@ -168,3 +168,17 @@ def test_threads_do_not_change_the_result(lib):
     wb = Q.quantize_bf16(w).view(np.uint16)
     for isa in _isas(lib, [0, 1]):
         assert np.array_equal(lib.bf16_matmul(x, wb, None, isa, 1), lib.bf16_matmul(x, wb, None, isa, 2))
+
+
+def test_out_arrays_are_written_in_place(lib):
+    x, w, b = _data(2, 40, 70, 7)
+    q, s = Q.quantize_int8(w)
+    wb = Q.quantize_bf16(w).view(np.uint16)
+    isa = 1 if lib.quant_isa & 1 else 0
+    for fn in (lambda out: lib.q8_matmul(x, q, s, b, 70, isa, 1, out=out),
+               lambda out: lib.bf16_matmul(x, wb, b, isa, 1, out=out),
+               lambda out: lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, 70), b, 70, 0, 1, out=out)):
+        out = np.full((2, 40), np.nan, np.float32)
+        assert fn(out) is out and np.array_equal(out, fn(None))
+        with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
+            fn(np.empty((40, 2), np.float32).T)

@@ -291,33 +291,43 @@ class NativeCPU:
                                   eps)
 
     # ---------------------------------------------------------------- quantized weights (quant_gemm.cpp)
-    # x (M, K) float32, W (N, K), bias (N,) float32 or None -> y (M, N) float32. isa: 0 portable,
-    # 1 AVX-512, 2 VNNI (q8a8) / AVX512-BF16 dot (bf16); the caller picks one that quant_isa allows.
+    # x (M, K) float32, W (N, K), bias (N,) float32 or None -> y (M, N) float32 (written into `out`
+    # if given: no allocation per decode step). isa: 0 portable, 1 AVX-512, 2 VNNI (q8a8) /
+    # AVX512-BF16 dot (bf16); the caller picks one that quant_isa allows. All arrays C-contiguous.
 
     def _quant_call(self, name, isa, *args):
         if self._fn[name](*args) != 0:
             raise RuntimeError(f"{name}: isa {isa} is not compiled into this library (quant_isa={self.quant_isa})")
 
-    def q8_matmul(self, x, w, scale, bias, group, isa, nthreads):
+    @staticmethod
+    def _out(out, m, n):
+        """y (M, N) float32: a fresh array, or `out` (C-contiguous float32 of that shape) to write into."""
+        if out is None:
+            return np.empty((m, n), np.float32)
+        if type(out) is not np.ndarray or out.dtype != np.float32 or out.shape != (m, n) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {(m, n)}")
+        return out
+
+    def q8_matmul(self, x, w, scale, bias, group, isa, nthreads, out=None):
         """W int8 (N, K), scale float32 (N, ceil(K / group)): W ≈ q · scale per row and group."""
         (m, k), n = x.shape, w.shape[0]
-        y = np.empty((m, n), np.float32)
+        y = self._out(out, m, n)
         self._quant_call("q8_matmul", isa, _p(x), _p(w), _p(scale), _p(bias), _p(y), m, n, k, int(group), int(isa),
                          int(nthreads))
         return y
 
-    def bf16_matmul(self, x, w_bits, bias, isa, nthreads):
+    def bf16_matmul(self, x, w_bits, bias, isa, nthreads, out=None):
         """W bfloat16 (N, K) passed as its uint16 bits."""
         (m, k), n = x.shape, w_bits.shape[0]
-        y = np.empty((m, n), np.float32)
+        y = self._out(out, m, n)
         self._quant_call("bf16_matmul", isa, _p(x), _p(w_bits), _p(bias), _p(y), m, n, k, int(isa), int(nthreads))
         return y
 
-    def q8a8_matmul(self, x, w, scale, wsum, bias, group, isa, nthreads, keep_xq=False):
+    def q8a8_matmul(self, x, w, scale, wsum, bias, group, isa, nthreads, keep_xq=False, out=None):
         """As q8_matmul with x quantized per row to int8 (exact int32 dot products); wsum int32 (N, G)
         = Σ_k q per group. Returns y, or (y, xq (M, K) int8, xs (M,) float32) with keep_xq."""
         (m, k), n = x.shape, w.shape[0]
-        y = np.empty((m, n), np.float32)
+        y = self._out(out, m, n)
         xs = np.empty(m, np.float32)
         xq = np.empty((m, k), np.int8) if keep_xq else None
         self._quant_call("q8a8_matmul", isa, _p(x), _p(w), _p(scale), _p(wsum), _p(bias), _p(y), m, n, k, int(group),
