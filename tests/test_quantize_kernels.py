@@ -182,3 +182,21 @@ def test_out_arrays_are_written_in_place(lib):
         assert fn(out) is out and np.array_equal(out, fn(None))
         with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
             fn(np.empty((40, 2), np.float32).T)
+
+
+@pytest.mark.parametrize("scheme,group", [("int8", None), ("int8", 48), ("bfloat16", None)])
+def test_many_rows_take_dequantized_blocks_and_blas(native_on, scheme, group):
+    """From PREFILL_ROWS rows of x on, the native variant multiplies dequantized blocks of W by sgemm:
+    same bound as the kernels."""
+    import minigrad
+    from minigrad import dispatch
+    m, n, k = Q.PREFILL_ROWS + 3, 700, 200
+    x, w, b = _data(m, n, k, 8)
+    layer = Q.QuantizedLinear.from_float(w, b, scheme, group_size=group)
+    wd = layer.dequantized().astype(np.float64)
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = (k + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    with dispatch.trace() as seen:
+        y = layer(minigrad.Tensor(x)).numpy()
+    assert "QuantizedMatmulNative" in seen
+    _check(y, ref, tol, f"{scheme} blocked")
