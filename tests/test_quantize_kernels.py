@@ -1,0 +1,202 @@
+"""The native quantized matmuls (kernels/cpu/quant_gemm.cpp) against dequantize-then-matmul references.
+
+Tolerances: a float32 sum of K products, in any order and with fused multiply-adds, is within
+γ_K·Σ|x_k w_k| of the exact sum (u = eps/2, γ_K ≈ K·u); the kernels add the per-group sums with one
+more rounding each and then the bias, so (K + 2)·eps·(Σ|x||w| + |b|) bounds every path with room to
+spare (G <= K). The q8a8 (VNNI) path quantizes x per row: its int8 activations and scales must equal
+minigrad.nn.quantize.quantize_rows' bit for bit, and its dot products are exact integers, so only the
+G per-group products and the final scale round: (G + 4)·eps.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from minigrad.nn import quantize as Q
+
+EPS = float(np.finfo(np.float32).eps)
+# (M, N, K, group): decode rows (M=1), N=1, K off every vector width (16, 32, 64), groups that do
+# not divide K, a group past K, and a GPT-2-sized GEMV big enough to use the worker threads.
+SHAPES = [(1, 37, 77, None), (3, 5, 1000, 128), (7, 9, 33, 16), (1, 1, 16, None), (5, 13, 130, 40),
+          (4, 64, 768, None), (1, 3, 31, None), (6, 11, 65, 200), (2, 1, 1, None), (1, 2304, 768, None),
+          (3, 1000, 3072, 128)]
+
+
+@pytest.fixture
+def lib(native_on):
+    from minigrad import dispatch
+    return dispatch.cpu_native()
+
+
+def _isas(lib, want):
+    """The paths this CPU and build have, of those wanted (0 portable always)."""
+    bits = {1: 1, 2: 2, 4: 4}
+    return [i for i in want if i == 0 or lib.quant_isa & bits[i]]
+
+
+def _data(m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    return x, w, b
+
+
+def _check(y, ref, tol, what):
+    err = np.abs(y.astype(np.float64) - ref)
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    assert (err <= tol).all(), f"{what}: max error {err.max():.3g} past its bound at {np.unravel_index((err - tol).argmax(), err.shape)}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_int8_matmul_matches_dequantized_reference(lib, m, n, k, group, threads):
+    x, w, b = _data(m, n, k, 1)
+    q, s = Q.quantize_int8(w, group)
+    g = min(group or k, k)
+    wd = q.astype(np.float64) * np.repeat(s.astype(np.float64), g, axis=1)[:, :k]
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = (k + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    for isa in _isas(lib, [0, 1]):
+        _check(lib.q8_matmul(x, q, s, b, g, isa, threads), ref, tol, f"int8 isa {isa}")
+        _check(lib.q8_matmul(x, q, s, None, g, isa, threads), ref - b, tol, f"int8 isa {isa}, no bias")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_bf16_matmul_matches_reference(lib, m, n, k, group, threads):
+    x, w, b = _data(m, n, k, 2)
+    wb = Q.quantize_bf16(w)
+    wd = wb.astype(np.float64)
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = (k + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    for isa in _isas(lib, [0, 1]):
+        _check(lib.bf16_matmul(x, wb.view(np.uint16), b, isa, threads), ref, tol, f"bf16 isa {isa}")
+    if lib.quant_isa & 4:
+        # vdpbf16ps: x rounded to bfloat16 first (then the same bound on the rounded inputs)
+        xb = x.astype(wb.dtype).astype(np.float64)
+        ref_b = xb @ wd.T + b
+        tol_b = (k + 2) * EPS * (np.abs(xb) @ np.abs(wd).T + np.abs(b))
+        _check(lib.bf16_matmul(x, wb.view(np.uint16), b, 2, threads), ref_b, tol_b, "bf16 dot")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_int8_activation_matmul_is_exact_integer_accumulation(lib, m, n, k, group, threads):
+    x, w, b = _data(m, n, k, 3)
+    x[0, :3] = [0.0, -0.0, 1e-30][:min(3, k)]                # zeros and a tiny value quantize to 0
+    q, s = Q.quantize_int8(w, group)
+    g = min(group or k, k)
+    xq_ref, xs_ref = Q.quantize_rows(x)
+    ng = s.shape[1]
+    # the exact integer dot product per group, then the G scaled terms in float64
+    pad = -(-k // g) * g
+    xqp = np.zeros((m, pad), np.int64)
+    xqp[:, :k] = xq_ref
+    qp = np.zeros((n, pad), np.int64)
+    qp[:, :k] = q
+    acc = np.einsum("mgk,ngk->mng", xqp.reshape(m, ng, g), qp.reshape(n, ng, g))   # (M, N, G) exact
+    ref = xs_ref.astype(np.float64)[:, None] * (acc * s.astype(np.float64)[None]).sum(axis=2) + b
+    mag = xs_ref.astype(np.float64)[:, None] * (np.abs(acc) * s.astype(np.float64)[None]).sum(axis=2) + np.abs(b)
+    tol = (ng + 4) * EPS * mag
+    for isa in _isas(lib, [0, 2]):
+        y, xq, xs = lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, g), b, g, isa, threads, keep_xq=True)
+        assert np.array_equal(xq, xq_ref) and np.array_equal(xs, xs_ref), f"isa {isa}: x quantized differently"
+        _check(y, ref, tol, f"int8 activations isa {isa}")
+
+
+def test_zero_weights_and_zero_rows(lib):
+    x = np.zeros((2, 40), np.float32)
+    w = np.zeros((5, 40), np.float32)
+    w[1] = 3.0
+    q, s = Q.quantize_int8(w)
+    assert s[0, 0] == 0 and (q[0] == 0).all()
+    for isa in _isas(lib, [0, 1]):
+        assert (lib.q8_matmul(x, q, s, None, 40, isa, 1) == 0).all()
+    for isa in _isas(lib, [0, 2]):
+        y = lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, 40), None, 40, isa, 1)
+        assert (y == 0).all()
+
+
+def test_portable_path_through_the_module_switch(lib, monkeypatch):
+    """MINIGRAD_QUANT_ISA=portable sends QuantizedLinear to the plain loops; both paths meet the bound."""
+    import minigrad
+    from minigrad import dispatch
+    x, w, b = _data(3, 50, 200, 4)
+    layer = Q.QuantizedLinear.from_float(w, b, "int8", group_size=64)
+    wd = layer.dequantized().astype(np.float64)
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = (200 + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    outs = {}
+    for mode in ("portable", "auto"):
+        monkeypatch.setenv("MINIGRAD_QUANT_ISA", mode)
+        assert Q.native_isa(lib, "int8") == (0 if mode == "portable" else (1 if lib.quant_isa & 1 else 0))
+        with dispatch.trace() as seen:
+            outs[mode] = layer(minigrad.Tensor(x)).numpy()
+        assert "QuantizedMatmulNative" in seen
+        _check(outs[mode], ref, tol, mode)
+    monkeypatch.setenv("MINIGRAD_QUANT_ISA", "sse9")
+    with pytest.raises(ValueError, match="MINIGRAD_QUANT_ISA must be one of"):
+        layer(minigrad.Tensor(x))
+
+
+def _child_matmul(args):
+    from minigrad import dispatch
+    x, q, s = args
+    return dispatch.cpu_native().q8_matmul(x, q, s, None, x.shape[1], 1 if dispatch.cpu_native().quant_isa & 1 else 0, 2)
+
+
+def test_worker_threads_survive_fork(lib):
+    """The thread pool is per process: a forked child (as data-parallel workers are) starts its own."""
+    x, w, _ = _data(1, 2304, 768, 5)
+    q, s = Q.quantize_int8(w)
+    isa = 1 if lib.quant_isa & 1 else 0
+    here = lib.q8_matmul(x, q, s, None, 768, isa, 2)         # starts the parent's workers
+    with mp.get_context("fork").Pool(1) as pool:
+        there = pool.apply_async(_child_matmul, ((x, q, s),)).get(timeout=60)
+    assert np.array_equal(here, there)
+
+
+def test_threads_do_not_change_the_result(lib):
+    """Each output element is computed by one thread in a fixed order: 1 and 2 threads agree bit for bit."""
+    x, w, _ = _data(2, 4096, 512, 6)
+    q, s = Q.quantize_int8(w, 128)
+    for isa in _isas(lib, [0, 1]):
+        assert np.array_equal(lib.q8_matmul(x, q, s, None, 128, isa, 1), lib.q8_matmul(x, q, s, None, 128, isa, 2))
+    wb = Q.quantize_bf16(w).view(np.uint16)
+    for isa in _isas(lib, [0, 1]):
+        assert np.array_equal(lib.bf16_matmul(x, wb, None, isa, 1), lib.bf16_matmul(x, wb, None, isa, 2))
+
+
+def test_out_arrays_are_written_in_place(lib):
+    x, w, b = _data(2, 40, 70, 7)
+    q, s = Q.quantize_int8(w)
+    wb = Q.quantize_bf16(w).view(np.uint16)
+    isa = 1 if lib.quant_isa & 1 else 0
+    for fn in (lambda out: lib.q8_matmul(x, q, s, b, 70, isa, 1, out=out),
+               lambda out: lib.bf16_matmul(x, wb, b, isa, 1, out=out),
+               lambda out: lib.q8a8_matmul(x, q, s, Q.wsum_int8(q, 70), b, 70, 0, 1, out=out)):
+        out = np.full((2, 40), np.nan, np.float32)
+        assert fn(out) is out and np.array_equal(out, fn(None))
+        with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
+            fn(np.empty((40, 2), np.float32).T)
+
+
+@pytest.mark.parametrize("scheme,group", [("int8", None), ("int8", 48), ("bfloat16", None)])
+def test_many_rows_take_dequantized_blocks_and_blas(native_on, scheme, group):
+    """From PREFILL_ROWS rows of x on, the native variant multiplies dequantized blocks of W by sgemm:
+    same bound as the kernels."""
+    import minigrad
+    from minigrad import dispatch
+    m, n, k = Q.PREFILL_ROWS + 3, 700, 200
+    x, w, b = _data(m, n, k, 8)
+    layer = Q.QuantizedLinear.from_float(w, b, scheme, group_size=group)
+    wd = layer.dequantized().astype(np.float64)
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = (k + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    with dispatch.trace() as seen:
+        y = layer(minigrad.Tensor(x)).numpy()
+    assert "QuantizedMatmulNative" in seen
+    _check(y, ref, tol, f"{scheme} blocked")
