@@ -103,6 +103,8 @@ class MLP(nn.Module):
 
     def forward(self, x):  # (B, T, C) -> (B, T, C): proj(gelu(fc(x))), one op on the CPU
         B, T, C = x.shape
+        if not isinstance(self.fc, nn.Linear):   # quantized (minigrad.nn.quantize): the two layers
+            return self.drop(self.proj(F.gelu(self.fc(x))))
         y = F.gelu_mlp(x.reshape(B * T, C), self.fc.weight, self.fc.bias, self.proj.weight,
                        self.proj.bias)  # the fused op takes rows: (B*T, C)
         return self.drop(y.reshape(B, T, C))

@@ -245,3 +245,19 @@ def test_load_refuses_what_does_not_fit(tmp_path):
         nn.load_quantized(GPT(cfg), plain)
     with pytest.raises(ValueError, match="cannot read"):
         nn.load_quantized(GPT(cfg), tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("scheme,bound", [("int8", 0.03), ("bfloat16", 0.005)])
+def test_quantized_seq2seq_runs_its_linear_layers_quantized(scheme, bound):
+    """quantize_ on the encoder-decoder: every Linear (attention projections and the MLP, whose fused
+    op reads .weight, so the quantized MLP runs its two layers) is replaced; the tied head stays
+    float32. Logits within the same relative-RMS bounds as the GPT's (derived there)."""
+    from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
+    cfg = Seq2SeqConfig()
+    ref, q = Seq2Seq(cfg, seed=1).eval(), nn.quantize_(Seq2Seq(cfg, seed=1).eval(), scheme)
+    assert not any(isinstance(x, nn.Linear) for x in q.modules())
+    rng = np.random.default_rng(2)
+    src, dec = rng.integers(0, cfg.vocab_size, (2, 9)), rng.integers(0, cfg.vocab_size, (2, 7))
+    with minigrad.no_grad():
+        a, b = (m(src, dec)[0].numpy().astype(np.float64) for m in (ref, q))
+    assert np.sqrt(np.mean((a - b) ** 2) / np.mean(a ** 2)) < bound
