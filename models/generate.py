@@ -6,8 +6,8 @@ buffers) while the sequence fits. Past block_size there is no exact cache reuse:
 learned and absolute, so when the window slides every token's position changes and with it every
 key and value in every layer. Each step then computes the whole window; cache-free, since a
 refilled cache would be thrown away by the next step. Measured at the default config (block 64,
-`python /tmp/s4d/...` style A/B in the report): refilling the cache costs more than the cache-free
-forward, which also runs the fused attention op.
+200 alternating pairs on a shared 2-core machine): refilling 2.10 ms (p10; median 6.29) against the
+cache-free forward's 1.65 ms (median 5.78), which also runs the fused attention op.
 """
 from __future__ import annotations
 
@@ -171,7 +171,10 @@ def main(args) -> None:
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
         raise GenerateError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    from minigrad.models.weights import apply_weights
+
     model, tok, _ = load_model(args.ckpt, args.device, "best" if getattr(args, "best", False) else "latest")
+    apply_weights(model, getattr(args, "weights", "float32"))
     try:
         prompt = tok.encode(args.prompt)
     except TokenizerError as e:
@@ -198,7 +201,8 @@ def _user_errors():
     from minigrad.models.checkpoint import CheckpointError
     from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tokenize import TokenizerError
-    return (GenerateError, CheckpointError, TokenizerError, ModelTooLargeError)
+    from minigrad.models.weights import WeightsError
+    return (GenerateError, CheckpointError, TokenizerError, ModelTooLargeError, WeightsError)
 
 
 USER_ERRORS = _user_errors()
