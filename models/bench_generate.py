@@ -8,8 +8,9 @@ depend on their values), batch 1:
 - decode: one token at position context-1 attending to `context` tokens: a decode step with
   context-1 tokens cached (the cache is rewound after each timed step); past block_size, the
   generation's window forward over the last block_size tokens (models/generate.py);
-- bandwidth: a read-only reduction (NumPy sum) over a 1 GiB float32 array split across as many
-  threads as BLAS uses, counted as the bytes read; a 1 GiB copy beside it, counted read + write;
+- bandwidth: a read-only reduction (NumPy sum) over a 1 GiB float32 array (--probe-mib) split
+  across as many threads as BLAS uses, counted as the bytes read; a copy of it beside, counted
+  read + write; both before and after the timing, the higher kept (a shared machine's load moves it);
 - floor: (weights' bytes + the cache bytes a step reads) / the read bandwidth;
 - PyTorch eager (float32, a small GPT with a preallocated KV cache mirroring ours, loaded with the
   same weights), in a child process when torch is importable, same protocol.
@@ -234,13 +235,15 @@ def main(args) -> int:
           f"{args.warmup} warm-up + {args.steps} timed steps; {threads} BLAS threads", flush=True)
     if hasattr(os, "getloadavg"):
         print(f"  load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    before = bandwidth(threads)
+    probe = getattr(args, "probe_mib", 1024) << 20
+    before = bandwidth(threads, probe)
     r = time_minigrad(model, args.context, args.warmup, args.steps, args.seed)
-    after = bandwidth(threads)
+    after = bandwidth(threads, probe)
     read = max(before["read_gbs"], after["read_gbs"])   # the higher: the lower floor, the stricter multiple
-    print(f"  memory bandwidth: {read:.1f} GB/s read (sum over 1 GiB float32 in {threads} threads, bytes read; "
+    print(f"  memory bandwidth: {read:.1f} GB/s read (sum over {probe >> 20} MiB float32 in {threads} threads, "
+          "bytes read; "
           f"the higher of {before['read_gbs']:.1f} before and {after['read_gbs']:.1f} after the timing); copy "
-          f"{max(before['copy_gbs'], after['copy_gbs']):.1f} GB/s (1 GiB, read + write)", flush=True)
+          f"{max(before['copy_gbs'], after['copy_gbs']):.1f} GB/s (read + write)", flush=True)
     w_bytes, kv_bytes = decode_bytes(model, args.context)
     floor_ms = (w_bytes + kv_bytes) / (read * 1e9) * 1e3
     past = args.context > cfg.block_size

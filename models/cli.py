@@ -61,6 +61,8 @@ def _add_bench_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (default 5)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--probe-mib", type=int, default=1024, help="size of the bandwidth probe's array (default "
+                                                               "1024 MiB: far past the caches)")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
