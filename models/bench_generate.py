@@ -126,9 +126,45 @@ def time_minigrad(model: GPT, context: int, warmup: int, steps: int, seed: int) 
             def step():
                 window(seq)
         dec_t = wall_times(step, warmup, steps)
-    return {"prefill_ms": 1e3 * float(np.median(pre)), "decode_ms": 1e3 * float(np.median(dec_t)),
+        old = wall_times(_forward_step(model, ids), warmup, steps)
+        one = _one_blas_thread(lambda: (wall_times(prefill, max(1, warmup // 2), max(5, steps // 6)),
+                                        wall_times(step, warmup, steps)))
+    return {"forward_ms": 1e3 * float(np.median(old)),
+            "one_thread": one and [1e3 * float(np.median(t)) for t in one],"prefill_ms": 1e3 * float(np.median(pre)), "decode_ms": 1e3 * float(np.median(dec_t)),
             "decode_p10": 1e3 * float(np.percentile(dec_t, 10)), "decode_p90": 1e3 * float(np.percentile(dec_t, 90)),
             "fast": dec.fast}
+
+
+def _one_blas_thread(fn):
+    """fn() with BLAS on one thread (threadpoolctl), or None without threadpoolctl. On a shared
+    machine a BLAS thread that waits for a busy core stalls every GEMV; one thread does not wait."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    with threadpool_limits(limits=1, user_api="blas"):
+        return fn()
+
+
+def _forward_step(model: GPT, ids):
+    """The decode step as generation ran it before models/decode.py: the Tensor forward of one token
+    with the KV cache; past block_size a fresh cache refilled with the window."""
+    from minigrad.models.gpt import KVCache
+
+    cfg, context = model.config, ids.shape[1]
+    cache = KVCache(cfg, 1)
+    if context <= cfg.block_size:
+        if context > 1:
+            model(ids[:, :context - 1], cache=cache, last_only=True)
+
+        def step():
+            cache.length = context - 1
+            model(ids[:, context - 1:], cache=cache, last_only=True)
+        return step
+
+    def refill():
+        model(ids[:, -cfg.block_size:], cache=KVCache(cfg, 1), last_only=True)
+    return refill
 
 
 # ---------------------------------------------------------------------------- PyTorch reference
@@ -238,6 +274,7 @@ def main(args) -> int:
     probe = getattr(args, "probe_mib", 1024) << 20
     before = bandwidth(threads, probe)
     r = time_minigrad(model, args.context, args.warmup, args.steps, args.seed)
+    past = args.context > cfg.block_size
     after = bandwidth(threads, probe)
     read = max(before["read_gbs"], after["read_gbs"])   # the higher: the lower floor, the stricter multiple
     print(f"  memory bandwidth: {read:.1f} GB/s read (sum over {probe >> 20} MiB float32 in {threads} threads, "
@@ -246,12 +283,17 @@ def main(args) -> int:
           f"{max(before['copy_gbs'], after['copy_gbs']):.1f} GB/s (read + write)", flush=True)
     w_bytes, kv_bytes = decode_bytes(model, args.context)
     floor_ms = (w_bytes + kv_bytes) / (read * 1e9) * 1e3
-    past = args.context > cfg.block_size
     print(f"  weights: {w_bytes:,} bytes ({w_bytes / 1e6:.1f} MB read per token); KV cache read per token: "
           f"{kv_bytes:,} bytes", flush=True)
     print(f"  minigrad  prefill {r['prefill_ms']:9.2f} ms ({min(args.context, cfg.block_size)} tokens)   decode "
           f"{r['decode_ms']:8.3f} ms/token (p10 {r['decode_p10']:.3f}, p90 {r['decode_p90']:.3f})"
           f"{'' if r['fast'] else '  [Tensor-forward fallback]'}", flush=True)
+    if r["one_thread"] is not None:
+        print(f"  minigrad, 1 BLAS thread:  prefill {r['one_thread'][0]:9.2f} ms   decode {r['one_thread'][1]:8.3f} "
+              "ms/token", flush=True)
+    print(f"  before models/decode.py (the Tensor forward with the cache{'; refilled past block_size' if past else ''}):"
+          f" decode {r['forward_ms']:8.3f} ms/token ({r['forward_ms'] / r['decode_ms']:.2f}x this run's decode)",
+          flush=True)
     note = ("; past block_size each token runs the window forward (compute-bound), so this floor is only a "
             "lower bound" if past else "")
     print(f"  floor {floor_ms:.3f} ms/token ((weights + KV) / read bandwidth); decode = "

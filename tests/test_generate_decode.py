@@ -108,3 +108,26 @@ def test_a_decode_step_allocates_no_array():
     at least one (1, 512) float32 array (2 KiB) per temporary; what remains is Python objects."""
     small, big = _step_peak(32), _step_peak(512)
     assert big < small + 512 * 4 // 2, (small, big)
+
+
+def test_prefill_runs_the_cache_free_attention_and_keeps_k_and_v():
+    """A prefill into an empty cache gives the cache-free forward's logits bit for bit (the same
+    fused attention op), and stores the keys and values that token-by-token extension stores."""
+    from minigrad.models.gpt import KVCache
+
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    m = _model(cfg, seed=5)
+    seq = np.random.default_rng(6).integers(0, cfg.vocab_size, (2, 6))
+    with minigrad.no_grad():
+        full = m(seq)[0].numpy()
+        pre = KVCache(cfg, 2)
+        got = m(seq, cache=pre)[0].numpy()
+        one = KVCache(cfg, 2)
+        m(seq[:, :1], cache=one)
+        for t in range(1, 6):
+            m(seq[:, t:t + 1], cache=one)
+    assert np.array_equal(got, full)
+    assert pre.length == one.length == 6
+    a, b = pre.buf[:, :, :, :, :6], one.buf[:, :, :, :, :6]
+    assert np.allclose(a, b, rtol=0, atol=_tolerance(cfg, b))
+    assert not pre.buf[:, :, :, :, 6:].any()   # nothing written past the prefill
