@@ -98,6 +98,8 @@ class MLP(nn.Module):
 
     def forward(self, x):  # (B, T, C) -> (B, T, C): c_proj(gelu(c_fc(x))), one op on the CPU
         B, T, C = x.shape
+        if not isinstance(self.c_fc, nn.Linear):   # quantized (minigrad.nn.quantize): the two layers
+            return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
         y = F.gelu_mlp(x.reshape(B * T, C), self.c_fc.weight, self.c_fc.bias, self.c_proj.weight,
                        self.c_proj.bias)  # the fused op takes rows: (B*T, C)
         return self.drop(y.reshape(B, T, C))
@@ -128,6 +130,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout, generator=self.dropout_rng)
         self.h = nn.ModuleList([Block(config, self.dropout_rng) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = None  # the head is wte.weight; nn.quantize_ puts a quantized copy of it here
         self.init_weights(seed)
 
     def init_weights(self, seed: int) -> None:
@@ -172,7 +175,9 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
             T = 1
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V): the head tied to the embedding
+        x = self.ln_f(x)
+        # (B, T, V): the head tied to the embedding, or its quantized copy
+        logits = F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
         if targets is None:
             return logits, None
         tgt = targets.data if isinstance(targets, minigrad.Tensor) else targets

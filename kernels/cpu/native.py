@@ -1,8 +1,9 @@
 """Build the native CPU sources with the machine's C++ compiler at first use and call them through ctypes.
 
-Three translation units make one library: fast_cpu.cpp (row loops and Adam, built with
+Four translation units make one library: fast_cpu.cpp (row loops and Adam, built with
 -ffp-contract=off so each expression rounds as its NumPy reference), gelu.cpp and
-attention_cpu.cpp (arithmetic-bound loops and small GEMMs, built with fused multiply-adds).
+attention_cpu.cpp (arithmetic-bound loops and small GEMMs, built with fused multiply-adds), and
+quant_gemm.cpp (int8 and bfloat16 weight matmuls for minigrad.nn.quantize, float32 activations).
 
     lib = load()          # a NativeCPU, or None (no compiler, build failure: one warning, then None)
     y, slope = lib.gelu(x)
@@ -33,12 +34,14 @@ import numpy as np
 from minigrad.kernels import cache
 
 SOURCE = Path(__file__).with_name("fast_cpu.cpp")
-FMA_SOURCES = (Path(__file__).with_name("gelu.cpp"), Path(__file__).with_name("attention_cpu.cpp"))
+FMA_SOURCES = (Path(__file__).with_name("gelu.cpp"), Path(__file__).with_name("attention_cpu.cpp"),
+               Path(__file__).with_name("quant_gemm.cpp"))
 HEADERS = (Path(__file__).with_name("vecmath.h"),)
 CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC",
             "-fvisibility=hidden", "-w"]
 SOURCE_FLAGS = {"fast_cpu.cpp": ["-ffp-contract=off"], "gelu.cpp": ["-ffp-contract=fast", "-mprefer-vector-width=512"],
-                "attention_cpu.cpp": ["-ffp-contract=fast"]}
+                "attention_cpu.cpp": ["-ffp-contract=fast"],
+                "quant_gemm.cpp": ["-ffp-contract=fast", "-mprefer-vector-width=512"]}
 ABI_VERSION = 6
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -187,6 +190,14 @@ class NativeCPU:
                 f = getattr(cdll, f"mg_{name}_{suffix}")
                 f.argtypes, f.restype = args, returns.get(name)
                 self._fn[name, dt] = f
+        for name, args in {"q8_matmul": [P, P, P, P, P, I, I, I, I, C, C],
+                           "bf16_matmul": [P, P, P, P, I, I, I, C, C],
+                           "q8a8_matmul": [P, P, P, P, P, P, I, I, I, I, C, C, P, P]}.items():
+            f = getattr(cdll, f"mg_{name}")
+            f.argtypes, f.restype = args, C
+            self._fn[name] = f
+        cdll.mg_quant_isa.restype = C
+        self.quant_isa = int(cdll.mg_quant_isa())   # bit 0 AVX-512, bit 1 VNNI, bit 2 AVX512-BF16
         self.cdll = cdll
 
     def gelu(self, x, out=None):
@@ -278,3 +289,37 @@ class NativeCPU:
         self._fn["adam", w.dtype](_p(w), _p(grad), _p(m), _p(v), w.size, mode, 1.0 - lr * weight_decay,
                                   weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / bc2_sqrt,
                                   eps)
+
+    # ---------------------------------------------------------------- quantized weights (quant_gemm.cpp)
+    # x (M, K) float32, W (N, K), bias (N,) float32 or None -> y (M, N) float32. isa: 0 portable,
+    # 1 AVX-512, 2 VNNI (q8a8) / AVX512-BF16 dot (bf16); the caller picks one that quant_isa allows.
+
+    def _quant_call(self, name, isa, *args):
+        if self._fn[name](*args) != 0:
+            raise RuntimeError(f"{name}: isa {isa} is not compiled into this library (quant_isa={self.quant_isa})")
+
+    def q8_matmul(self, x, w, scale, bias, group, isa, nthreads):
+        """W int8 (N, K), scale float32 (N, ceil(K / group)): W ≈ q · scale per row and group."""
+        (m, k), n = x.shape, w.shape[0]
+        y = np.empty((m, n), np.float32)
+        self._quant_call("q8_matmul", isa, _p(x), _p(w), _p(scale), _p(bias), _p(y), m, n, k, int(group), int(isa),
+                         int(nthreads))
+        return y
+
+    def bf16_matmul(self, x, w_bits, bias, isa, nthreads):
+        """W bfloat16 (N, K) passed as its uint16 bits."""
+        (m, k), n = x.shape, w_bits.shape[0]
+        y = np.empty((m, n), np.float32)
+        self._quant_call("bf16_matmul", isa, _p(x), _p(w_bits), _p(bias), _p(y), m, n, k, int(isa), int(nthreads))
+        return y
+
+    def q8a8_matmul(self, x, w, scale, wsum, bias, group, isa, nthreads, keep_xq=False):
+        """As q8_matmul with x quantized per row to int8 (exact int32 dot products); wsum int32 (N, G)
+        = Σ_k q per group. Returns y, or (y, xq (M, K) int8, xs (M,) float32) with keep_xq."""
+        (m, k), n = x.shape, w.shape[0]
+        y = np.empty((m, n), np.float32)
+        xs = np.empty(m, np.float32)
+        xq = np.empty((m, k), np.int8) if keep_xq else None
+        self._quant_call("q8a8_matmul", isa, _p(x), _p(w), _p(scale), _p(wsum), _p(bias), _p(y), m, n, k, int(group),
+                         int(isa), int(nthreads), _p(xq), _p(xs))
+        return (y, xq, xs) if keep_xq else y

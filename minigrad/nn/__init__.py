@@ -8,6 +8,7 @@ from .layers import GELU, Dropout, Embedding, Flatten, Identity, LayerNorm, Line
 from .module import Module, ModuleList, Parameter, Sequential
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, RMSNorm
 from .pooling import AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, Upsample
+from .quantize import QuantizedLinear, dequantize_, load_quantized, quantize_, save_quantized
 
 __all__ = ["functional", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Embedding", "LayerNorm",
            "Dropout", "MultiheadAttention", "ReLU", "GELU", "Tanh",
@@ -16,4 +17,6 @@ __all__ = ["functional", "Module", "Parameter", "Sequential", "ModuleList", "Lin
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "Upsample", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
            "Flatten", "Identity", "Sigmoid", "Softmax", "LogSoftmax",
            "SiLU", "Mish", "SELU", "ReLU6", "Hardsigmoid", "Hardswish", "LogSigmoid", "Softsign", "Softplus",
-           "LeakyReLU", "ELU", "CELU", "Hardtanh", "GLU"]
+           "LeakyReLU", "ELU", "CELU", "Hardtanh", "GLU",
+           # weight-only quantization for inference (issue 19)
+           "quantize_", "dequantize_", "save_quantized", "load_quantized", "QuantizedLinear"]

@@ -1,0 +1,423 @@
+// Weight-only quantized matmuls for inference (minigrad/nn/quantize.py): y (M, N) = x (M, K) · Wᵀ + b,
+// x and y float32, W stored small. Built into the native library by kernels/cpu/native.py with
+// -ffp-contract=fast and 512-bit vectors.
+//
+//   q8     W int8 (N, K), s float32 (N, G), G = ceil(K / group): W[n, k] = q[n, k] · s[n, k / group].
+//          Dequantize on the fly: 16 int8 -> int32 -> float32 (vpmovsxbd, vcvtdq2ps), then float32
+//          FMAs against x; per group, tot += acc · s[n, g]; y = Σ lanes(tot) + b. Activations stay
+//          float32, so the only rounding is float32 accumulation (bound: (K + 2)·eps·Σ|x||w|).
+//   bf16   W bfloat16 bits as uint16 (N, K): float(bits << 16) is exact, then the same FMAs
+//          (isa 1). isa 2 uses AVX512-BF16 vdpbf16ps instead: x is rounded to bfloat16 once per call
+//          and pairs of products are summed by the instruction (faster in compute, less accurate).
+//   q8a8   W as q8, x quantized per row on the fly: sx = max|x| / 127, xq = rint(x / sx) in int8.
+//          The dot products are exact int32 sums: VNNI vpdpbusd multiplies unsigned bytes by signed
+//          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
+//          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
+//          K · 255 · 127 < 2^31 (the caller checks).
+//
+// isa: 0 = portable loops (no intrinsics; -march=native may still vectorise them), 1 = AVX-512,
+// 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
+// this CPU support. Work is split over output rows n in blocks of 4 across `nthreads` std::threads
+// (each thread reads its own rows of W once; x is shared and read-only); small problems run on
+// the calling thread. Every array is C-contiguous; sizes are int64. Deterministic: each y element
+// is computed by one thread in a fixed order.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define MG_Q_AVX512 1
+#endif
+
+typedef int64_t i64;
+
+namespace {
+
+struct Args {
+    const float* x;
+    const void* w;
+    const float* s;       // q8: (N, G) scales; bf16: unused
+    const int32_t* wsum;  // q8a8: (N, G) Σ_k q[n, k] per group
+    const float* b;       // (N,) or null
+    float* y;
+    i64 M, N, K, group, G;
+    const void* xq;       // q8a8: quantized x (M, Kp) uint8 (xq + 128); bf16 isa 2: x as bf16 (M, Kp)
+    const float* xs;      // q8a8: per-row scale of x (M,)
+    i64 Kp;               // row stride of xq
+};
+
+// ---------------------------------------------------------------- portable
+void q8_rows_portable(const Args& a, i64 n0, i64 n1) {
+    const int8_t* w = (const int8_t*)a.w;
+    for (i64 n = n0; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) {
+            const float* x = a.x + m * a.K;
+            const int8_t* wr = w + n * a.K;
+            float tot = 0.0f;
+            for (i64 g = 0; g < a.G; ++g) {
+                i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (i64 k = k0; k < k1; ++k) acc += x[k] * (float)wr[k];
+                tot += acc * a.s[n * a.G + g];
+            }
+            a.y[m * a.N + n] = tot + (a.b ? a.b[n] : 0.0f);
+        }
+}
+
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void bf16_rows_portable(const Args& a, i64 n0, i64 n1) {
+    const uint16_t* w = (const uint16_t*)a.w;
+    for (i64 n = n0; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) {
+            const float* x = a.x + m * a.K;
+            const uint16_t* wr = w + n * a.K;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (i64 k = 0; k < a.K; ++k) acc += x[k] * bf16_to_f32(wr[k]);
+            a.y[m * a.N + n] = acc + (a.b ? a.b[n] : 0.0f);
+        }
+}
+
+void q8a8_rows_portable(const Args& a, i64 n0, i64 n1) {
+    const int8_t* w = (const int8_t*)a.w;
+    const uint8_t* xq = (const uint8_t*)a.xq;
+    for (i64 n = n0; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) {
+            const uint8_t* xr = xq + m * a.Kp;
+            const int8_t* wr = w + n * a.K;
+            float tot = 0.0f;
+            for (i64 g = 0; g < a.G; ++g) {
+                i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+                int32_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (i64 k = k0; k < k1; ++k) acc += ((int32_t)xr[k] - 128) * (int32_t)wr[k];
+                tot += a.s[n * a.G + g] * (float)acc;
+            }
+            a.y[m * a.N + n] = a.xs[m] * tot + (a.b ? a.b[n] : 0.0f);
+        }
+}
+
+// x row -> xq + 128 (uint8, padded with 128 = zero to Kp), returns sx. Shared by both q8a8 paths,
+// so the quantized activations are the same bytes whichever path runs.
+float quantize_row(const float* x, i64 K, uint8_t* out, i64 Kp) {
+    float amax = 0.0f;
+    for (i64 k = 0; k < K; ++k) amax = std::fabs(x[k]) > amax ? std::fabs(x[k]) : amax;
+    float sx = amax / 127.0f;
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (i64 k = 0; k < K; ++k) {
+        float q = std::nearbyint(x[k] * inv);
+        q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+        out[k] = (uint8_t)((int32_t)q + 128);
+    }
+    for (i64 k = K; k < Kp; ++k) out[k] = 128;
+    return sx;
+}
+
+#ifdef MG_Q_AVX512
+// ---------------------------------------------------------------- AVX-512
+inline __mmask16 tail16(i64 n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+struct LoadQ8 {
+    static __m512 full(const void* p, i64 k) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)((const int8_t*)p + k))));
+    }
+    static __m512 part(const void* p, i64 k, __mmask16 m) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t*)p + k)));
+    }
+    static const void* row(const void* w, i64 n, i64 K) { return (const int8_t*)w + n * K; }
+};
+
+struct LoadBF16 {
+    static __m512 full(const void* p, i64 k) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)p + k)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    }
+    static __m512 part(const void* p, i64 k, __mmask16 m) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t*)p + k));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    }
+    static const void* row(const void* w, i64 n, i64 K) { return (const uint16_t*)w + n * K; }
+};
+
+// R rows of W (from n) against MB rows of x (from m): y[m + j, n + r]. s null means scale 1 (bf16).
+template <class L, int R, int MB>
+void tile(const Args& a, i64 n, i64 m) {
+    const void* wr[R];
+    for (int r = 0; r < R; ++r) wr[r] = L::row(a.w, n + r, a.K);
+    const float* xr[MB];
+    for (int j = 0; j < MB; ++j) xr[j] = a.x + (m + j) * a.K;
+    __m512 tot[R][MB];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < MB; ++j) tot[r][j] = _mm512_setzero_ps();
+    for (i64 g = 0; g < a.G; ++g) {
+        i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+        __m512 acc[R][MB];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_ps();
+        i64 k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            __m512 xv[MB];
+            for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(xr[j] + k);
+            for (int r = 0; r < R; ++r) {
+                __m512 wv = L::full(wr[r], k);
+                for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+            }
+        }
+        if (k < k1) {
+            __mmask16 mk = tail16(k1 - k);
+            __m512 xv[MB];
+            for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_ps(mk, xr[j] + k);
+            for (int r = 0; r < R; ++r) {
+                __m512 wv = L::part(wr[r], k, mk);
+                for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+            }
+        }
+        if (a.s) {
+            for (int r = 0; r < R; ++r) {
+                __m512 sv = _mm512_set1_ps(a.s[(n + r) * a.G + g]);
+                for (int j = 0; j < MB; ++j) tot[r][j] = _mm512_fmadd_ps(acc[r][j], sv, tot[r][j]);
+            }
+        } else {
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < MB; ++j) tot[r][j] = _mm512_add_ps(acc[r][j], tot[r][j]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < MB; ++j)
+            a.y[(m + j) * a.N + n + r] = _mm512_reduce_add_ps(tot[r][j]) + (a.b ? a.b[n + r] : 0.0f);
+}
+
+// Rows [n0, n1) of the output, all M rows of x: blocks of 4 weight rows (read from memory once,
+// then from L1 for each x row); x rows in threes (register tile 4 x 3 = 12 accumulators + 12 totals).
+template <class L>
+void rows_avx512(const Args& a, i64 n0, i64 n1) {
+    i64 n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        i64 m = 0;
+        for (; m + 3 <= a.M; m += 3) tile<L, 4, 3>(a, n, m);
+        for (; m < a.M; ++m) tile<L, 4, 1>(a, n, m);
+    }
+    for (; n < n1; ++n) {
+        i64 m = 0;
+        for (; m + 3 <= a.M; m += 3) tile<L, 1, 3>(a, n, m);
+        for (; m < a.M; ++m) tile<L, 1, 1>(a, n, m);
+    }
+}
+#endif
+
+#if defined(MG_Q_AVX512) && defined(__AVX512BF16__)
+// vdpbf16ps: 32 bf16 products per instruction, summed in pairs into 16 float32 lanes. x (M, Kp)
+// already bfloat16 (rounded to nearest even by vcvtne2ps2bf16, zero-padded to Kp, a multiple of 32).
+template <int R>
+void bf16dp_tile(const Args& a, i64 n, i64 m) {
+    const uint16_t* w = (const uint16_t*)a.w;
+    const uint16_t* xr = (const uint16_t*)a.xq + m * a.Kp;
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    i64 k = 0;
+    for (; k + 32 <= a.K; k += 32) {
+        __m512i xv = _mm512_loadu_si512(xr + k);
+        for (int r = 0; r < R; ++r) {
+            __m512i wv = _mm512_loadu_si512(w + (n + r) * a.K + k);
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)xv, (__m512bh)wv);
+        }
+    }
+    if (k < a.K) {
+        i64 t = a.K - k;
+        __mmask32 mk = t >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << t) - 1);
+        __m512i xv = _mm512_maskz_loadu_epi16(mk, xr + k);
+        for (int r = 0; r < R; ++r) {
+            __m512i wv = _mm512_maskz_loadu_epi16(mk, w + (n + r) * a.K + k);
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)xv, (__m512bh)wv);
+        }
+    }
+    for (int r = 0; r < R; ++r) a.y[m * a.N + n + r] = _mm512_reduce_add_ps(acc[r]) + (a.b ? a.b[n + r] : 0.0f);
+}
+
+void bf16dp_rows(const Args& a, i64 n0, i64 n1) {
+    i64 n = n0;
+    for (; n + 4 <= n1; n += 4)
+        for (i64 m = 0; m < a.M; ++m) bf16dp_tile<4>(a, n, m);
+    for (; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) bf16dp_tile<1>(a, n, m);
+}
+#endif
+
+#if defined(MG_Q_AVX512) && defined(__AVX512VNNI__)
+// vpdpbusd: 64 byte products per instruction, summed in fours into 16 int32 lanes (exact).
+// Tile: R weight rows x MB x rows; per group, an int32 accumulator per (r, j), then the float sum.
+template <int R, int MB>
+void q8a8_tile(const Args& a, i64 n, i64 m) {
+    const int8_t* w = (const int8_t*)a.w;
+    const uint8_t* xq = (const uint8_t*)a.xq;
+    float tot[R][MB] = {};
+    for (i64 g = 0; g < a.G; ++g) {
+        i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+        __m512i acc[R][MB];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_si512();
+        for (i64 k = k0; k < k1; k += 64) {
+            i64 t = k1 - k;
+            __mmask64 mk = t >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << t) - 1);
+            __m512i xv[MB];
+            for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_si512(xq + (m + j) * a.Kp + k);  // padded row
+            for (int r = 0; r < R; ++r) {
+                __m512i wv = _mm512_maskz_loadu_epi8(mk, w + (n + r) * a.K + k);   // outside [k, k1): 0
+                for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], xv[j], wv);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            int32_t off = 128 * a.wsum[(n + r) * a.G + g];
+            float sg = a.s[(n + r) * a.G + g];
+            for (int j = 0; j < MB; ++j) tot[r][j] += sg * (float)(_mm512_reduce_add_epi32(acc[r][j]) - off);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < MB; ++j)
+            a.y[(m + j) * a.N + n + r] = a.xs[m + j] * tot[r][j] + (a.b ? a.b[n + r] : 0.0f);
+}
+
+void q8a8_rows_vnni(const Args& a, i64 n0, i64 n1) {
+    i64 n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        i64 m = 0;
+        for (; m + 4 <= a.M; m += 4) q8a8_tile<4, 4>(a, n, m);
+        for (; m < a.M; ++m) q8a8_tile<4, 1>(a, n, m);
+    }
+    for (; n < n1; ++n) {
+        i64 m = 0;
+        for (; m + 4 <= a.M; m += 4) q8a8_tile<1, 4>(a, n, m);
+        for (; m < a.M; ++m) q8a8_tile<1, 1>(a, n, m);
+    }
+}
+#endif
+
+typedef void (*RowsFn)(const Args&, i64, i64);
+
+// Rows [0, N) split over up to nthreads threads in blocks of 4 rows; the calling thread takes the
+// first share. Below ~256 KB of weights per thread the spawn costs more than it saves.
+void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
+    i64 nt = nthreads < 1 ? 1 : nthreads;
+    i64 max_by_size = wbytes / (256 * 1024);
+    if (nt > max_by_size) nt = max_by_size < 1 ? 1 : max_by_size;
+    i64 blocks = (a.N + 3) / 4;
+    if (nt > blocks) nt = blocks;
+    if (nt <= 1) {
+        fn(a, 0, a.N);
+        return;
+    }
+    std::vector<std::thread> pool;
+    i64 per = (blocks + nt - 1) / nt;
+    for (i64 t = 1; t < nt; ++t) {
+        i64 n0 = t * per * 4, n1 = (t + 1) * per * 4 < a.N ? (t + 1) * per * 4 : a.N;
+        if (n0 < n1) pool.emplace_back([=, &a] { fn(a, n0, n1); });
+    }
+    fn(a, 0, per * 4 < a.N ? per * 4 : a.N);
+    for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+#define MG_API extern "C" __attribute__((visibility("default")))
+
+// Bit 0: AVX-512 (F, BW) compiled in and present; bit 1: VNNI; bit 2: AVX512-BF16.
+MG_API int mg_quant_isa() {
+    int isa = 0;
+#ifdef MG_Q_AVX512
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        isa |= 1;
+#ifdef __AVX512VNNI__
+        if (__builtin_cpu_supports("avx512vnni")) isa |= 2;
+#endif
+#ifdef __AVX512BF16__
+        if (__builtin_cpu_supports("avx512bf16")) isa |= 4;
+#endif
+    }
+#endif
+    return isa;
+}
+
+// isa 0 portable, 1 AVX-512. Returns 0, or -1 if the requested path is not compiled in.
+MG_API int mg_q8_matmul(const float* x, const int8_t* w, const float* s, const float* b, float* y, i64 M, i64 N,
+                        i64 K, i64 group, int isa, int nthreads) {
+    Args a{x, w, s, nullptr, b, y, M, N, K, group, (K + group - 1) / group, nullptr, nullptr, 0};
+    RowsFn fn = q8_rows_portable;
+    if (isa == 1) {
+#ifdef MG_Q_AVX512
+        fn = rows_avx512<LoadQ8>;
+#else
+        return -1;
+#endif
+    }
+    run_rows(fn, a, nthreads, N * K);
+    return 0;
+}
+
+// isa 0 portable, 1 AVX-512 (exact bf16 -> f32 and f32 FMAs), 2 AVX512-BF16 vdpbf16ps (x rounded to bf16).
+MG_API int mg_bf16_matmul(const float* x, const uint16_t* w, const float* b, float* y, i64 M, i64 N, i64 K, int isa,
+                          int nthreads) {
+    Args a{x, w, nullptr, nullptr, b, y, M, N, K, K, 1, nullptr, nullptr, 0};
+    RowsFn fn = bf16_rows_portable;
+    std::vector<uint16_t> xb;
+    if (isa == 1) {
+#ifdef MG_Q_AVX512
+        fn = rows_avx512<LoadBF16>;
+#else
+        return -1;
+#endif
+    } else if (isa == 2) {
+#if defined(MG_Q_AVX512) && defined(__AVX512BF16__)
+        a.Kp = (K + 31) / 32 * 32;
+        xb.assign(M * a.Kp, 0);
+        for (i64 m = 0; m < M; ++m)
+            for (i64 k = 0; k < a.Kp; k += 32) {
+                i64 t = K - k;
+                __m512 lo = _mm512_maskz_loadu_ps(tail16(t), x + m * K + k);
+                __m512 hi = t > 16 ? _mm512_maskz_loadu_ps(tail16(t - 16), x + m * K + k + 16) : _mm512_setzero_ps();
+                _mm512_storeu_si512(xb.data() + m * a.Kp + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            }
+        a.xq = xb.data();
+        fn = bf16dp_rows;
+#else
+        return -1;
+#endif
+    }
+    run_rows(fn, a, nthreads, N * K * 2);
+    return 0;
+}
+
+// x quantized per row to int8 (written to xq_out (M, K) int8 and xs_out (M,) for the caller to check),
+// then exact int32 dot products. isa 0 portable, 2 VNNI.
+MG_API int mg_q8a8_matmul(const float* x, const int8_t* w, const float* s, const int32_t* wsum, const float* b,
+                          float* y, i64 M, i64 N, i64 K, i64 group, int isa, int nthreads, int8_t* xq_out,
+                          float* xs_out) {
+    Args a{x, w, s, wsum, b, y, M, N, K, group, (K + group - 1) / group, nullptr, xs_out, (K + 63) / 64 * 64};
+    std::vector<uint8_t> xq(M * a.Kp);
+    for (i64 m = 0; m < M; ++m) {
+        xs_out[m] = quantize_row(x + m * K, K, xq.data() + m * a.Kp, a.Kp);
+        if (xq_out)
+            for (i64 k = 0; k < K; ++k) xq_out[m * K + k] = (int8_t)((int32_t)xq[m * a.Kp + k] - 128);
+    }
+    a.xq = xq.data();
+    RowsFn fn = q8a8_rows_portable;
+    if (isa == 2) {
+#if defined(MG_Q_AVX512) && defined(__AVX512VNNI__)
+        fn = q8a8_rows_vnni;
+#else
+        return -1;
+#endif
+    }
+    run_rows(fn, a, nthreads, N * K);
+    return 0;
+}
