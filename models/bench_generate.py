@@ -54,13 +54,13 @@ def make_model(config: str, seed: int, weights: str = "float32") -> GPT:
 
 def decode_bytes(model: GPT, context: int) -> tuple[int, int]:
     """(weights' bytes, cache bytes) one decode step at `context` reads: every array the model
-    holds once, except the position table (one row), plus the keys and values of min(context,
-    block_size) cached tokens in each layer."""
-    from minigrad.models.weights import weight_arrays
-
+    holds once (quantized weights with their scales), except that of the position table, and of
+    the embedding when a quantized head copy (lm_head) stands in for it, one row is read; plus the
+    keys and values of min(context, block_size) cached tokens in each layer."""
     cfg = model.config
-    wpe = model.wpe.weight.data
-    weights = sum(int(a.nbytes) for a in weight_arrays(model)) - int(wpe.nbytes) + int(wpe[0].nbytes)
+    one_row = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "lm_head", None) is not None else set())
+    weights = sum(int(a.nbytes) if name not in one_row else int(a[0].nbytes)
+                  for name, a in model.state_dict().items())
     tk = min(context, cfg.block_size)
     return weights, 2 * cfg.n_layer * tk * cfg.n_embd * 4
 

@@ -46,9 +46,40 @@ def _linear_into(linear):
                 out += b
         return gemv
 
+    native = _quantized_into(linear)
+    if native is not None:
+        return native
+
     def module(x, out):
         out[...] = linear(minigrad.Tensor(x)).data
     return module
+
+
+def _quantized_into(linear):
+    """For a QuantizedLinear (minigrad.nn.quantize) with float32 activations, the native kernel its
+    forward runs (QuantizedMatmulNative), called directly: the Tensor op's dispatch costs about as
+    much as the GEMV at the default size. None where its forward would not take the native path."""
+    from minigrad.nn.quantize import QuantizedLinear, _threads, native_isa
+
+    if not isinstance(linear, QuantizedLinear) or linear.activations != "float32":
+        return None
+    w = linear.weight.data
+    lib = dispatch.cpu_native(np.zeros(1, np.float32))
+    if lib is None or type(w) is not np.ndarray:
+        return None
+    bias = None if linear.bias is None else linear.bias.data
+    nt = _threads()
+    if w.dtype == np.int8:
+        scale, group, isa = linear.weight_scale.data, linear._group(), native_isa(lib, "int8")
+
+        def q8(x, out):
+            out[...] = lib.q8_matmul(x, w, scale, bias, group, isa, nt)
+        return q8
+    bits, isa = w.view(np.uint16), native_isa(lib, "bfloat16")
+
+    def bf16(x, out):
+        out[...] = lib.bf16_matmul(x, bits, bias, isa, nt)
+    return bf16
 
 
 class Decoder:
@@ -90,7 +121,9 @@ class Decoder:
                         self._ln(blk.ln_2), _linear_into(blk.mlp.c_fc), _linear_into(blk.mlp.c_proj))
                        for blk in model.h]
         self.ln_f = self._ln(model.ln_f)
-        self.head = getattr(model, "head_into", None) or self._tied_head
+        # the head: wte tied (a GEMV over its rows), or the quantized copy nn.quantize_ puts in lm_head
+        lm_head = getattr(model, "lm_head", None)
+        self.head = self._tied_head if lm_head is None else _linear_into(lm_head)
         self._gelu = self.lib._fn["gelu", np.dtype(f32)]
         self._ln_fwd = self.lib._fn["ln_fwd", np.dtype(f32)]
 

@@ -25,7 +25,3 @@ def apply_weights(model, weights: str, group_size: int | None = None):
     quantize_(model, weights, group_size=group_size)
     return model
 
-
-def weight_arrays(model) -> list:
-    """Every array the model holds for inference (quantized weights and their scales included)."""
-    return [a for a in model.state_dict().values()]

@@ -131,3 +131,26 @@ def test_prefill_runs_the_cache_free_attention_and_keeps_k_and_v():
     a, b = pre.buf[:, :, :, :, :6], one.buf[:, :, :, :, :6]
     assert np.allclose(a, b, rtol=0, atol=_tolerance(cfg, b))
     assert not pre.buf[:, :, :, :, 6:].any()   # nothing written past the prefill
+
+
+@pytest.mark.parametrize("scheme", ["int8", "bfloat16"])
+def test_decode_steps_with_quantized_weights_equal_the_quantized_forward(scheme):
+    """With nn.quantize_ (Linears and the tied head's lm_head copy), the step calls the same
+    kernels as the quantized model's forward: equal up to the attention's summation order."""
+    from minigrad.nn import quantize_
+
+    cfg = GPTConfig(vocab_size=17, block_size=10, n_layer=2, n_head=2, n_embd=32, bias=True)
+    m = quantize_(_model(cfg, seed=8), scheme)
+    assert m.lm_head is not None
+    seq = np.random.default_rng(9).integers(0, cfg.vocab_size, (1, cfg.block_size))
+    dec = Decoder(m)
+    assert dec.fast
+    with minigrad.no_grad():
+        got = [np.array(dec.prefill(seq[:, :2]))] + [np.array(dec.step(seq[:, t])) for t in range(2, 10)]
+        ref = [m(seq[:, :t + 1], last_only=True)[0].numpy()[:, -1] for t in range(1, 10)]
+    for t, (a, b) in enumerate(zip(got, ref)):
+        assert np.allclose(a, b, rtol=0, atol=_tolerance(cfg, b)), (t, np.abs(a - b).max())
+    f32 = _model(cfg, seed=8)
+    with minigrad.no_grad():
+        far = np.abs(f32(seq, last_only=True)[0].numpy()[:, -1] - ref[-1]).max()
+    assert far > _tolerance(cfg, ref[-1])   # the quantized weights are really in use
