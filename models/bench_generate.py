@@ -10,7 +10,8 @@ depend on their values), batch 1:
   generation's window forward over the last block_size tokens (models/generate.py);
 - bandwidth: a read-only reduction (NumPy sum) over a 1 GiB float32 array (--probe-mib) split
   across as many threads as BLAS uses, counted as the bytes read; a copy of it beside, counted
-  read + write; both before and after the timing, the higher kept (a shared machine's load moves it);
+  read + write; the best pass, before and after the timing, the higher kept (a shared machine's
+  load moves it; the higher bandwidth gives the lower floor, so the multiple is not flattered);
 - floor: (weights' bytes + the cache bytes a step reads) / the read bandwidth;
 - PyTorch eager (float32, a small GPT with a preallocated KV cache mirroring ours, loaded with the
   same weights), in a child process when torch is importable, same protocol.
@@ -66,8 +67,9 @@ def decode_bytes(model: GPT, context: int) -> tuple[int, int]:
 
 
 def bandwidth(threads: int, nbytes: int = PROBE_BYTES, reps: int = 7) -> dict:
-    """Read bandwidth (bytes read / s) of a sum over `nbytes` of float32 split across `threads`
-    threads (NumPy releases the GIL in the reduction), and copy bandwidth (read + write)."""
+    """Read bandwidth (bytes read / s, the best of `reps` passes) of a sum over `nbytes` of float32
+    split across `threads` threads (NumPy releases the GIL in the reduction), and copy bandwidth
+    (read + write, best pass)."""
     a = np.ones(nbytes // 4, np.float32)
     parts = np.array_split(a, threads)
 
@@ -78,9 +80,9 @@ def bandwidth(threads: int, nbytes: int = PROBE_BYTES, reps: int = 7) -> dict:
         for t in ts:
             t.join()
 
-    r = float(np.median(wall_times(read, 1, reps)))
+    r = min(wall_times(read, 1, reps))   # the best pass: a ceiling (a busy core slows some passes)
     dst = np.empty_like(a)
-    c = float(np.median(wall_times(lambda: np.copyto(dst, a), 1, max(3, reps // 2))))
+    c = min(wall_times(lambda: np.copyto(dst, a), 1, max(3, reps // 2)))
     return {"read_gbs": a.nbytes / r / 1e9, "copy_gbs": 2 * a.nbytes / c / 1e9, "threads": threads}
 
 
