@@ -227,7 +227,7 @@ def _nvcc_report(cu_path: Path, names, arch, notes):
 
 
 def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
-    from minigrad.kernels import registry, runtime
+    from minigrad.kernels import includes, registry, runtime
 
     report = CheckReport(rows=[], errors=[], notes=[])
     try:
@@ -251,7 +251,7 @@ def run_check(archs=ARCHS, names_filter=None, use_nvcc=True) -> CheckReport:
             if not names:
                 continue
         path = KERNEL_DIR / cu
-        source = path.read_text()
+        source = includes.expand(path.read_text(), path, cu)    # its kernels headers spliced in, as CuPy gets it
         for arch in archs:
             # one compile per arch: cubin with the ptxas report; every other log line is a warning
             ok, log, lowered, _ = nvrtc_compile(source, cu, names,

@@ -14,6 +14,7 @@ file and the template instantiations to compile, and launches through it.
         shared_mem  dynamic shared memory in bytes; max_shared opts in above 48 KiB (as
                     cudaFuncAttributeMaxDynamicSharedMemorySize would).
     The backend is chosen from the arrays: any cupy.ndarray argument -> CuPy, else the emulator.
+    Both compile the .cu with its `#include "…"` of kernels headers spliced in (kernels/includes.py).
     Each program is compiled once per process and backend (the emulator's .so is also cached on
     disk by hash). Under the emulator, argument types are checked against the kernel's C signature.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from minigrad.kernels.emulate.errors import KernelError
+from minigrad.kernels.includes import expand as expand_includes
 
 KERNEL_DIR = Path(__file__).resolve().parent
 DEFAULT_SHARED_LIMIT = 48 * 1024
@@ -116,7 +118,8 @@ class CupyModule:
         import cupy
 
         self.cu = cu
-        self.mod = cupy.RawModule(code=(KERNEL_DIR / cu).read_text(), options=NVRTC_OPTIONS,
+        path = KERNEL_DIR / cu        # its headers spliced in: CuPy's cache keys on the text it compiles
+        self.mod = cupy.RawModule(code=expand_includes(path.read_text(), path), options=NVRTC_OPTIONS,
                                   name_expressions=list(names))
         self._fns = {}        # name -> (RawKernel, static shared bytes, max threads per block)
         self._dynamic = {}    # name -> the max dynamic shared memory attribute set so far

@@ -13,6 +13,11 @@ a float32 parameter (the master weight) is a float32 array holding the half-type
 is exactly the rounding of a GPU's half GEMM with float32 accumulation (round to nearest even),
 on any device; on the CPU it costs a few extra passes over the operands.
 
+Where a kernel takes the half type itself (attention and the GPT's QKVAttention on "cuda", or on the
+CPU under MINIGRAD_KERNELS=emulate: ``autocast_half_storage`` on the op), the op gets real half
+arrays instead (``astype``, whose gradient casts back the same way) and runs the tensor-core
+kernels of version 2, which also round P to the half type for the PV product.
+
 The fused ops are rounded at their boundary only: GeluMLP's hidden activation (N, 4C) and the
 attention probabilities stay float32 inside the op, as in a fused kernel that keeps them in
 registers (FlashAttention keeps S in float32; it rounds P to the half type for the PV product, which
@@ -87,17 +92,16 @@ class GradScaler:
         if id(optimizer) in self._unscaled:
             raise RuntimeError("GradScaler.unscale_() was already called on this optimizer since the last update()")
         inv = 1.0 / self._scale
-        found = False
+        finite = None           # all gradients finite so far: a 0-d array, read once (one device sync)
         for p in _params(optimizer):
             g = p.grad
             if g is None:
                 continue
             g.data *= g.data.dtype.type(inv)
-            if not found:
-                xp = g._xp
-                found = not bool(xp.isfinite(g.data).all())
+            ok = g._xp.isfinite(g.data).all()
+            finite = ok if finite is None else finite & ok
         self._unscaled.add(id(optimizer))
-        self._found_inf = bool(self._found_inf) or found
+        self._found_inf = bool(self._found_inf) or (finite is not None and not bool(finite))
 
     def step(self, optimizer, *args, **kwargs):
         """Unscale (unless done), then ``optimizer.step()`` unless a gradient is inf or NaN.

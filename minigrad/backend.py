@@ -134,8 +134,84 @@ def check_device(device) -> str:
     return device
 
 
+# ---------------------------------------------------------------- checks of device data, read later
+# An op that validates its input's values (an index in range, a class target below C) needs to read
+# them; on a GPU each such read stalls the host until the device catches up. On "cpu" the check
+# raises at once. On "cuda" the op computes the check on the device (a 0-d bool, true when the input
+# is bad), files it here and goes on; the checks are read together, once, later: at the next
+# ``to_host`` (an explicit copy), in the distributed gradient allreduce's small info vector, or by
+# ``raise_deferred_checks()``; a loss op folds the pending checks into its value (NaN when one
+# failed, see ``fold_deferred_checks``), so the step's one read of its loss shows a failure too.
+# At most _DEFERRED_MAX stay filed: then the oldest folded one is dropped (its loss showed it), or,
+# when none was folded, all are read at once.
+_DEFERRED_MAX = 64
+_deferred: list = []          # [[0-d device bool, message(): str, folded into a loss yet?]]
+
+
+def check_values(bad, message, device: str) -> None:
+    """Raise IndexError(message()) when ``bad`` (a 0-d bool array: the input is bad) is true: at once
+    on "cpu"; on "cuda" when the deferred checks are next read (no read now). ``message`` may read
+    the device: it is called only for a failed check."""
+    if device != "cuda":
+        if bool(bad):
+            raise IndexError(message())
+        return
+    if len(_deferred) >= _DEFERRED_MAX:   # nothing read them for long (a training loop reads only its loss)
+        if _deferred[0][2]:
+            del _deferred[0]              # folded into a loss long ago: a failure made that loss NaN
+        else:
+            raise_deferred_checks()       # never folded: read them all now (one read)
+    _deferred.append([bad, message, False])
+
+
+def fold_deferred_checks():
+    """A 0-d device bool: some check filed since the last fold failed (None when none was filed).
+    A loss op makes its value NaN where this is true; the checks stay filed for their messages."""
+    fresh = [c for c in _deferred if not c[2]]
+    if not fresh:
+        return None
+    flag = fresh[0][0]
+    for c in fresh[1:]:
+        flag = flag | c[0]
+    for c in fresh:
+        c[2] = True
+    return flag
+
+
+def deferred_flags():
+    """The filed checks' flags as one device vector (None when none is filed), to be read with other
+    values; then ``raise_deferred_checks(host_values)``."""
+    if not _deferred:
+        return None
+    xp = get_array_module(_deferred[0][0])
+    return xp.stack([c[0] for c in _deferred]).reshape(-1)
+
+
+def raise_deferred_checks(flags=None) -> None:
+    """Read the filed checks (``flags``: deferred_flags() already read to the host, else read here,
+    once) and forget them; raise the first failed one's IndexError."""
+    global _deferred
+    if not _deferred:
+        return
+    checks, _deferred = _deferred, []
+    if flags is None:
+        xp = get_array_module(checks[0][0])
+        flags = host_copy(xp.stack([c[0] for c in checks]).reshape(-1))
+    for (_, message, _), failed in zip(checks, flags):
+        if failed:
+            raise IndexError(message())
+
+
 def to_host(a) -> np.ndarray:
-    """An explicit device-to-host copy (the only one the engine makes)."""
+    """An explicit device-to-host copy (the only one the engine makes); reports the deferred checks
+    of device data first (one read for all of them)."""
+    if _deferred:
+        raise_deferred_checks()
+    return host_copy(a)
+
+
+def host_copy(a) -> np.ndarray:
+    """A device-to-host copy that leaves the deferred checks filed (a caller that reads them with it)."""
     mod = type(a).__module__
     if mod.startswith("cupy"):
         return a.get()

@@ -21,7 +21,8 @@ Failure: a blocking collective (or the host sync that waits for an NCCL one) run
 A rank that waits longer than ``timeout`` seconds for the others (before training starts, at least
 SETUP_TIMEOUT: a rank may be preparing its data) prints one line naming what it waited in and ends
 the whole job (``MPI_Abort``): a dead or hung rank never makes the others hang.
-Under MPICH's mpiexec a rank that dies is noticed sooner: the launcher ends the others at once.
+Under MPICH's mpiexec a rank that dies is noticed sooner: the launcher ends the others at once
+(`minigrad launch`, models/mpi_launch.py, then says which rank died in one line).
 
 ``GradientBuffer`` is what a training loop reduces each step: every gradient copied into one flat
 buffer per dtype (one in practice), one allreduce, then each ``p.grad`` a view of the result; the
@@ -40,7 +41,8 @@ import time
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from . import backend
+from .backend import get_array_module
 
 BACKENDS = ("single", "mpi", "nccl")
 DEFAULT_TIMEOUT = 60.0     # seconds a rank waits in one collective before it declares the others lost
@@ -109,6 +111,7 @@ class Communicator:
     collective a no-op."""
 
     backend = "single"
+    _watchdog = None          # a _Watchdog in the backends whose collectives can wait
 
     def __init__(self):
         self.rank, self.size, self.local_rank = 0, 1, 0
@@ -181,9 +184,16 @@ class Communicator:
 
     @contextlib.contextmanager
     def waiting(self, what: str):
-        """Around a call that waits for the other ranks: the watchdog ends the job if it lasts
-        longer than ``timeout`` seconds."""
-        yield
+        """Around a call that waits for the other ranks: the watchdog (the mpi and nccl backends
+        have one) ends the job if it lasts longer than ``timeout`` seconds."""
+        dog = self._watchdog
+        if dog is not None:
+            dog.enter(what)
+        try:
+            yield
+        finally:
+            if dog is not None:
+                dog.leave()
 
     def describe(self) -> str:
         return "1 process"
@@ -268,14 +278,6 @@ class MPICommunicator(Communicator):
         self.local_rank = hosts[:self.rank].count(mine)
         self.local_size = hosts.count(mine)
         self.machines = len(set(hosts))
-
-    @contextlib.contextmanager
-    def waiting(self, what: str):
-        self._watchdog.enter(what)
-        try:
-            yield
-        finally:
-            self._watchdog.leave()
 
     def allreduce_sum_(self, buf):
         _check_flat(buf, "allreduce_sum_")
@@ -367,14 +369,6 @@ class NCCLCommunicator(Communicator):
             uid = self.mpi.broadcast_object(uid)
         with self.waiting("NCCL setup"):
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
-
-    @contextlib.contextmanager
-    def waiting(self, what: str):
-        self._watchdog.enter(what)
-        try:
-            yield
-        finally:
-            self._watchdog.leave()
 
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr
@@ -572,8 +566,14 @@ class GradientBuffer:
             if device_loss:
                 dev[0] = loss
             comm.allreduce_sum_(dev)
+            checks = backend.deferred_flags()            # this rank's checks of its data, read with it
+            if checks is not None:
+                dev = self.xp.concatenate((dev, checks.astype(np.float64)))
             with comm.waiting("gradient allreduce (device)"):
-                info = to_host(dev)
+                host = backend.host_copy(dev)
+            info = host[:3 + P]
+            if checks is not None:                       # a failed one raises here, on its rank
+                backend.raise_deferred_checks(host[3 + P:] > 0)
         t3 = time.perf_counter()
         for i, p in enumerate(self.params):
             if info[3 + i] > 0:

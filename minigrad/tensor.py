@@ -224,7 +224,9 @@ class Tensor:
 
     def var(self, axis=None, keepdims=False, ddof=0):
         """Sum of squared deviations / (n - ddof); n - ddof <= 0 divides by 0 (inf, or NaN for a
-        zero sum), as NumPy and PyTorch."""
+        zero sum), as NumPy and PyTorch. A half type is computed in float32 and rounded once."""
+        if self.dtype.itemsize == 2 and _is_float(self.dtype):
+            return self.astype(np.float32).var(axis, keepdims, ddof).astype(self.dtype)
         ax = _axes(axis, self.ndim)
         n = int(np.prod([self.shape[a] for a in ax])) if ax else 1
         d = self - self.mean(ax, keepdims=True)

@@ -1,4 +1,4 @@
-"""`minigrad train`, `generate`, `eval`, `bench train`, `bench generate`: their parsers and handlers.
+"""`minigrad train`, `generate`, `eval`, `launch`, `bench train`, `bench generate`: parsers and handlers.
 
 The flags of `train` and its GPT job live in models/train.py (--model seq2seq: models/seq2seq_train.py);
 the helpers the commands share in models/cli_common.py. The top-level CLI calls `add_subcommands(subparsers)`; each registered parser sets `func`, a
@@ -84,7 +84,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers, bench_subparsers=None) -> None:
-    """Register train, generate and bench train.
+    """Register train, generate, eval, launch, bench train and bench generate.
 
     If the caller already has a `bench` parser with its own subparsers, pass those as
     bench_subparsers and `train` is added there; otherwise a `bench` command is created.
@@ -95,6 +95,7 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
     train.add_train_args(p)
     seq2seq_train.add_train_args(p)
     p.set_defaults(func=run_train)
+    train_parser = p
     p = subparsers.add_parser("generate", help="sample text from a trained GPT checkpoint",
                               description="Stream text sampled from a checkpoint, with a KV cache.")
     _add_generate_args(p)
@@ -103,6 +104,12 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
                               description="Evaluate a checkpoint as the trainer does. Last line: val_loss=<float>.")
     _add_eval_args(p)
     p.set_defaults(func=run_eval)
+    p = subparsers.add_parser("launch", help="run `train` on N MPI ranks (mpiexec), a failure in one line",
+                              description="mpiexec -n N minigrad train ..., with a killed rank reported in one line "
+                                          "(which rank, its signal, the last checkpoint, how to resume).")
+    from minigrad.models import mpi_launch  # stdlib-only imports
+    mpi_launch.add_launch_args(p)
+    p.set_defaults(func=mpi_launch.run, train_parser=train_parser)   # checks the ranks' flags first
     if bench_subparsers is None:
         bench = subparsers.add_parser("bench", help="benchmarks")
         bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="{train,generate}", required=True)
@@ -188,7 +195,7 @@ def run_bench_train(args) -> int:
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="minigrad", description="minigrad language-model commands")
-    sub = parser.add_subparsers(dest="command", metavar="{train,generate,eval,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,generate,eval,launch,bench}", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
     try:

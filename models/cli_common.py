@@ -1,6 +1,8 @@
 """What the command modules share: the default run directory, the device check, the flags a
 person gave, the checkpoint that --resume continues and the one a fresh run must not overwrite,
-the run directory's lock, and how a run's end is reported (exit statuses, one-line I/O errors).
+the run directory's lock, and how a run's end is reported (exit statuses, one-line I/O errors);
+for the training jobs (models/train.py, models/seq2seq_train.py) the handler around a job
+(``run_training``) and the options a fresh or resumed run starts from (``start_or_resume``).
 
 models/cli.py (train, generate, bench train), models/train.py (the GPT job), models/seq2seq_train.py
 and models/scaling.py import this module; it imports none of them. Only the standard library is
@@ -99,3 +101,71 @@ def os_error_line(e: OSError) -> str:
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
     hint = "; free some space and run again" if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else ""
     return f"{what}{where}{hint}"
+
+
+
+# --------------------------------------------------------------------------- the training jobs
+def run_training(job, args, out_dir, errors: tuple, last_line) -> int:
+    """The handler of a `minigrad train` job: the device check, then ``job(args)`` on each rank
+    (mpiexec / --dist; the writing rank holds ``out_dir``'s lock), its user errors (``errors``), a
+    failed read or write and a Ctrl-C before the loop each in one line, a signal's exit status;
+    else prints ``last_line(result)`` last. Returns the exit code."""
+    problem = check_device(args.device)
+    if problem:
+        return fail("train", problem)
+    from minigrad.models.launch import main_on_ranks
+    try:
+        result = main_on_ranks(job, args, "train", lock=lambda: locked_out_dir(out_dir, args.resume))
+    except errors as e:
+        return fail("train", str(e))
+    except BrokenPipeError:    # stdout closed: the console script exits quietly
+        raise
+    except OSError as e:       # a write or read that failed outside the trainer's own (e.g. the data cache)
+        return fail("train", os_error_line(e))
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
+        print("\nminigrad train: interrupted; nothing saved (the last checkpoint, if any, is kept)", file=sys.stderr)
+        return 130
+    if result.get("interrupted"):
+        return interrupted_status(result)
+    print(last_line(result))
+    return 0
+
+
+def start_or_resume(args, out_dir, model: str, not_this: str, model_flags, defaults=None, check_saved=None):
+    """What a training job starts from: (checkpoint or None, training options, model flags given).
+
+    --resume: the checkpoint in ``out_dir`` (read on rank 0, see launch.from_rank0), checked by
+    ``check_saved(ckpt)``; a model flag that differs from its model_config is refused; the
+    training options are its train_config with the flags given on top (so --lr, --max-iters and
+    --dtype override it; a new --dtype is said on stderr), fitted to this number of ranks.
+    A fresh run: ``defaults`` with the flags given on top; a checkpoint in ``out_dir`` is not
+    overwritten without --force. Either way the data-parallel workers default per rank."""
+    from minigrad import distributed
+    from minigrad.models.checkpoint import CheckpointError
+    from minigrad.models.launch import default_workers, from_rank0, resume_ranks
+    from minigrad.models.train_config import TrainConfig
+
+    given_train = given(args, TrainConfig.__dataclass_fields__)
+    given_model = given(args, model_flags)
+    ckpt = None
+    if args.resume:
+        ckpt = from_rank0(lambda: checkpoint_to_resume(out_dir, args.force, model, not_this))
+        if check_saved is not None:
+            check_saved(ckpt)
+        saved_model = ckpt.meta.get("model_config") or {}
+        for k, v in given_model.items():
+            if saved_model.get(k) != v:
+                raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
+                                      f"--{k.replace('_', '-')} {v} was given")
+        saved_train = ckpt.meta.get("train_config") or {}
+        train_opts = resume_ranks(ckpt, dict(saved_train, **given_train), given_train)
+        saved_dtype = saved_train.get("dtype", "float32")
+        if given_train.get("dtype", saved_dtype) != saved_dtype and distributed.rank() == 0:
+            print(f"resuming a {saved_dtype} run in {given_train['dtype']}: --dtype overrides the checkpoint's "
+                  "(its weights and AdamW moments are float32 either way"
+                  + ("; the float16 loss scale starts afresh)" if given_train["dtype"] == "float16" else ")"),
+                  file=sys.stderr)
+    else:
+        from_rank0(lambda: refuse_to_overwrite(out_dir, args.force))
+        train_opts = dict(defaults or {}, **given_train)
+    return ckpt, default_workers(train_opts, given_train), given_model

@@ -22,7 +22,7 @@ def evaluate_checkpoint(path, weights: str = "float32", which: str = "latest") -
     from minigrad.models.trainer import Trainer
     from minigrad.models.weights import apply_weights
 
-    model, tok, ckpt = load_model(path, "cpu", which)
+    model, _, ckpt = load_model(path, "cpu", which)
     meta = ckpt.meta
     try:
         cfg = TrainConfig(**meta["train_config"])

@@ -10,6 +10,8 @@ setup (a bad flag, a missing file on one machine) is agreed on by all ranks and 
 rank 0, and every rank exits 1. An error on one rank during training is printed by that rank, in
 one line naming it, and ends the job (MPI_Abort); a rank that dies is noticed by the launcher
 (MPICH ends the others at once) or, failing that, by the others' watchdog within --dist-timeout.
+MPICH's mpiexec reports a killed rank in its own banner; `minigrad launch -n N train ...`
+(models/mpi_launch.py) runs mpiexec and says it in one line instead.
 
 The global batch is the per-rank batch times the number of ranks: `--batch-size B` on N ranks
 trains on N·B sequences per micro-batch (× --grad-accum micro-batches per step), the same batches
@@ -24,6 +26,11 @@ import sys
 
 from minigrad import distributed
 from minigrad.models.train_config import TrainError
+
+# Under `minigrad launch` (models/mpi_launch.py, which sets LAUNCH_ENV=1) each rank's first line on
+# stderr, which the launcher reads and drops: LAUNCH_MARKER + {"rank", "pid", "host", "cwd"} as JSON.
+LAUNCH_ENV = "MINIGRAD_LAUNCH"
+LAUNCH_MARKER = "minigrad-launch: "
 
 # What the command is called in error lines (set by main_on_ranks).
 _label = "minigrad train"
@@ -61,6 +68,9 @@ def main_on_ranks(main, args, cmd: str = "train", lock=None):
     if name == "single":
         with lock():
             return main(args)
+    env = distributed.launched()
+    if env is not None:
+        announce(env[1])
     timeout = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT)
     if not timeout > 0:
         raise TrainError(f"--dist-timeout must be positive, got {timeout}")
@@ -85,6 +95,18 @@ def main_on_ranks(main, args, cmd: str = "train", lock=None):
         raise
     finally:
         distributed.reset()
+
+
+def announce(rank: int) -> None:
+    """Under `minigrad launch`: this rank's start line (its rank, PID, machine and working
+    directory), which the launcher reads and drops."""
+    if os.environ.get(LAUNCH_ENV) != "1":
+        return
+    import json
+    import socket
+
+    info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd()}
+    print(LAUNCH_MARKER + json.dumps(info), file=sys.stderr, flush=True)
 
 
 def _fail_on_ranks(comm, e: BaseException) -> None:

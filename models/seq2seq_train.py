@@ -15,18 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minigrad.models.cli_common import (
-    DEFAULT_OUT,
-    check_device,
-    checkpoint_to_resume,
-    fail,
-    given,
-    interrupted_status,
-    locked_out_dir,
-    os_error_line,
-    refuse_to_overwrite,
-    resume_command,
-)
+from minigrad.models.cli_common import DEFAULT_OUT, fail, resume_command, run_training, start_or_resume
 from minigrad.models.train_config import TrainConfig, TrainError
 
 # Defaults for the seq2seq job (the GPT's flags are shared; these replace the GPT defaults).
@@ -69,23 +58,8 @@ def run(args) -> int:
     from minigrad.models.memory import ModelTooLargeError
     from minigrad.models.tasks import TaskError
 
-    problem = check_device(args.device)
-    if problem:
-        return fail("train", problem)
-    from minigrad.models.launch import main_on_ranks
-    try:
-        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
-                               lock=lambda: locked_out_dir(run_dir(args), args.resume))   # the writing rank locks
-    except (TrainError, CheckpointError, TaskError, ModelTooLargeError) as e:
-        return fail("train", str(e))
-    except BrokenPipeError:    # stdout closed: the console script exits quietly
-        raise
-    except OSError as e:       # a write or read that failed outside the trainer's own
-        return fail("train", os_error_line(e))
-    if result.get("interrupted"):
-        return interrupted_status(result)
-    print(f"exact_match={result['exact_match']:.4f}")
-    return 0
+    return run_training(main, args, run_dir(args), (TrainError, CheckpointError, TaskError, ModelTooLargeError),
+                        lambda result: f"exact_match={result['exact_match']:.4f}")
 
 
 def main(args) -> dict:
@@ -94,7 +68,6 @@ def main(args) -> dict:
     from minigrad.models.data_parallel import split_rows_by_targets
     from minigrad.models.seq2seq import Seq2Seq, Seq2SeqConfig
     from minigrad.models.tasks import DEFAULT_TASK, IGNORE, TaskData, Vocab, expected_target_tokens, get_task
-    from minigrad.models.launch import default_workers, from_rank0, resume_ranks
     from minigrad.models.trainer import Trainer
     from minigrad import distributed
 
@@ -104,39 +77,30 @@ def main(args) -> dict:
     beam = args.beam if args.beam is not None else 1
     if beam < 1:
         raise TrainError(f"--beam must be at least 1, got {beam}")
-    train_flags = [f for f in TrainConfig.__dataclass_fields__]
-    given_train = given(args, train_flags)
-    given_model = given(args, MODEL_FLAGS)
-
     task_name = args.task
     out_dir = run_dir(args)
-    ckpt = None
-    if args.resume:
-        ckpt = from_rank0(lambda: checkpoint_to_resume(
-            out_dir, args.force, "seq2seq", "not a seq2seq one (drop --model seq2seq, or choose another --out-dir)"))
-        meta = ckpt.meta
-        if task_name is not None and task_name != meta.get("task"):
-            raise CheckpointError(f"checkpoint {ckpt.path} was trained on task {meta.get('task')!r}, "
+
+    def same_task(ckpt):
+        if task_name is not None and task_name != ckpt.meta.get("task"):
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained on task {ckpt.meta.get('task')!r}, "
                                   f"but --task {task_name} was given")
+
+    fresh_task = task_name or DEFAULT_TASK
+    ckpt, train_opts, given_model = start_or_resume(
+        args, out_dir, "seq2seq", "not a seq2seq one (drop --model seq2seq, or choose another --out-dir)",
+        MODEL_FLAGS, defaults={**TRAIN_DEFAULTS, **TASK_TRAIN_DEFAULTS.get(fresh_task, {})}, check_saved=same_task)
+    if ckpt is not None:
+        meta = ckpt.meta
         task_name = meta["task"]
-        saved_model = meta["model_config"]
-        for k, v in given_model.items():
-            if saved_model.get(k) != v:
-                raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
-                                      f"--{k.replace('_', '-')} {v} was given")
-        train_opts = resume_ranks(ckpt, dict(meta["train_config"], **given_train), given_train)
         try:
-            mcfg = Seq2SeqConfig.from_dict(saved_model)
+            mcfg = Seq2SeqConfig.from_dict(meta["model_config"])
             vocab = Vocab.from_state(meta["vocab"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: model config or vocabulary is unusable ({e})") from None
     else:
-        from_rank0(lambda: refuse_to_overwrite(out_dir, args.force))
-        task_name = task_name or DEFAULT_TASK
-        train_opts = {**TRAIN_DEFAULTS, **TASK_TRAIN_DEFAULTS.get(task_name, {}), **given_train}
+        task_name = fresh_task
         vocab = Vocab()
         mcfg = None
-    train_opts = default_workers(train_opts, given_train)
     task = get_task(task_name)
     data = TaskData(task, vocab)
     if mcfg is None:

@@ -14,19 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from minigrad.models.cli_common import (
-    DEFAULT_OUT,
-    check_device,
-    checkpoint_to_resume,
-    fail,
-    given,
-    interrupted_status,
-    locked_out_dir,
-    os_error_line,
-    refuse_to_overwrite,
-    resume_command,
-)
-from minigrad.models.train_config import TrainConfig, TrainError
+from minigrad.models.cli_common import DEFAULT_OUT, given, resume_command, run_training, start_or_resume
+from minigrad.models.train_config import DTYPES, TrainConfig, TrainError
 
 DEFAULT_DATA = {"data": None, "tokenizer": "char", "vocab_size": None}
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
@@ -72,6 +61,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="data-parallel workers (processes on Linux, else threads); each computes 1/N of "
                         "every micro-batch (default 2; 1 on cuda; on several ranks 1 when they fill the cores)")
     g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    g.add_argument("--dtype", choices=DTYPES,
+                   help="float32 (default), or bfloat16 / float16: the forward under minigrad.autocast, weights "
+                        "float32; float16 with a dynamic loss scale (skipped steps are logged). Saved in the "
+                        "checkpoint: --resume keeps it unless --dtype is given again")
     from minigrad.models.launch import add_dist_args   # --dist, --dist-timeout (several ranks)
     add_dist_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,26 +84,7 @@ def user_errors() -> tuple:
 
 def run(args) -> int:
     """The handler: the GPT job from parsed flags; prints `val_loss=...` last; returns the exit code."""
-    problem = check_device(args.device)
-    if problem:
-        return fail("train", problem)
-    from minigrad.models.launch import main_on_ranks
-    try:
-        result = main_on_ranks(main, args, "train",    # main(args) on each rank (mpiexec / --dist);
-                               lock=lambda: locked_out_dir(args.out_dir, args.resume))   # the writing rank locks
-    except user_errors() as e:
-        return fail("train", str(e))
-    except BrokenPipeError:    # stdout closed: the console script exits quietly
-        raise
-    except OSError as e:       # a write or read that failed outside the trainer's own (e.g. the data cache)
-        return fail("train", os_error_line(e))
-    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
-        print("\nminigrad train: interrupted; nothing saved (the last checkpoint, if any, is kept)", file=sys.stderr)
-        return 130
-    if result.get("interrupted"):
-        return interrupted_status(result)
-    print(f"val_loss={result['val_loss']:.4f}")
-    return 0
+    return run_training(main, args, args.out_dir, user_errors(), lambda result: f"val_loss={result['val_loss']:.4f}")
 
 
 def main(args) -> dict:
@@ -119,34 +93,19 @@ def main(args) -> dict:
     from minigrad.models.data import load_data
     from minigrad.models.data_parallel import split_rows
     from minigrad.models.gpt import GPT, GPTConfig
-    from minigrad.models.launch import default_workers, from_rank0, resume_ranks
     from minigrad.models.trainer import Trainer
     from minigrad import distributed
 
     out_dir = Path(args.out_dir)
-    train_flags = [f.name for f in TrainConfig.__dataclass_fields__.values()]
-    given_train = given(args, train_flags)
-    given_model = given(args, MODEL_FLAGS)
     given_data = given(args, DEFAULT_DATA)
-    ckpt = None
-    if args.resume:
-        ckpt = from_rank0(lambda: checkpoint_to_resume(out_dir, args.force, "gpt", "not a GPT"))
-        check_saved_gpt(ckpt)
-        meta = ckpt.meta
-        saved_model = meta["model_config"]
-        for k, v in given_model.items():
-            if saved_model.get(k) != v:
-                raise CheckpointError(f"checkpoint {ckpt.path} has {k}={saved_model.get(k)}, but "
-                                      f"--{k.replace('_', '-')} {v} was given")
-        data_opts = dict(meta.get("data", DEFAULT_DATA), **given_data)
-        train_opts = resume_ranks(ckpt, dict(meta["train_config"], **given_train), given_train)
-        model_opts = {k: v for k, v in saved_model.items() if k != "vocab_size"}
+    ckpt, train_opts, given_model = start_or_resume(args, out_dir, "gpt", "not a GPT", MODEL_FLAGS,
+                                                    check_saved=check_saved_gpt)
+    if ckpt is not None:
+        data_opts = dict(ckpt.meta.get("data", DEFAULT_DATA), **given_data)
+        model_opts = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
     else:
-        from_rank0(lambda: refuse_to_overwrite(out_dir, args.force))
         data_opts = dict(DEFAULT_DATA, **given_data)
-        train_opts = given_train
         model_opts = given_model
-    train_opts = default_workers(train_opts, given_train)
     if given_data.get("data") is not None:
         data_opts["data"] = str(Path(given_data["data"]).resolve())  # resumable from any directory
     if data_opts["tokenizer"] == "char" and data_opts.get("vocab_size") is not None:

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# The compute types of a run: float32 trains as always; bfloat16 and float16 run the forward (and
+# evaluation) under minigrad.autocast, the weights staying float32; float16 adds a dynamic loss
+# scale (minigrad.amp.GradScaler), whose steps with an inf/NaN gradient are skipped.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 class TrainError(RuntimeError):
     """A user-fixable problem with the training request; the message is one line."""
 
@@ -33,6 +39,7 @@ class TrainConfig:
     seed: int = 1337
     workers: int = 2  # data-parallel workers, each computing a slice of every micro-batch (models/data_parallel.py)
     keep_best: bool = True  # keep the best-validation checkpoint beside the latest (best.json)
+    dtype: str = "float32"  # float32 (no autocast), or bfloat16 / float16 under minigrad.autocast
 
     def check(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",
@@ -47,6 +54,8 @@ class TrainConfig:
             raise TrainError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise TrainError("AdamW betas must lie in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise TrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:

@@ -24,6 +24,16 @@ process would draw with --batch-size N·B. One allreduce of all gradients per st
 rank's gradient the global batch's; evaluation batches are spread over the ranks; rank 0 alone
 prints, logs and checkpoints. On a GPU the step waits for the device once (the loss read back),
 and data-parallel workers are not used (one per rank).
+
+Half precision (cfg.dtype, `minigrad train --dtype`): "bfloat16" and "float16" run every loss
+(training and evaluation, in this process and in the data-parallel workers) under
+minigrad.autocast(dtype); parameters, gradients and AdamW moments stay float32. "float16" also
+scales the loss (minigrad.amp.GradScaler, dynamic): the gradients are unscaled after the
+data-parallel sum and the ranks' allreduce, so every worker's and rank's inf reaches the one
+gradient all ranks hold bit for bit, and every rank skips that step alike (the weights stay put,
+the scale is halved, the step counts as taken: the lr schedule moves on). A skipped step is logged
+with "skipped": true; each float16 log record carries its "loss_scale"; the scaler's state and the
+skip count are checkpointed. "float32" (the default) runs exactly the code it always ran.
 """
 from __future__ import annotations
 
@@ -40,7 +50,8 @@ import numpy as np
 
 import minigrad
 from minigrad import distributed, optim
-from minigrad.backend import is_device_array
+from minigrad.amp import GradScaler
+from minigrad.backend import is_device_array, raise_deferred_checks
 from minigrad.models.checkpoint import (
     CheckpointError,
     check_arrays,
@@ -85,16 +96,34 @@ class StepTimer:
         yield
 
 
+def under_autocast(loss_fn, dtype: str):
+    """loss_fn itself for "float32"; else loss_fn run under minigrad.autocast(dtype) (its forward
+    only: the backward runs outside, as PyTorch's autocast asks)."""
+    if dtype == "float32":
+        return loss_fn
+
+    def loss_under_autocast(model, batch):
+        with minigrad.autocast(dtype):
+            return loss_fn(model, batch)
+    return loss_under_autocast
+
+
 class Trainer:
     def __init__(self, model, batches, loss_fn, cfg: TrainConfig, out_dir, meta: dict | None = None,
                  tokens_per_batch: int | None = None, timer: StepTimer | None = None, quiet: bool = False,
-                 on_step=None, split=None, resume_hint: str = "--resume"):
+                 on_step=None, split=None, resume_hint: str = "--resume", scaler: GradScaler | None = None):
         """split: split(batch, n) -> [(slice, weight), ...] with weights summing to 1, so that the
         batch loss is Σ weight·loss(slice); given it, each micro-batch is spread over cfg.workers
         workers (models/data_parallel.py). Without it, a micro-batch runs whole in this thread.
-        resume_hint: how to continue this run, for the messages of an interrupted one."""
+        resume_hint: how to continue this run, for the messages of an interrupted one.
+        scaler: the float16 loss scaler (default GradScaler() with PyTorch's settings when
+        cfg.dtype is "float16", else a disabled one)."""
         cfg.check()
-        self.model, self.batches, self.loss_fn, self.cfg = model, batches, loss_fn, cfg
+        self.model, self.batches, self.cfg = model, batches, cfg
+        self.loss_fn = under_autocast(loss_fn, cfg.dtype)
+        self.scaler = scaler if scaler is not None else GradScaler(enabled=cfg.dtype == "float16")
+        self.skipped_steps = 0             # float16 steps skipped for an inf/NaN gradient
+        self._skipped = False              # whether the last train_step was skipped
         self.out_dir = Path(out_dir)
         self.meta = dict(meta or {})
         self.tokens_per_batch = tokens_per_batch
@@ -115,7 +144,12 @@ class Trainer:
         self._agreed_stop = False
         # ----
         self.split = split if self.workers > 1 or self.distributed else None
-        self.parallel = DataParallel(model, loss_fn, self.workers) if split is not None and self.workers > 1 else None
+        self.parallel = (DataParallel(model, self.loss_fn, self.workers) if split is not None and self.workers > 1
+                         else None)
+        # autocast's switch is one process-wide setting: worker threads would turn it off under each
+        # other, so under autocast the thread backend runs the slices one after another (the same numbers)
+        self._slices_concurrent = (False if cfg.dtype != "float32" and self.parallel is not None
+                                   and self.parallel.backend == "thread" else None)
         self.step = 0
         self.train_rng = np.random.default_rng(cfg.seed)
         self._stop = False
@@ -143,6 +177,8 @@ class Trainer:
                     dropout_rng=dropout_rng.bit_generator.state if dropout_rng is not None else None,
                     optim=optim_info, last_eval=self.last_eval, best=best if keep else None,
                     ranks=self.comm.size)
+        if self.scaler.is_enabled():
+            meta.update(grad_scaler=self.scaler.state_dict(), skipped_steps=self.skipped_steps)
         arrays = {"model": dict(self.model.state_dict()), "optim": optim_arrays}
         path = save_checkpoint(self.out_dir, self.step, arrays, meta, best=is_best if keep else None)
         self.best = best if keep else None
@@ -161,6 +197,9 @@ class Trainer:
                 dropout_rng.bit_generator.state = ckpt.meta["dropout_rng"]
             self.step = int(ckpt.meta["step"])
             optim_info = ckpt.meta["optim"]
+            if self.scaler.is_enabled():    # a float16 run's scale and growth count (none: a fresh scaler)
+                self.scaler.load_state_dict(ckpt.meta.get("grad_scaler") or {})
+                self.skipped_steps = int(ckpt.meta.get("skipped_steps", 0))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: training state is incomplete ({e})") from None
         load_optim(self.opt, ckpt.arrays.get("optim", {}), optim_info, ckpt.path)
@@ -193,25 +232,9 @@ class Trainer:
         (on several ranks: its mean over the ranks, i.e. the global batch's)."""
         cfg, t = self.cfg, self.timer
         set_lr(self.opt, lr)
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            with t.phase("data"):
-                batch = self.batches("train", self.train_rng)
-                weight = 1.0
-                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
-                    batch, weight = self._shard(batch)
-            if self.parallel is not None:
-                with t.phase("forward+backward"):
-                    total += weight * self.parallel.step(self.split(batch, self.workers), weight / cfg.grad_accum)
-                continue
-            with t.phase("forward"):
-                loss = self.loss_fn(self.model, batch)
-                c = weight / cfg.grad_accum
-                scaled = loss * c if c != 1.0 else loss
-            with t.phase("backward"):
-                scaled.backward()
-            # on a GPU the losses add up on the device: the step reads the total back once, at its end
-            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None   # float16's loss scale
+        with _quiet_overflow() if scale is not None else contextlib.nullcontext():
+            total = self._accumulate(scale)
         loss = total / cfg.grad_accum
         with t.phase("optimizer"):
             if self.distributed:            # one allreduce: every rank now holds the global batch's gradient
@@ -219,6 +242,10 @@ class Trainer:
                 if stop:                    # some rank was asked to stop: all stop after this step
                     self._agreed_stop = True
                     self.stop_signal = self.stop_signal or stop
+            self._skipped = scale is not None and self._unscale(scale)
+            if self._skipped:
+                self.skipped_steps += 1
+            elif self.distributed:
                 if cfg.grad_clip > 0:
                     optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if self.parallel is not None:
@@ -234,7 +261,47 @@ class Trainer:
                     optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.opt.step()
             self.opt.zero_grad()
+            if scale is not None:
+                self.scaler.update()
         return float(loss)
+
+    def _accumulate(self, scale) -> float:
+        """The grad_accum micro-batches' gradients (times the loss scale, if any) into .grad; returns
+        the sum of their losses."""
+        cfg, t = self.cfg, self.timer
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            with t.phase("data"):
+                batch = self.batches("train", self.train_rng)
+                weight = 1.0
+                if self.distributed:    # this rank's shard; weight: ranks × its share (1 for equal shards)
+                    batch, weight = self._shard(batch)
+            if self.parallel is not None:
+                c = weight / cfg.grad_accum
+                with t.phase("forward+backward"):
+                    total += weight * self.parallel.step(self.split(batch, self.workers),
+                                                         c if scale is None else c * scale, self._slices_concurrent)
+                continue
+            with t.phase("forward"):
+                loss = self.loss_fn(self.model, batch)
+                c = weight / cfg.grad_accum
+                if scale is not None:
+                    c *= scale
+                scaled = loss * c if c != 1.0 else loss
+            with t.phase("backward"):
+                scaled.backward()
+            # on a GPU the losses add up on the device: the step reads the total back once, at its end
+            total += weight * (loss.data.astype(np.float64) if self.on_device else float(loss.item()))
+        return total
+
+    def _unscale(self, scale: float) -> bool:
+        """float16: divide the summed (and allreduced) gradients by the loss scale; True when one
+        holds an inf or NaN, so the step is skipped. The gradients are the same on every rank bit
+        for bit (the weights stay equal only because they are), so every rank decides alike."""
+        self.scaler.unscale_(self.opt)
+        if self.parallel is not None and self.parallel.grad_norm is not None:
+            self.parallel.grad_norm /= scale   # the norm it measured, of the gradients now unscaled
+        return self.scaler.found_inf()
 
     # ---- on several ranks
     def _shard(self, batch):
@@ -364,6 +431,7 @@ class Trainer:
                     lr = lr_at(self.step, cfg)
                     self._rank_dropout()
                     t0 = time.perf_counter()
+                    step_scale = self.scaler.get_scale()
                     loss = self._step_saving_on_worker_death(lr)
                     dt = time.perf_counter() - t0
                     self.step += 1
@@ -371,9 +439,18 @@ class Trainer:
                     tok_s = (self.tokens_per_batch or 0) * cfg.grad_accum / max(dt, 1e-9)
                     progress.update(self.step, loss, lr, tok_s)
                     rec = None
-                    if self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final:
+                    if (self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or final
+                            or self._skipped):
                         rec = {"step": self.step, "loss": loss, "lr": lr}
+                        if self.scaler.is_enabled():   # float16: the scale this step's loss was multiplied by
+                            rec["loss_scale"] = step_scale
+                            if self._skipped:
+                                rec["skipped"] = True
                     if not math.isfinite(loss):   # on several ranks: the same loss on every rank
+                        try:   # on cuda a bad token or target id is filed on the device, named here
+                            raise_deferred_checks()
+                        except IndexError as e:
+                            raise TrainError(f"{e} (step {self.step})") from None
                         raise distributed.agreed(
                             TrainError(f"loss became {loss} at step {self.step}; lower --lr or check the data"))
                     evaluated = self.step % cfg.eval_interval == 0 or final
@@ -406,8 +483,14 @@ class Trainer:
         note = plot_log(records, self.out_dir / "loss.png") if records and writer else None
         if note and not self.quiet:
             self._say(note)
-        return {"step": self.step, "interrupted": interrupted,
-                "signal": (self.stop_signal or signal.SIGINT) if interrupted else None, **self.last_eval}
+        summary = {"step": self.step, "interrupted": interrupted,
+                   "signal": (self.stop_signal or signal.SIGINT) if interrupted else None, **self.last_eval}
+        if self.scaler.is_enabled():
+            summary.update(skipped_steps=self.skipped_steps, loss_scale=self.scaler.get_scale())
+            if not self.quiet:
+                self._say(f"float16: {self.skipped_steps} of {self.step} steps skipped for an inf/NaN gradient; "
+                          f"loss scale now {self.scaler.get_scale():g}")
+        return summary
 
 
 def tune_malloc() -> bool:
@@ -431,6 +514,17 @@ def tune_malloc() -> bool:
     ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
     ok &= mallopt(M_TOP_PAD, 128 << 20) == 1
     return bool(ok)
+
+
+@contextlib.contextmanager
+def _quiet_overflow():
+    """float16: a scaled gradient that overflows is expected (the step is skipped), not worth NumPy's
+    RuntimeWarning. A warnings filter, not np.errstate: the data-parallel threads sum gradients too."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value) encountered", RuntimeWarning)
+        yield
 
 
 def _in_main_thread() -> bool:

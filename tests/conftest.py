@@ -41,10 +41,11 @@ except ImportError:   # hypothesis is a dev dependency; the files that need it i
     pass
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config):
+def _pick_hypothesis_seed(config):
     """Pick this run's hypothesis seed (unless --hypothesis-seed gave one) before hypothesis' own
-    plugin reads the option, so the seed is known and printed (header, and summary of a failed run)."""
+    plugin reads the option, so the seed is known and printed (header, and summary of a failed run).
+    Called first by pytest_configure below (one hook of each name per conftest: a second definition
+    would replace the first)."""
     try:
         seed = config.getoption("hypothesis_seed")
     except ValueError:          # hypothesis is not installed: no option
@@ -58,7 +59,7 @@ def pytest_configure(config):
 PINNED: dict = {}   # test node id -> why it keeps hypothesis' frozen draws (none today)
 
 
-def pytest_collection_modifyitems(config, items):
+def _pin_hypothesis_draws(items):
     try:
         from hypothesis import settings
     except ImportError:
@@ -76,10 +77,6 @@ def _seed_line(config):
     except ValueError:
         return None
     return None if seed is None else f"hypothesis seed {seed} (replay this run's draws: pytest --hypothesis-seed={seed})"
-
-
-def pytest_report_header(config):
-    return _seed_line(config)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -106,6 +103,18 @@ def assert_close(actual, expected, dtype=np.float64, ulps=64, err_msg=""):
     e = np.asarray(expected)
     assert a.shape == e.shape, f"{err_msg}: shape {a.shape} != reference shape {e.shape}"
     np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
+def run_torch(fn, arrays, go):
+    """The PyTorch side of a parity test: ``fn`` on float64 leaf tensors made from ``arrays``, then
+    backward with upstream gradient ``go``. Returns (output, [gradient of each input]) as arrays; an
+    input the output does not depend on gets zeros. torch is imported here, by the parity files only
+    (they importorskip it first)."""
+    import torch
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    out.backward(torch.from_numpy(np.asarray(go, np.float64)))
+    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
 
 
 def strict_is_on() -> bool:
@@ -218,7 +227,9 @@ def _no_gpu_reason():
             f"({backend._cupy_error or 'cupy not importable'}); MINIGRAD_STRICT=cuda stands in for one")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    _pick_hypothesis_seed(config)
     config._minigrad_device = _test_device(config)
     config._minigrad_skip_all = None
     if config._minigrad_device != "cuda":
@@ -249,6 +260,7 @@ def _cpu_only_reason(item):
 
 
 def pytest_collection_modifyitems(config, items):
+    _pin_hypothesis_draws(items)
     if config._minigrad_device != "cuda":
         return
     for item in items:
@@ -261,9 +273,11 @@ def pytest_report_header(config):
     from minigrad import backend
     d = config._minigrad_device
     if d == "cuda" and backend.strict_stands_in_for_cuda():
-        return "minigrad test device: cuda, served by the strict stand-in (MINIGRAD_STRICT=cuda)"
-    return f"minigrad test device: {d}" + (f" (every test skipped: {config._minigrad_skip_all})"
-                                           if config._minigrad_skip_all else "")
+        line = "minigrad test device: cuda, served by the strict stand-in (MINIGRAD_STRICT=cuda)"
+    else:
+        line = f"minigrad test device: {d}" + (f" (every test skipped: {config._minigrad_skip_all})"
+                                               if config._minigrad_skip_all else "")
+    return [line] + [x for x in [_seed_line(config)] if x]
 
 
 @pytest.fixture

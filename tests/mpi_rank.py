@@ -1,9 +1,11 @@
-"""One rank of a test's `mpiexec -n N python tests/mpi_rank.py [options] -- <minigrad train args>`.
+"""One rank of a test's `mpiexec -n N python tests/mpi_rank.py [options] -- [train] <minigrad train args>`
+(`minigrad launch --exec "python tests/mpi_rank.py [options] --" -n N train ...` puts the `train`).
 
 Runs `minigrad train` in this process, after (per the options):
   --dir DIR        chdir to DIR/rank<r> (a relative --out-dir then names a folder per rank, as on
                    machines that share no disk) and send this rank's stdout and stderr to
                    DIR/rank<r>.out and DIR/rank<r>.err; its process id goes to DIR/rank<r>.pid
+  --pids DIR       only write this rank's process id to DIR/rank<r>.pid (its output stays as it is)
   --fault KIND     on rank 1 only: raise-setup (its data cannot be read), raise-train (an exception
                    in step 3), hang-train (step 3 never ends)
 Not a test module (no test_ prefix): tests/test_distributed.py launches it.
@@ -18,6 +20,8 @@ def main() -> int:
     argv = sys.argv[1:]
     split = argv.index("--")
     opts, train_args = argv[:split], argv[split + 1:]
+    if train_args[:1] == ["train"]:
+        train_args = train_args[1:]
     options = dict(zip(opts[::2], opts[1::2]))
     from minigrad import distributed
 
@@ -32,6 +36,9 @@ def main() -> int:
             os.close(f)
         os.chdir(os.path.join(base, f"rank{rank}"))
         with open(os.path.join(base, f"rank{rank}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+    if "--pids" in options:
+        with open(os.path.join(options["--pids"], f"rank{rank}.pid"), "w") as f:
             f.write(str(os.getpid()))
     fault = options.get("--fault")
     if rank == 1 and fault is not None:

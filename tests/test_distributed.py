@@ -17,11 +17,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -205,8 +208,7 @@ def test_a_training_step_on_cuda_reads_the_device_once_outside_the_ops(tmp_path)
     are counted here), the training loop, the clip and the optimizer read the device once per step
     (the loss, at its end), and the micro-batch runs whole although --workers is 2; DataParallel's
     clip of device gradients reads nothing. Reads made inside the model's forward and backward
-    (index checks, cross-entropy's target checks and count of valid targets: minigrad/ops, nn,
-    autograd) are counted apart: they are the ops' own. In a child process: the stand-in is chosen
+    (minigrad/ops, nn, autograd) are counted apart. In a child process: the stand-in is chosen
     when minigrad is first imported."""
     script = r"""
 import json, traceback, numpy as np
@@ -264,6 +266,13 @@ print(json.dumps({"reads": per_step, "parallel": trainer.parallel is not None, "
     assert np.isfinite(out["loss"])
     outside_ops = [[r for r in step if not r.startswith("ops:")] for step in out["reads"]]
     assert outside_ops == [["__float__"]] * 3, f"device reads per step outside the ops: {out['reads']}"
+    # inside the model's forward and backward (2 micro-batches a step): the index, target and
+    # non-finite checks and the count of valid targets read nothing (backend.check_values); what
+    # is left is the stand-in's own scatter of the embedding gradient, whose NumPy-side loop reads
+    # its longest segment once (on CuPy a kernel sums the segments, but the flatnonzero that finds
+    # them syncs once there too: shape.py, not changed here)
+    inside = [[r for r in step if r.startswith("ops:")] for step in out["reads"]]
+    assert inside == [["ops:__int__"] * 2] * 3, f"device reads per step inside the ops: {out['reads']}"
     assert out["dp_clip_reads"] == []              # DataParallel's clip on device arrays: on the device too
 
 
@@ -435,20 +444,32 @@ def test_a_hung_rank_is_reported_by_the_others_within_the_timeout(tmp_path, corp
     assert seconds < 3 + 30          # the timeout, plus start-up and the watchdog's period on a busy machine
 
 
-@needs_mpi
-def test_a_killed_rank_ends_the_job_in_bounded_time(tmp_path, corpus):
-    work = tmp_path / "ranks"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, str(HERE / "mpi_rank.py"), "--dir", str(work), "--",
-           "--data", str(corpus), "--max-iters", "100000", "--eval-interval", "100000", "--out-dir", "run",
-           "--dist-timeout", "20", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _job_processes(token: str) -> list[str]:
+    """The live processes (not zombies) whose environment holds ``TEST_JOB=token``: mpiexec, its
+    proxies, the ranks and their workers all inherit it."""
+    left = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and f"TEST_JOB={token}".encode() in (p / "environ").read_bytes() and not _zombie(p.name):
+                cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                left.append(f"{p.name}: {cmdline}")
+        except OSError:
+            pass
+    return left
+
+
+def _kill_rank_1(cmd, work, log, cwd, min_lines=2):
+    """Start ``cmd`` in ``cwd``, wait for rank 0's ``log`` to reach ``min_lines`` steps, SIGKILL rank 1
+    (its PID in work/rank1.pid); returns (process, stdout, stderr, seconds from the kill to the
+    job's end, the TEST_JOB token of its processes)."""
+    token = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=dict(os.environ, TEST_JOB=token))
     try:
-        log = work / "rank0" / "run" / "log.jsonl"
         deadline = time.monotonic() + 120
-        while not (log.exists() and log.read_text().count("\n") >= 2):
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        while not (log.exists() and log.read_text().count("\n") >= min_lines):
+            assert proc.poll() is None and time.monotonic() < deadline, ("training did not start", proc.poll())
             time.sleep(0.2)
-        rank0 = int((work / "rank0.pid").read_text())
         os.kill(int((work / "rank1.pid").read_text()), signal.SIGKILL)
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=60)
@@ -457,12 +478,125 @@ def test_a_killed_rank_ends_the_job_in_bounded_time(tmp_path, corpus):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    return proc, out, err, seconds, token
+
+
+@needs_mpi
+def test_a_killed_rank_under_plain_mpiexec_ends_the_job_in_bounded_time_leaving_no_process(tmp_path, corpus):
+    """MPICH's mpiexec ends the others at once (SIGKILL: no rank can speak) and prints its own
+    banner; another launcher leaves it to the watchdog, whose line names the rank that waited."""
+    work = tmp_path / "ranks"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, str(HERE / "mpi_rank.py"), "--dir", str(work), "--",
+           "--data", str(corpus), "--max-iters", "100000", "--eval-interval", "100000", "--out-dir", "run",
+           "--dist-timeout", "20", *TINY]
+    proc, out, err, seconds, token = _kill_rank_1(cmd, work, work / "rank0" / "run" / "log.jsonl", cwd=tmp_path)
     assert proc.returncode != 0 and seconds < 60
-    # MPICH's mpiexec ends the others at once and says which process died and how; another launcher
-    # leaves that to the watchdog, whose line names the rank that waited
     said = out + err + (work / "rank0.err").read_text()
     assert "signal 9" in said or "no answer from the other ranks" in said, said
-    assert not Path(f"/proc/{rank0}").exists() or _zombie(rank0), "rank 0 outlived the job"
+    time.sleep(0.5)                      # the proxies' last exits
+    assert _job_processes(token) == [], "processes outlived the job"
+
+
+@needs_mpi
+def test_a_killed_rank_under_minigrad_launch_is_one_line_naming_it_its_signal_and_the_checkpoint(tmp_path, corpus):
+    """`minigrad launch` turns mpiexec's banner into our one line, and nothing else is printed."""
+    work = tmp_path / "job"
+    work.mkdir()
+    args = ["--data", str(corpus), "--max-iters", "100000", "--eval-interval", "2", "--out-dir", "run",
+            "--dist-timeout", "20", *TINY]
+    cmd = [sys.executable, "-m", "minigrad.cli", "launch", "--exec",
+           f"{sys.executable} {HERE / 'mpi_rank.py'} --pids {work} --", "-n", "2", "train", *args]
+    proc, out, err, seconds, token = _kill_rank_1(cmd, work, work / "run" / "log.jsonl", cwd=work, min_lines=3)
+    assert proc.returncode == 1 and seconds < 60
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    pid = int((work / "rank1.pid").read_text())
+    from minigrad.models.checkpoint import latest_name
+
+    ckpt = work / "run" / latest_name(work / "run")
+    resume = shlex.join(["minigrad", "launch", "-n", "2", "train", *args, "--resume"])
+    assert lines[0] == (f"minigrad train: error: rank 1 (PID {pid} on {socket.gethostname()}) was killed by SIGKILL "
+                        "(the out-of-memory killer sends SIGKILL); mpiexec ended the other rank; the last checkpoint, "
+                        f"{ckpt}, is kept; continue with {resume}"), err
+    time.sleep(0.5)
+    assert _job_processes(token) == [], "processes outlived the job"
+
+
+@needs_mpi
+@pytest.mark.parametrize("fault", ["raise-train", "hang-train"])
+def test_under_minigrad_launch_a_raising_or_hung_rank_prints_only_its_one_line(tmp_path, corpus, fault):
+    """No MPI_Abort line, no banner: the raising rank's line (after its traceback: a bug), or the
+    watchdog's, alone."""
+    cmd = [sys.executable, "-m", "minigrad.cli", "launch", "--exec",
+           f"{sys.executable} {HERE / 'mpi_rank.py'} --fault {fault} --", "-n", "2", "train", "--data", str(corpus),
+           "--max-iters", "50", "--out-dir", str(tmp_path / "run"), "--dist-timeout", "3", *TINY]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 1 and proc.stdout == "" and seconds < 60, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    if fault == "hang-train":
+        assert lines == [("minigrad train: error: rank 0: no answer from the other ranks for 3 s (waiting in "
+                          "allreduce): a rank died or hangs; ending all 2 ranks")], proc.stderr
+        return
+    errors = [ln for ln in lines if ln.startswith("minigrad train: error:")]
+    assert "minigrad train: error: rank 1: RuntimeError: planted failure in step 3; ending all 2 ranks" in errors
+    assert all(ln.startswith("minigrad train: error: rank 0: lost the other ranks") for ln in errors
+               if "rank 1: RuntimeError" not in ln), proc.stderr
+    assert lines[0] == "Traceback (most recent call last):" and lines[-1] in errors, proc.stderr
+    assert not any(ln.startswith(("Abort(", "=")) for ln in lines), proc.stderr
+
+
+FAKE_MPIEXEC = """#!{python}
+# stands in for mpiexec: the ranks' start lines, a progress line in pieces, then {ending}
+import os, sys, time
+def err(b): os.write(2, b); time.sleep(0.05)
+def out(b): os.write(1, b); time.sleep(0.05)
+err(b'minigrad-launch: {{"rank": 0, "pid": 101, "host": "h0", "cwd": "{cwd}"}}')
+err(b'\\nminigrad-launch: {{"rank": 1, "pid": 102, "host": "h0", "cwd": "{cwd}"}}\\n')
+err(b"step 1/9")
+err(b" loss 3.2\\n")
+{body}
+"""
+BANNER = ("out(b'\\n' + b'=' * 83 + b'\\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\\n=   PID 102 ')\n"
+          "out(b'RUNNING AT h0\\n=   EXIT CODE: 9\\n=   CLEANING UP REMAINING PROCESSES\\n')\n"
+          "out(b'=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES\\n' + b'=' * 83 + b'\\nYOUR APPLICATION TERMINATED ')\n"
+          "out(b'WITH THE EXIT STRING: Killed (signal 9)\\nThis typically refers to a problem with your application.\\n"
+          "Please see the FAQ page for debugging suggestions\\n')\nsys.exit(9)")
+ABORT = ("err(b'minigrad train: error: rank 1: ')\nerr(b'planted; ending all 2 ranks\\n')\n"
+         "err(b'Abort(1) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 1) - process 1\\n')\n"
+         "sys.exit(1)")
+
+
+@pytest.mark.parametrize("ending", ["banner", "abort"])
+def test_minigrad_launch_passes_output_through_and_replaces_mpiexecs_lines_with_one(tmp_path, ending):
+    """Without MPI: a stand-in mpiexec prints what MPICH's does, in pieces; `minigrad launch` passes
+    the ranks' lines on and turns a killed rank's banner into one line (the rank found by its PID)."""
+    run = tmp_path / "run"
+    if ending == "banner":                        # a checkpoint for the line to name
+        (run / "ckpt-0000004").mkdir(parents=True)
+        (run / "latest.json").write_text(json.dumps({"checkpoint": "ckpt-0000004"}))
+    fake = tmp_path / "mpiexec"
+    fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, cwd=tmp_path, ending=ending,
+                                        body=BANNER if ending == "banner" else ABORT))
+    fake.chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "minigrad.cli", "launch", "--mpiexec", str(fake), "-n", "2",
+                           "train", "--out-dir", "run", "--max-iters", "9"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout == ""
+    if ending == "abort":
+        assert proc.returncode == 1
+        assert proc.stderr == "step 1/9 loss 3.2\nminigrad train: error: rank 1: planted; ending all 2 ranks\n"
+        return
+    from minigrad.models.checkpoint import latest_name
+
+    assert latest_name(run) == "ckpt-0000004", "the stand-in checkpoint is not one latest_name reads"
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "step 1/9 loss 3.2\nminigrad train: error: rank 1 (PID 102 on h0) was killed by SIGKILL (the out-of-memory "
+        f"killer sends SIGKILL); mpiexec ended the other rank; the last checkpoint, {run / 'ckpt-0000004'}, is kept; "
+        "continue with minigrad launch -n 2 train --out-dir run --max-iters 9 --resume\n"), proc.stderr
 
 
 def _zombie(pid) -> bool:

@@ -128,5 +128,5 @@ def test_bench_generate_torch_mirror_gives_our_logits():
     (["--weights", "fp8"], "--weights must be one of"),
 ])
 def test_bench_generate_bad_flags(capsys, argv, msg):
-    code, out, err = _bench(capsys, *argv)
+    code, _, err = _bench(capsys, *argv)
     assert code == 1 and err.count("\n") == 1 and msg in err

@@ -94,8 +94,9 @@ def test_kernels_modules_import_no_circle():
 
     graph = _kernels_import_graph(Path(minigrad.kernels.__file__).parent)
     assert circles(graph) == set(), circles(graph)
-    # the runtime knows no family; family modules never import the table
-    assert all(m.startswith("minigrad.kernels.emulate") for m in graph["minigrad.kernels.runtime"])
+    # the runtime knows no family (it reads sources through includes); family modules never import the table
+    assert all(m.startswith("minigrad.kernels.emulate") or m == "minigrad.kernels.includes"
+               for m in graph["minigrad.kernels.runtime"]), graph["minigrad.kernels.runtime"]
     for family in ("layernorm", "attention"):
         assert "minigrad.kernels.registry" not in graph[f"minigrad.kernels.{family}"]
     assert {"minigrad.kernels.layernorm", "minigrad.kernels.attention"} <= graph["minigrad.kernels.registry"]

@@ -294,11 +294,55 @@ def test_a_lane_skipping_mma_fails_the_launch():
         emulate.launch(src, "mma_from_formulas<mg_half>", 1, 32, (A, B, C, D), check=False)
 
 
-def test_both_v2_files_carry_the_same_platform_layer():
-    def layer(name):
+def test_both_v2_files_take_the_platform_layer_from_one_header_and_carry_no_ptx_of_their_own():
+    header = (KERNEL_DIR / "ptx_platform.cuh").read_text()
+    assert "mma.sync.aligned.m16n8k16" in header and "#ifndef MINIGRAD_EMULATE" in header
+    for name in ("attention_v2.cu", "layernorm_v2.cu"):
         text = (KERNEL_DIR / name).read_text()
-        return re.search(r"// ---- half-precision platform layer \(begin\).*?\(end\)", text, re.DOTALL).group(0)
-    assert layer("attention_v2.cu") == layer("layernorm_v2.cu")
+        assert re.search(r'^#include "ptx_platform.cuh"', text, re.MULTILINE), name
+        assert "asm(" not in text and "asm volatile(" not in text, f"{name} has PTX outside the platform layer"
+
+
+def test_the_spliced_text_keeps_every_line_where_errors_name_it():
+    """What NVRTC and g++ compile: the header under `#line 1 "<header>"`, then the .cu's own lines
+    resuming at their own numbers; a second include of the same header adds nothing."""
+    from minigrad.kernels import includes
+
+    path = KERNEL_DIR / "layernorm_v2.cu"
+    source = path.read_text()
+    doubled = source.replace('#include "ptx_platform.cuh"', '#include "ptx_platform.cuh"\n#include "ptx_platform.cuh"', 1)
+    for text in (source, doubled):
+        out = includes.expand(text, path).splitlines()
+        header = (KERNEL_DIR / "ptx_platform.cuh").read_text().splitlines()
+        start = out.index(f'#line 1 "{KERNEL_DIR / "ptx_platform.cuh"}"')
+        assert out[start + 1:start + 1 + len(header)] == header
+        m = re.fullmatch(r'#line (\d+) "(.*)"', out[start + 1 + len(header)])
+        assert m and m.group(2) == str(path)
+        own = text.splitlines()
+        rest = ["" if ln.startswith('#include "ptx_platform.cuh"') else ln for ln in own[int(m.group(1)) - 1:]]
+        assert out[start + 2 + len(header):] == rest          # a repeated include: an empty line
+        assert out[:start] == own[:start]
+        assert "#include" not in "\n".join(out[start:]).replace("#include <", "")
+
+
+def test_the_emulator_cache_key_follows_the_header(tmp_path):
+    """A copy of a v2 file finds the header beside it first, else kernels/'s: changing the header it
+    uses changes the library's cache key (the key is the spliced text), as does the .cu's text."""
+    from minigrad.kernels.emulate import build
+
+    cu = tmp_path / "layernorm_v2.cu"
+    cu.write_text((KERNEL_DIR / "layernorm_v2.cu").read_text())
+    names = ["layernorm_v2_forward<float,float,4>"]
+    shipped = build.library_path(cu, names)                  # the header from kernels/
+    beside = tmp_path / "ptx_platform.cuh"
+    beside.write_text((KERNEL_DIR / "ptx_platform.cuh").read_text())
+    copied = build.library_path(cu, names)
+    beside.write_text((KERNEL_DIR / "ptx_platform.cuh").read_text() + "// changed\n")
+    assert build.library_path(cu, names) not in (copied, shipped)
+    beside.unlink()
+    assert build.library_path(cu, names) == shipped
+    cu.write_text(cu.read_text() + "// changed\n")
+    assert build.library_path(cu, names) != shipped
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is optional: pip install torch==2.13.0 for the parity tests")
 TF = torch.nn.functional
 
-from conftest import assert_close
+from conftest import assert_close, run_torch
 
 import minigrad as mg
 from minigrad import Tensor
@@ -159,13 +159,6 @@ CASES = [(name, _method(name), _torch_function(name), [m]) for name, m in UNARY]
 TOLERANCE = {"hardsigmoid": (np.float32, 4), "celu": (np.float32, 4)}
 
 
-def _run_torch(fn, arrays, go):
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    out = fn(*ts)
-    out.backward(torch.from_numpy(go))
-    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
-
-
 def _run_minigrad(fn, arrays, go):
     ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
     out = fn(*ts)
@@ -181,7 +174,7 @@ def test_forward_and_gradients_match_torch(name, fn, tfn, makers):
     go = rng.standard_normal(probe.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         out, grads = _run_minigrad(fn, arrays, go)
-    tout, tgrads = _run_torch(tfn, arrays, go)
+    tout, tgrads = run_torch(tfn, arrays, go)
     assert_close(out, tout, ulps=ULPS, err_msg=f"{name} forward")
     dtype, ulps = TOLERANCE.get(name, (np.float64, ULPS))
     for i, (g, tg) in enumerate(zip(grads, tgrads)):

@@ -1,13 +1,16 @@
 """Every op in the registry (minigrad.opinfo.OPS): forward vs its NumPy reference in float64 and
-float32, gradcheck and gradgradcheck in float64. Plus op semantics the registry cannot express
-(ties, scalar dtypes, scatter-add of repeated indices)."""
+float32, gradcheck and gradgradcheck in float64 at float64's own tolerances. Plus op semantics the
+registry cannot express (ties, scalar dtypes, scatter-add of repeated indices)."""
 import numpy as np
 import pytest
 from conftest import assert_close, tol
 
 import minigrad as mg
-from minigrad import Tensor
-from minigrad.opinfo import OPS
+from minigrad import Tensor, sweep
+from minigrad.autograd import Function
+from minigrad.backend import get_array_module
+from minigrad.gradient_check import _first_order
+from minigrad.opinfo import BY_NAME, OPS, OpInfo
 
 IDS = [op.name for op in OPS]
 
@@ -46,16 +49,67 @@ def test_forward_float32_matches_numpy(op):
     assert_close(out, want, np.float32, err_msg=op.name)
 
 
+# float64's own tolerances (OpInfo.tolerances: gradient_check.float64_tolerances with the op's bound on
+# the third derivative; about 2e-9 for outputs of order one), not the public gradcheck's defaults
+# (PyTorch's atol 1e-5, rtol 1e-3), which a derivative off in its fifth digit passes
 @pytest.mark.parametrize("op", OPS, ids=IDS)
 def test_gradcheck(op):
     ts = _tensors(op.inputs(np.random.default_rng(1), np.float64))
-    assert mg.gradcheck(op.fn, ts)
+    assert mg.gradcheck(op.fn, ts, **op.tolerances(ts))
 
 
 @pytest.mark.parametrize("op", [o for o in OPS if o.second_order], ids=[o.name for o in OPS if o.second_order])
 def test_gradgradcheck(op):
     ts = _tensors(op.inputs(np.random.default_rng(2), np.float64))
-    assert mg.gradgradcheck(op.fn, ts)
+    assert mg.gradgradcheck(op.fn, ts, **op.tolerances(ts, order=2))
+
+
+class ExpFifthDigit(Function):
+    """exp with its derivative 1e-5 too large (relative): off in the fifth digit."""
+
+    def forward(self, x):
+        self.out = get_array_module(x).exp(x)
+        return self.out
+
+    def backward(self, g):
+        return (g * Tensor._make(self.out) * 1.00001,)
+
+
+def test_a_derivative_off_in_its_fifth_digit_fails_the_registry_gradcheck_and_the_sweep():
+    op = OpInfo("exp_fifth_digit", ExpFifthDigit.apply, np.exp, ((3, 4),))
+    ts = _tensors(op.inputs(np.random.default_rng(1), np.float64))
+    assert mg.gradcheck(op.fn, ts)             # PyTorch's defaults: rtol 1e-3 lets it through
+    with pytest.raises(mg.GradcheckError, match="Jacobian mismatch"):
+        mg.gradcheck(op.fn, ts, **op.tolerances(ts))
+    ok, msg, _, _ = sweep.check_op(op)         # `minigrad gradcheck`
+    assert not ok and "Jacobian mismatch" in msg
+
+
+def _third_derivatives(f, arrays, j, h):
+    """max |d3 f_k / dx_j,e^3| over outputs k and elements e of input j: the central third difference
+    (f(x+2h) - 2 f(x+h) + 2 f(x-h) - f(x-2h)) / 2h^3."""
+    worst = 0.0
+    for e in range(arrays[j].size):
+        vals = []
+        for step in (2, 1, -1, -2):
+            args = [a.copy() for a in arrays]
+            args[j].reshape(-1)[e] += step * h
+            vals.append(np.concatenate([o.numpy().reshape(-1) for o in f(*_tensors(args))]))
+        worst = max(worst, float(np.abs(vals[0] - 2 * vals[1] + 2 * vals[2] - vals[3]).max()) / (2 * h ** 3))
+    return worst
+
+
+def test_binary_cross_entropy_third_derivative_bounds_hold_at_the_sweep_samples():
+    """The bounds its registry entry states (its first-order gradient's third derivative reaches 7.6e4 |v|
+    near p = 0.05: the default 1e3 does not bound it) hold where `minigrad gradcheck` samples (seed 0)."""
+    op = BY_NAME["binary_cross_entropy"]
+    arrays = op.inputs(np.random.default_rng(0), np.float64)
+    ts = _tensors(arrays)
+    first_order, args = _first_order(op.fn, ts, None, 0)
+    m3 = [max(_third_derivatives(lambda *a: (op.fn(*a),), arrays, j, 2e-4) for j in range(2)),
+          max(_third_derivatives(lambda *a: first_order(*a), [a.numpy() for a in args], j, 2e-4) for j in range(3))]
+    assert m3[0] <= op.third_derivative[0] and m3[1] <= op.third_derivative[1], (m3, op.third_derivative)
+    assert m3[1] > 1e3, m3          # the stated bound is needed at these samples
 
 
 @pytest.mark.parametrize("op", OPS, ids=IDS)

@@ -1,6 +1,7 @@
 """Gradients at the precision float64 supports, for every registered op and implementation.
 
-1. gradcheck and gradgradcheck with ``float64_tolerances`` (minigrad/gradient_check.py states the
+1. gradcheck and gradgradcheck with ``OpInfo.tolerances`` (gradient_check.float64_tolerances with the
+   entry's third-derivative bound; minigrad/gradient_check.py states the
    bound: |numeric - exact| <= eps^2 M3/6 + 16 u M0/eps, about 2e-9 for outputs of order one)
    instead of PyTorch's defaults (atol 1e-5, rtol 1e-3), which let a derivative constant off in
    its fifth digit through.
@@ -51,14 +52,14 @@ SECOND = [c for c in CASES if c[0].second_order and c[1] != "emulate"]
 def test_gradcheck_at_float64_tolerance(monkeypatch, op, impl_name):
     use_impl(monkeypatch, impl_name)
     ts = _tensors(op.inputs(np.random.default_rng(1), np.float64, shapes=op.variant_shapes.get(impl_name)))
-    assert mg.gradcheck(op.fn, ts, **float64_tolerances(op.fn, ts))
+    assert mg.gradcheck(op.fn, ts, **op.tolerances(ts))
 
 
 @pytest.mark.parametrize("op,impl_name", SECOND, ids=_ids(SECOND))
 def test_gradgradcheck_at_float64_tolerance(monkeypatch, op, impl_name):
     use_impl(monkeypatch, impl_name)
     ts = _tensors(op.inputs(np.random.default_rng(2), np.float64, shapes=op.variant_shapes.get(impl_name)))
-    assert mg.gradgradcheck(op.fn, ts, **float64_tolerances(op.fn, ts, order=2))
+    assert mg.gradgradcheck(op.fn, ts, **op.tolerances(ts, order=2))
 
 
 def test_float64_tolerances_state_the_bound():

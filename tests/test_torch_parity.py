@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is optional: pip install torch==2.13.0 for the parity tests")
 TF = torch.nn.functional
 
-from conftest import use_impl
+from conftest import run_torch, use_impl
 
 import minigrad as mg
 from minigrad import Tensor, nn, opinfo
@@ -135,7 +135,55 @@ TORCH = {
     "gelu_mlp": lambda x, w1, b1, w2, b2: TF.linear(TF.gelu(TF.linear(x, w1, b1)), w2, b2),
     "qkv_self_attention": lambda qkv: _torch_qkv(qkv, 2, True),
     "qkv_self_attention_full": lambda qkv: _torch_qkv(qkv, 3, False, 0.4),
+    # ---- issue 17's entries (minigrad/opinfo.py OPS_MATH and OPS_NN), in registry order
+    # the gradient of floor division is zero almost everywhere; torch.floor_divide has no backward,
+    # torch.div(rounding_mode="floor") is the same function with one
+    "floor_divide": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    # torch's prod takes one dim: the (0, 2) groups moved to one axis first
+    "prod_axis_zeros": lambda a: a.permute(1, 0, 2).reshape(a.shape[1], -1).prod(1),
+    "norm2_axis": lambda a: torch.linalg.vector_norm(a, 2, dim=-1, keepdim=True),
+    "cumsum_flat": lambda a: a.flatten().cumsum(0),          # minigrad's axis=None flattens, as NumPy
+    "logcumsumexp_wide": lambda a: torch.logcumsumexp(a, 0),
+    "sort_descending": lambda a: a.sort(0, descending=True).values,
+    "topk_smallest": lambda a: a.topk(3, dim=0, largest=False).values,
+    "softplus_beta_threshold": lambda a: TF.softplus(a, beta=2.0, threshold=3.0),
+    "cross_entropy_smoothing_weights": lambda a: TF.cross_entropy(a, torch.from_numpy(opinfo._T4),
+                                                                  weight=torch.from_numpy(opinfo._W4),
+                                                                  label_smoothing=0.2),
+    "conv1d_same_even_kernel": lambda x, w: TF.conv1d(x, w, padding="same"),
+    "conv2d_groups_dilated": lambda x, w, b: TF.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(2, 1),
+                                                       groups=2),
+    "conv2d_same_dilated": lambda x, w: TF.conv2d(x, w, padding="same", dilation=(1, 2)),
+    "conv_transpose2d_groups": lambda x, w: TF.conv_transpose2d(x, w, stride=(1, 2), groups=2, dilation=2),
+    "max_pool2d_dilated_ceil": lambda x: TF.max_pool2d(x, (2, 3), 2, dilation=(2, 1), ceil_mode=True),
+    "max_pool1d": lambda x: TF.max_pool1d(x, 3, 2),
+    "avg_pool2d_ceil_no_pad": lambda x: TF.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    "avg_pool1d": lambda x: TF.avg_pool1d(x, 2, 1, 1),
+    "interpolate_nearest": lambda x: TF.interpolate(x, size=(5, 7)),
+    "interpolate_bilinear": lambda x: TF.interpolate(x, size=(3, 5), mode="bilinear"),
+    "interpolate_linear": lambda x: TF.interpolate(x, size=8, mode="linear"),
+    "roll_flat": lambda x: torch.roll(x, 5),                   # no dims: rolls the flattened tensor, as NumPy
+    "repeat": lambda x: torch.repeat_interleave(x, 2, 1),    # NumPy's repeat is torch's repeat_interleave
+    "repeat_counts": lambda x: torch.repeat_interleave(x, torch.from_numpy(np.arange(x.shape[0]) % 3), 0),
+    "tile": lambda x: torch.tile(x, (2, 1, 2)),
+    "meshgrid": lambda a, b: torch.stack(torch.meshgrid(a, b, indexing="xy")),   # NumPy's default indexing
+    # np.trace's offset has no torch.trace counterpart: the offset diagonal summed
+    "trace": lambda x: torch.diagonal(x, -1).sum(),
+    "take_along_axis": lambda x: torch.take_along_dim(x, torch.from_numpy(opinfo._rand_index((1, 5), x.shape[1])), 1),
+    "masked_fill_tensor_value": lambda x, v: x.masked_fill(torch.from_numpy(opinfo._rand_mask(tuple(x.shape))), v),
+    "getitem_bool_mask": lambda x: x[torch.from_numpy(opinfo._rand_mask(tuple(x.shape[:2])))],
+    "batch_norm_eval": lambda x, w, b: TF.batch_norm(x, *map(torch.from_numpy, opinfo._running(x.shape[1])), w, b),
+    # torch refuses is_causal together with attn_mask: minigrad's bottom-right causal mask is added to
+    # the float mask as -inf
+    "sdpa_gqa": lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, attn_mask=_with_causal(opinfo._GQA_BIAS),
+                                                                enable_gqa=True),
 }
+
+
+def _with_causal(bias):
+    """A (Tq, Tk) float mask with minigrad's bottom-right causal mask folded in (query i sees j <= i + Tk - Tq)."""
+    tq, tk = bias.shape
+    return torch.from_numpy(np.where(np.tril(np.ones((tq, tk), bool), tk - tq), bias, -np.inf))
 
 
 def _torch_qkv(qkv, n_head, causal, scale=None):
@@ -143,19 +191,6 @@ def _torch_qkv(qkv, n_head, causal, scale=None):
     h = qkv.reshape(b, t, 3, n_head, e3 // 3 // n_head).permute(2, 0, 3, 1, 4)      # (3, B, nh, T, hs)
     y = TF.scaled_dot_product_attention(h[0], h[1], h[2], is_causal=causal, scale=scale)
     return y.transpose(1, 2).reshape(b, t, e3 // 3)
-
-
-# Registry entries added by issue 17's two halves after this table was written, with no torch twin in
-# any parity file under their registry name (their ops are compared with torch in
-# tests/test_math_torch_parity.py and tests/test_torch_parity_nn.py under other cases and parameters).
-# The set may only shrink: a new registry entry without a torch equivalent fails the test below.
-NO_TORCH_TWIN_YET = {
-    "floor_divide", "prod_axis_zeros", "norm2_axis", "cumsum_flat", "logcumsumexp_wide", "sort_descending",
-    "topk_smallest", "softplus_beta_threshold", "cross_entropy_smoothing_weights", "conv1d_same_even_kernel",
-    "conv2d_groups_dilated", "conv2d_same_dilated", "conv_transpose2d_groups", "max_pool2d_dilated_ceil",
-    "max_pool1d", "avg_pool2d_ceil_no_pad", "avg_pool1d", "interpolate_nearest", "interpolate_bilinear",
-    "interpolate_linear", "roll_flat", "repeat", "repeat_counts", "tile", "meshgrid", "trace", "take_along_axis",
-    "masked_fill_tensor_value", "getitem_bool_mask", "batch_norm_eval", "sdpa_gqa"}
 
 
 def _other_parity_cases():
@@ -168,14 +203,14 @@ def _other_parity_cases():
 def test_every_registered_op_has_a_torch_reference():
     covered = set(TORCH) | _other_parity_cases()
     missing = {op.name for op in OPS if op.name not in covered}
-    assert missing <= NO_TORCH_TWIN_YET, f"add a torch equivalent to TORCH for: {', '.join(sorted(missing - NO_TORCH_TWIN_YET))}"
-    assert not (NO_TORCH_TWIN_YET & covered), "an op in NO_TORCH_TWIN_YET has a twin now: drop it from the set"
+    assert not missing, f"add a torch equivalent to TORCH for: {', '.join(sorted(missing))}"
 
 
 REGISTRY_CASES = [(op, name) for op in OPS if op.name in TORCH for name in ("reference", "native", "emulate")
                   if name == "reference" or name in op.variants]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")     # torch's note about its own copy
 @pytest.mark.parametrize("op,impl_name", REGISTRY_CASES, ids=[f"{op.name}-{n}" for op, n in REGISTRY_CASES])
 def test_registered_op_matches_torch(monkeypatch, op, impl_name):
     """Forward and the gradient of every float input, for one random upstream gradient, in float64,
@@ -196,13 +231,6 @@ def test_registered_op_matches_torch(monkeypatch, op, impl_name):
             close_to_scale(t.grad.numpy(), tt.grad.numpy(), f"{op.name} [{impl_name}] gradient of input {i}")
 
 
-def _run_torch(fn, arrays, go):
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    out = fn(*ts)
-    out.backward(torch.from_numpy(go))
-    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
-
-
 def _run_minigrad(fn, arrays, go):
     ts = [Tensor(a.copy(), requires_grad=True) for a in arrays]
     out = fn(*ts)
@@ -217,7 +245,7 @@ def test_forward_and_gradients_match_torch(name, fn, tfn, makers):
     probe = fn(*[Tensor(a.copy()) for a in arrays])
     go = rng.standard_normal(probe.shape)
     out, grads = _run_minigrad(fn, arrays, go)
-    tout, tgrads = _run_torch(tfn, arrays, go)
+    tout, tgrads = run_torch(tfn, arrays, go)
     close_to_scale(out, tout, f"{name} forward")
     for i, (g, tg) in enumerate(zip(grads, tgrads)):
         close_to_scale(g, tg, f"{name} grad of input {i}")
@@ -234,7 +262,7 @@ def test_causal_and_masked_attention_match_torch_with_an_explicit_bottom_right_m
     go = rng.standard_normal((2, 2, 3, 4))
     out, grads = _run_minigrad(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                                                               is_causal=True), [q, k, v], go)
-    tout, tgrads = _run_torch(lambda q, k, v: TF.scaled_dot_product_attention(
+    tout, tgrads = run_torch(lambda q, k, v: TF.scaled_dot_product_attention(
         q, k, v, attn_mask=torch.from_numpy(allowed)), [q, k, v], go)
     close_to_scale(out, tout)
     for g, tg in zip(grads, tgrads):

@@ -19,6 +19,8 @@ emulator runtime come from a second, uninstrumented unit (cuda_emu.h with MGEMU_
 once per header and cached). No TSan runtime is linked. -g1 keeps line tables, so a report names the
 source lines (addr2line).
 
+The source is the .cu's text with its `#include "…"` of kernels headers (kernels/ptx_platform.cuh)
+spliced in under #line directives (kernels/includes.py), the text NVRTC compiles too.
 Libraries are cached by the SHA-256 of (header, source, names, mode, compiler flags, g++ version) in
 $MINIGRAD_CACHE_DIR or ~/.cache/minigrad/kernels, and written atomically, so concurrent processes
 never see a half-written library. The cache is private and hash-checked (kernels/cache.py): its
@@ -44,7 +46,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from minigrad.kernels import cache
+from minigrad.kernels import cache, includes
 from minigrad.kernels.emulate.errors import CompileError
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
@@ -199,6 +201,7 @@ def library_path(cu_path, names, *, check: bool = False, source: str | None = No
         cu_path = Path(cu_path).resolve()
         source = cu_path.read_text()
     label = str(cu_path)
+    source = includes.expand(source, cu_path, label)    # kernels headers spliced in: part of the key
     stem = re.sub(r"[^A-Za-z0-9_.-]", "", Path(label).stem) or "source"
     mode = "check" if check else "plain"
     key = hashlib.sha256("\0".join([HEADER.read_text(), label, source, "\n".join(names), mode,
@@ -226,6 +229,7 @@ def build(cu_path, names, *, check: bool = False, source: str | None = None, ver
         cu_path = Path(cu_path).resolve()
         source = cu_path.read_text()
     label = str(cu_path)
+    source = includes.expand(source, cu_path, label)    # kernels headers spliced in: part of the key
     if not names:
         raise ValueError(f"build({Path(label).name}): no kernel names to register")
     so = library_path(label, names, check=check, source=source)

@@ -83,9 +83,9 @@
 // kept in a register) are not seen.
 // Initcheck: a shared byte no thread of this block has written (since the block started) is read.
 //
-// The tensor-core platform layer of the version-2 kernels (attention_v2.cu, layernorm_v2.cu): each
-// .cu file defines these names with inline PTX under #ifndef MINIGRAD_EMULATE; this header defines
-// them for the CPU, following the PTX ISA:
+// The tensor-core platform layer of the version-2 kernels (attention_v2.cu, layernorm_v2.cu): their
+// header kernels/ptx_platform.cuh defines these names with inline PTX under #ifndef MINIGRAD_EMULATE;
+// this header defines them for the CPU, following the PTX ISA:
 //   * mg_half, mg_bf16: 16-bit storage ({unsigned short bits}); mg_float(x) widens exactly,
 //     mg_round<X>(float) and mg_pack2<X>(lo, hi) round to nearest, ties to even (cvt.rn; NaN becomes
 //     the canonical 0x7fff), subnormals kept.

@@ -7,6 +7,7 @@ counted targets, as PyTorch; a mean over no counted target is NaN.
 """
 from __future__ import annotations
 
+from ..backend import check_values
 from ..ops import BinaryCrossEntropy, CrossEntropy, LogSoftmax, Softplus
 from ..tensor import Tensor
 
@@ -43,8 +44,8 @@ def _class_targets(name, logits: Tensor, target, ignore_index):
     valid = t != ignore_index
     safe = logits._xp.where(valid, t, 0)
     bad = (safe < 0) | (safe >= c)
-    if bool(bad.any()):
-        raise IndexError(f"{name}: target {int(safe[bad][0])} is out of range for {c} classes")
+    check_values(bad.any(), lambda: f"{name}: target {int(safe[bad][0])} is out of range for {c} classes",
+                 logits.device)                  # on "cuda": read later, with the step's read (no sync here)
     return t, valid, safe
 
 

@@ -6,8 +6,11 @@ Which implementation takes what (minigrad.dispatch picks the first variant whose
   Attention (the reference)  everything: bool mask, float additive bias (differentiable), causal,
                              broadcasting batch dims (grouped-query attention is q viewed as
                              (B, Hkv, G, Tq, d) against k, v (B, Hkv, 1, Tk, d)), any head size.
-  AttentionKernel (CUDA)     q, k, v (B, H, T, d) with equal B and H, 16 <= d <= 128, causal and/or
-                             a bool key-padding mask (B, Tk); no float bias, no GQA, no other mask.
+  AttentionKernel (CUDA)     q, k, v (B, H, T, d) with equal B and H, causal and/or a bool key-padding
+                             mask (B, Tk); no float bias, no GQA, no other mask. float32/float64 with
+                             16 <= d <= 128 (version 1), float16/bfloat16 with 1 <= d <= 128
+                             (version 2, tensor cores; under autocast it gets half arrays, see
+                             ``Attention.autocast_half_storage``).
   AttentionNative (CPU)      NumPy float32/float64, causal and/or a key-padding mask (B, Tk) for
                              4-D q; batch dims may broadcast (so GQA without a mask runs here);
                              no float bias, no other bool mask.
@@ -18,7 +21,7 @@ import numpy as np
 
 from .. import dispatch
 from ..autograd import Function
-from ..backend import device_of
+from ..backend import as_dtype, device_of
 from ._util import unbroadcast, xp_of
 from .elementwise import Where
 from .shape import sum_to_array
@@ -52,6 +55,32 @@ def attention_reference(q, k, v, mask, scale, bias=None):
         den[den == 0] = 1
     s /= den
     return s @ v, s
+
+
+def half_kernels_run_on(a) -> bool:
+    """Whether the version-2 (half-type) kernels can run where array ``a`` lives: anywhere the CPU
+    emulator runs them, on a GPU of compute capability 8.0 or later (mma.sync bf16, cvt.rn.bf16)."""
+    if device_of(a) != "cuda":
+        return True
+    try:
+        return int(xp_of(a).cuda.Device().compute_capability) >= 80
+    except Exception:   # noqa: BLE001  (no CuPy device behind it, e.g. the strict stand-in)
+        return False
+
+
+def kernel_head_dim(dtype, d) -> bool:
+    """Whether a CUDA attention kernel takes head dim d in ``dtype``: version 1 (float32, float64)
+    16..128, version 2 (float16, bfloat16) 1..128; no other dtype."""
+    if dtype in (np.float32, np.float64):
+        return 16 <= d <= 128
+    return dtype.itemsize == 2 and dtype.name in ("float16", "bfloat16") and 1 <= d <= 128
+
+
+def _kernel_fits(q, k, v, dtype, bias, mask, key_mask) -> bool:
+    """Whether AttentionKernel runs q, k, v (of ``dtype``, or cast to it) with these options."""
+    return (bias is None and q.ndim == 4 and kernel_head_dim(dtype, q.shape[-1]) and v.shape[-1] == q.shape[-1]
+            and q.shape[:2] == k.shape[:2] == v.shape[:2] and (mask is None or key_mask is not None)
+            and dispatch.use_kernels(device_of(q)) and (dtype.itemsize > 2 or half_kernels_run_on(q)))
 
 
 def causal_mask(xp, tq, tk):
@@ -114,6 +143,18 @@ class Attention(Function):
         o, self.p = attention_reference(q, k, v, self._full_mask(xp_of(q), q, k), scale, bias)
         return o
 
+    @staticmethod
+    def autocast_half_storage(inputs, kwargs, half) -> bool:
+        """Under autocast (ops/autocast.py): True when the kernel variant would run these inputs
+        cast to the half type ``half``, so they are handed to it as half arrays (attention version
+        2: half operands on tensor cores, float32 accumulation, P rounded to the half type for the
+        PV product as FlashAttention does) instead of float32 arrays holding half values."""
+        if len(inputs) != 3:
+            return False
+        q, k, v = (t.data for t in inputs)
+        return q.dtype == k.dtype == v.dtype and _kernel_fits(q, k, v, as_dtype(half), None, kwargs.get("mask"),
+                                                              kwargs.get("key_mask"))
+
     def _full_mask(self, xp, q, k):
         m = self.mask
         if self.is_causal:
@@ -166,15 +207,13 @@ def softmax_ds_(ds, p, scale):
 
 @Attention.variant("kernel")
 class AttentionKernel(Attention):
-    """The fused CUDA kernels (kernels/attention.cu): q, k, v (B, H, T, d) with 16 <= d <= 128, causal
-    and/or a (B, Tk) key mask; no (Tq, Tk) array is stored, only o and the row log-sum-exps."""
+    """The fused CUDA kernels: q, k, v (B, H, T, d), causal and/or a (B, Tk) key mask; float32/float64
+    by kernels/attention.cu (16 <= d <= 128), float16/bfloat16 by kernels/attention_v2.cu (d <= 128,
+    lse float32); no (Tq, Tk) array is stored, only o and the row log-sum-exps."""
 
     @staticmethod
     def takes(q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
-        return (bias is None and q.ndim == 4 and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
-                and q.shape[:2] == k.shape[:2] == v.shape[:2] and q.dtype == k.dtype == v.dtype
-                and q.dtype in (np.float32, np.float64) and (mask is None or key_mask is not None)
-                and dispatch.use_kernels(device_of(q)))
+        return q.dtype == k.dtype == v.dtype and _kernel_fits(q, k, v, q.dtype, bias, mask, key_mask)
 
     def forward(self, q, k, v, bias=None, mask=None, scale=None, is_causal=False, key_mask=None):
         xp = xp_of(q)
@@ -189,7 +228,7 @@ class AttentionKernel(Attention):
         xp = xp_of(g)
         q, k, v = (xp.ascontiguousarray(t.data) for t in self.inputs)
         return dispatch.launchers().attention_backward(
-            q, k, v, self.o, self.lse, xp.ascontiguousarray(g),
+            q, k, v, self.o, self.lse, xp.ascontiguousarray(g, dtype=q.dtype),
             key_mask=self.key_mask, is_causal=self.is_causal, scale=self.scale)
 
 

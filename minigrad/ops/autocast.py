@@ -1,6 +1,7 @@
 """Autocast's rounding, the engine side of minigrad.amp (see its docstring): ``RoundTo`` and
 ``autocast_apply``, which Function.apply calls for ops in dispatch's autocast lists while
-autocast is on."""
+autocast is on. A "half" op whose ``autocast_half_storage(inputs, kwargs, half)`` says a kernel
+variant takes the half type (attention on "cuda", or emulated) gets real half arrays instead."""
 from __future__ import annotations
 
 import numpy as np
@@ -35,6 +36,10 @@ def autocast_apply(cls, inputs, kwargs):
         if policy == "float32":
             ins = [t.astype(np.float32) if t.dtype.itemsize == 2 and is_float(t.dtype) else t for t in inputs]
             return cls.apply(*ins, **kwargs)
+        half_storage = getattr(cls, "autocast_half_storage", None)
+        if half_storage is not None and all(isinstance(t, Tensor) and is_float(t.dtype) for t in inputs) \
+                and half_storage(inputs, kwargs, half):   # a kernel takes half arrays: hand it them
+            return cls.apply(*(t.astype(half) for t in inputs), **kwargs).astype(np.float32)
         ins = []
         for t in inputs:
             if isinstance(t, Tensor) and is_float(t.dtype):

@@ -9,10 +9,11 @@ import numpy as np
 
 from .. import dispatch
 from ..autograd import Function
-from ..backend import device_of
+from ..backend import as_dtype, device_of
 from ._util import xp_of
 from .activations import normal_cdf_pdf
-from .attention import attention_grads, attention_reference, attention_vjp, causal_mask, softmax_ds_
+from .attention import (attention_grads, attention_reference, attention_vjp, causal_mask, half_kernels_run_on,
+                        kernel_head_dim, softmax_ds_)
 from .linalg import Linear
 from .shape import Concatenate
 from .special import gelu_and_slope
@@ -107,6 +108,13 @@ class QKVAttention(Function):
         o, self.p = attention_reference(q, k, v, mask, scale)        # (B, nh, T, hs)
         return o.transpose(0, 2, 1, 3).reshape(b, t, c3 // 3)
 
+    @staticmethod
+    def autocast_half_storage(inputs, kwargs, half) -> bool:
+        """Under autocast: True when the kernel variant takes qkv cast to ``half`` (see
+        Attention.autocast_half_storage): it then gets the half array."""
+        qkv = inputs[0].data
+        return QKVAttentionKernel.fits(qkv, kwargs["n_head"], as_dtype(half))
+
     def _heads(self, qkv):
         """Views q, k, v (B, nh, T, hs) of the packed array (or Tensor)."""
         b, t, c3 = qkv.shape
@@ -140,13 +148,19 @@ class QKVAttention(Function):
 
 @QKVAttention.variant("kernel")
 class QKVAttentionKernel(QKVAttention):
-    """The fused CUDA attention kernels per head (kernels/attention.cu), 16 <= hs <= 128: the heads
-    are copied out of the packed array; only o and the row log-sum-exps are kept."""
+    """The fused CUDA attention kernels per head: kernels/attention.cu for float32/float64 (16 <= hs
+    <= 128), kernels/attention_v2.cu for float16/bfloat16 (hs <= 128). The heads are copied out of
+    the packed array; only o and the row log-sum-exps are kept."""
 
     @staticmethod
     def takes(qkv, n_head, is_causal, scale):
-        hs = qkv.shape[-1] // 3 // n_head
-        return 16 <= hs <= 128 and qkv.dtype in (np.float32, np.float64) and dispatch.use_kernels(device_of(qkv))
+        return QKVAttentionKernel.fits(qkv, n_head, qkv.dtype)
+
+    @staticmethod
+    def fits(qkv, n_head, dtype) -> bool:
+        """Whether the kernels take qkv as ``dtype`` (its own, or the type autocast would cast it to)."""
+        return (kernel_head_dim(dtype, qkv.shape[-1] // 3 // n_head) and dispatch.use_kernels(device_of(qkv))
+                and (dtype.itemsize > 2 or half_kernels_run_on(qkv)))
 
     def forward(self, qkv, n_head, is_causal, scale):
         self.n_head, self.is_causal, self.scale = n_head, is_causal, scale
@@ -160,7 +174,7 @@ class QKVAttentionKernel(QKVAttention):
         xp = xp_of(g)
         q, k, v = (xp.ascontiguousarray(h) for h in self._heads(self.inputs[0].data))
         grads = dispatch.launchers().attention_backward(q, k, v, self.o, self.lse,
-                                                        xp.ascontiguousarray(self._head_grad(g)),
+                                                        xp.ascontiguousarray(self._head_grad(g), dtype=q.dtype),
                                                         is_causal=self.is_causal, scale=self.scale)
         return (self._pack(*grads, xp),)
 

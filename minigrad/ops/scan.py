@@ -1,5 +1,9 @@
 """Scans along one axis (already normalised by the caller: a non-negative int): cumsum, cumprod,
 logcumsumexp. Each backward is a scan in Tensor ops, so second derivatives hold.
+
+Half types (float16, bfloat16) are scanned in float32 and each result rounded once, as Sum and
+Mean reduce them: NumPy scans them in their own type, rounding every partial sum (a bfloat16
+cumsum of ones stops at 256), so the error would grow with the length of the axis.
 """
 from __future__ import annotations
 
@@ -18,6 +22,17 @@ def _flip(a, axis):
     return a[(slice(None),) * axis + (slice(None, None, -1),)]
 
 
+def _wide(a):
+    """(a as float32 if it is a half type else a, the dtype to round the scan's result to or None)."""
+    if a.dtype.itemsize == 2 and (a.dtype.kind == "f" or a.dtype.name == "bfloat16"):
+        return a.astype(np.float32), a.dtype
+    return a, None
+
+
+def _narrow(y, dtype):
+    return y if dtype is None else y.astype(dtype)
+
+
 def _where(cond, a, b):
     """where(cond, a, b) for a constant boolean array ``cond`` and Tensors a, b (gradient to both)."""
     from .elementwise import Where
@@ -31,9 +46,10 @@ class CumSum(Function):
     def forward(self, a, axis, reverse=False):
         self.axis, self.reverse = axis, reverse
         xp = xp_of(a)
+        a, half = _wide(a)
         if not reverse:
-            return xp.cumsum(a, axis=axis)
-        return xp.ascontiguousarray(_flip(xp.cumsum(_flip(a, axis), axis=axis), axis))
+            return _narrow(xp.cumsum(a, axis=axis), half)
+        return _narrow(xp.ascontiguousarray(_flip(xp.cumsum(_flip(a, axis), axis=axis), axis)), half)
 
     def backward(self, g):
         return (CumSum.apply(g, axis=self.axis, reverse=not self.reverse),)
@@ -53,7 +69,8 @@ class CumProd(Function):
     def forward(self, a, axis):
         xp = xp_of(a)
         self.axis = axis
-        self.y = xp.cumprod(a, axis=axis)
+        wide, half = _wide(a)
+        self.y = _narrow(xp.cumprod(wide, axis=axis), half)
         zero = a == 0
         self.has_zero = bool(zero.any())
         if self.has_zero:
@@ -121,7 +138,8 @@ class LogCumSumExp(Function):
 
     def forward(self, a, axis, reverse=False):
         self.axis, self.reverse = axis, reverse
-        self.y = logcumsumexp_array(float_input(a), axis, reverse)
+        a, half = _wide(float_input(a))
+        self.y = _narrow(logcumsumexp_array(a, axis, reverse), half)
         return self.y
 
     def backward(self, g):

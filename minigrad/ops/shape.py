@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import dispatch
 from ..autograd import Function
-from ..backend import device_of, get_array_module
+from ..backend import check_values, device_of, get_array_module, raise_deferred_checks
 from ..tensor import Tensor
 from ._util import xp_of
 
@@ -73,7 +73,8 @@ class SumTo(Function):
 
 
 def _check_index(idx, shape):
-    """Reject out-of-range integer-array indices with a clear IndexError (numpy's would be opaque later)."""
+    """Reject out-of-range integer-array indices with a clear IndexError (numpy's would be opaque later);
+    on a device the check is read later, with others (backend.check_values)."""
     items = idx if isinstance(idx, tuple) else (idx,)
     dim = 0
     for it in items:
@@ -84,12 +85,16 @@ def _check_index(idx, shape):
                                    and not (hasattr(j, "dtype") and j.dtype == bool))
             continue
         if hasattr(it, "dtype") and it.dtype.kind in "iu" and it.size and dim < len(shape):
-            xp = get_array_module(it)
-            lo, hi = int(xp.min(it)), int(xp.max(it))
-            n = shape[dim]
-            if lo < -n or hi >= n:
-                bad = hi if hi >= n else lo
-                raise IndexError(f"index {bad} is out of range for dimension {dim} of size {n} (shape {shape})")
+            xp, n = get_array_module(it), shape[dim]
+
+            def message(it=it, n=n, dim=dim, xp=xp):
+                lo, hi = int(xp.min(it)), int(xp.max(it))
+                return (f"index {hi if hi >= n else lo} is out of range for dimension {dim} of size {n} "
+                        f"(shape {shape})")
+            if device_of(it) == "cuda":     # checked on the device, read later with the step's other reads
+                check_values(((it < -n) | (it >= n)).any(), message, "cuda")
+            elif int(xp.min(it)) < -n or int(xp.max(it)) >= n:
+                raise IndexError(message())
         dim += it.ndim if (hasattr(it, "dtype") and it.dtype == bool) else 1
 
 
@@ -102,6 +107,7 @@ class GetItem(Function):
         try:
             return a[idx]
         except IndexError as e:
+            raise_deferred_checks()       # failing anyway: a filed check of the index says it best
             raise IndexError(f"{e} (tensor shape {a.shape})") from None
 
     def backward(self, g):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import dispatch
 from ..autograd import Function
+from ..backend import check_values, device_of, fold_deferred_checks, raise_deferred_checks
 from ._util import saved, xp_of
 
 
@@ -74,6 +75,9 @@ class CrossEntropy(Function):
 
     logits (N, C) float, target (N,) int. Stable: computed from logsumexp. The per-row work is
     ``_rows`` (the reference keeps p = softmax(logits); the native variant keeps d = p - onehot).
+    On a device nothing is read back: the target check is filed (backend.check_values), the mean's
+    1/n stays on the device, and the loss is NaN when a filed check of this step failed (its error
+    is raised when the checks are read: backend.raise_deferred_checks, to_host).
     """
 
     def forward(self, logits, target, ignore_index=-100, reduction="mean"):
@@ -81,19 +85,36 @@ class CrossEntropy(Function):
         c = logits.shape[1]
         valid = target != ignore_index
         safe_t = xp.where(valid, target, 0)
-        if bool(((safe_t < 0) | (safe_t >= c)).any()):
-            bad = int(safe_t[(safe_t < 0) | (safe_t >= c)][0])
-            raise IndexError(f"cross_entropy: target {bad} is out of range for {c} classes")
+        out_of_range = (safe_t < 0) | (safe_t >= c)
+        device = device_of(logits)
+
+        def message():
+            return f"cross_entropy: target {int(safe_t[out_of_range][0])} is out of range for {c} classes"
+        check_values(out_of_range.any(), message, device)    # on a device: read later, with the step's read
         self.valid, self.safe_t, self.reduction = valid, safe_t, reduction
-        n_valid = int(valid.sum())
         # a mean over no rows is NaN, as in PyTorch (every target == ignore_index)
-        self.scale = (1.0 / n_valid if n_valid else float("nan")) if reduction == "mean" else 1.0
+        if reduction != "mean":
+            self.scale = 1.0
+        elif device == "cuda":            # on the device (no read): 1/n in float64, as the host's Python float
+            n_valid = valid.sum()
+            self.scale = xp.where(n_valid > 0, 1.0 / xp.maximum(n_valid, 1), np.nan)
+        else:
+            n_valid = int(valid.sum())
+            self.scale = 1.0 / n_valid if n_valid else float("nan")
         self.p = self.d = None
-        nll = self._rows(logits, target, ignore_index)        # (N,), 0 on ignored rows
+        try:
+            nll = self._rows(logits, target, ignore_index)    # (N,), 0 on ignored rows
+        except IndexError:
+            raise_deferred_checks()       # failing anyway: the filed target check says it best
+            raise
         if reduction == "none":
-            return nll
-        out = nll.sum()
-        return out * self.scale if reduction == "mean" else out
+            out = nll
+        else:
+            out = nll.sum()
+            if reduction == "mean":       # a device scale rounds to the loss dtype first, as a Python float does
+                out = out * (self.scale if device != "cuda" else self.scale.astype(out.dtype))
+        failed = fold_deferred_checks() if device == "cuda" else None
+        return out if failed is None else xp.where(failed, xp.asarray(np.nan, dtype=out.dtype), out)
 
     def _rows(self, logits, target, ignore_index):
         """Per-row nll; keeps p = softmax(logits) for the backward."""
@@ -105,7 +126,15 @@ class CrossEntropy(Function):
         """(per-row nll, softmax(logits)) on arrays."""
         xp = xp_of(logits)
         m = logits.max(axis=1, keepdims=True)
-        if bool(xp.isfinite(m).all()):     # one exp pass gives both the softmax and its logsumexp
+        if device_of(logits) == "cuda":    # no read: the one-pass path, a non-finite max taken as 0 (as lse does)
+            m = xp.where(xp.isfinite(m), m, 0).astype(logits.dtype, copy=False)
+            e = xp.exp(logits - m)         # a row holding +inf or NaN (its nll is not finite) gets NaN in p
+            den = e.sum(axis=1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                row_lse = (m + xp.log(den))[:, 0]
+                e /= den
+            p = e
+        elif bool(xp.isfinite(m).all()):   # one exp pass gives both the softmax and its logsumexp
             e = xp.exp(logits - m)
             den = e.sum(axis=1, keepdims=True)
             e /= den

@@ -97,6 +97,16 @@ MUTANTS = [
      "return x * cdf, cdf", "nn"),
     ("qkv-reference-not-causal", FUSED, "mask = causal_mask(xp_of(qkv), t, t) if is_causal else None",
      "mask = None", "nn"),
+    # ---- conventions the torch twins pin (tests/test_torch_parity.py): padding, resampling, offsets
+    ("conv-same-extra-on-low-side", "minigrad/nn/functional.py",
+     "pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for",
+     "pads = tuple((d * (k - 1) - d * (k - 1) // 2, d * (k - 1) // 2) for", "nn"),
+    ("nearest-source-rounded", "minigrad/nn/functional.py", "np.floor(d * np.float32(scale))",
+     "np.round(d * np.float32(scale))", "nn"),
+    ("bilinear-source-unclamped", "minigrad/nn/functional.py", "pos = np.maximum((np.arange(o) + 0.5) * scale - 0.5, 0.0)",
+     "pos = (np.arange(o) + 0.5) * scale - 0.5", "nn"),
+    ("trace-offset-sign", "minigrad/manipulation.py", "return diagonal(x, offset, axis1, axis2).sum(axis=-1)",
+     "return diagonal(x, -offset, axis1, axis2).sum(axis=-1)", "nn"),
     # ---- optimizer and trainer details
     ("adamw-decay-without-lr", "minigrad/optim.py", "w *= 1.0 - lr * wd", "w *= 1.0 - wd", "optim"),
     ("adam-bias-correction-off-by-one", "minigrad/optim.py", "bc1 = 1.0 - b1 ** t", "bc1 = 1.0 - b1 ** (t + 1)", "optim"),
