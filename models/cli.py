@@ -1,4 +1,4 @@
-"""`minigrad train`, `minigrad generate`, `minigrad launch`, `minigrad bench train`: their parsers and handlers.
+"""`minigrad train`, `generate`, `eval`, `launch`, `bench train`, `bench generate`: parsers and handlers.
 
 The flags of `train` and its GPT job live in models/train.py (--model seq2seq: models/seq2seq_train.py);
 the helpers the commands share in models/cli_common.py. The top-level CLI calls `add_subcommands(subparsers)`; each registered parser sets `func`, a
@@ -36,6 +36,33 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token")
     p.add_argument("--profile", action="store_true", help="print prefill and per-token decode times (stderr)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _add_weights_arg(p)
+
+
+def _add_weights_arg(p: argparse.ArgumentParser) -> None:
+    # checked by the handler (models/weights.py), so a bad value gets the command's one-line error
+    p.add_argument("--weights", default="float32", metavar="{float32,bfloat16,int8}",
+                   help="float32 as trained (default), or weight-only quantization for inference")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", default=DEFAULT_OUT, help=f"run or checkpoint directory (default {DEFAULT_OUT})")
+    p.add_argument("--best", action="store_true", help="the run's best-validation checkpoint instead of its latest")
+    _add_weights_arg(p)
+
+
+def _add_bench_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="default", choices=["default", "gpt2", "tiny"],
+                   help="default: `minigrad train`'s model; gpt2: L12 D768 H12, block 1024, vocab 50257 (random "
+                        "weights); tiny: a 2-layer model for tests")
+    p.add_argument("--context", type=int, default=64, help="tokens the decoded token attends to (default 64)")
+    _add_weights_arg(p)
+    p.add_argument("--steps", type=int, default=40, help="timed decode steps (at least 10; default 40)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (default 5)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--probe-mib", type=int, default=1024, help="size of the bandwidth probe's array (default "
+                                                               "1024 MiB: far past the caches)")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +84,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers, bench_subparsers=None) -> None:
-    """Register train, generate, launch and bench train.
+    """Register train, generate, eval, launch, bench train and bench generate.
 
     If the caller already has a `bench` parser with its own subparsers, pass those as
     bench_subparsers and `train` is added there; otherwise a `bench` command is created.
@@ -73,6 +100,10 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
                               description="Stream text sampled from a checkpoint, with a KV cache.")
     _add_generate_args(p)
     p.set_defaults(func=run_generate)
+    p = subparsers.add_parser("eval", help="a GPT checkpoint's loss on its data (the trainer's evaluation)",
+                              description="Evaluate a checkpoint as the trainer does. Last line: val_loss=<float>.")
+    _add_eval_args(p)
+    p.set_defaults(func=run_eval)
     p = subparsers.add_parser("launch", help="run `train` on N MPI ranks (mpiexec), a failure in one line",
                               description="mpiexec -n N minigrad train ..., with a killed rank reported in one line "
                                           "(which rank, its signal, the last checkpoint, how to resume).")
@@ -81,11 +112,16 @@ def add_subcommands(subparsers, bench_subparsers=None) -> None:
     p.set_defaults(func=mpi_launch.run, train_parser=train_parser)   # checks the ranks' flags first
     if bench_subparsers is None:
         bench = subparsers.add_parser("bench", help="benchmarks")
-        bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="{train}", required=True)
+        bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="{train,generate}", required=True)
     p = bench_subparsers.add_parser("train", help="median GPT train-step time (and PyTorch's, if importable)",
                                     description="Last line: median_step_ms=<float>.")
     _add_bench_args(p)
     p.set_defaults(func=run_bench_train)
+    p = bench_subparsers.add_parser("generate", help="prefill and decode time vs the memory-bandwidth floor "
+                                                     "(and PyTorch's, if importable)",
+                                    description="Last line: decode_ms_per_token=<float>.")
+    _add_bench_generate_args(p)
+    p.set_defaults(func=run_bench_generate)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -115,6 +151,30 @@ def run_generate(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from minigrad.models import evaluate
+    from minigrad.models.trainer import tune_malloc
+
+    tune_malloc()
+    try:
+        return evaluate.main(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def run_bench_generate(args) -> int:
+    from minigrad.models import bench_generate
+    from minigrad.models.trainer import tune_malloc
+    from minigrad.models.weights import WeightsError
+
+    tune_malloc()  # as for the other commands: temporaries stay in glibc's heap
+    try:
+        return bench_generate.main(args)
+    except (bench_generate.BenchError, WeightsError) as e:
+        return fail("bench generate", str(e))
+
+
 def run_bench_train(args) -> int:
     from minigrad.models import bench
     from minigrad.models.trainer import tune_malloc
@@ -135,7 +195,7 @@ def run_bench_train(args) -> int:
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="minigrad", description="minigrad language-model commands")
-    sub = parser.add_subparsers(dest="command", metavar="{train,generate,launch,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,generate,eval,launch,bench}", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
     try:

@@ -51,6 +51,16 @@ class KVCache:
         self.buf[layer, 1, :, :, t0:t1] = v.data
         return minigrad.Tensor(self.buf[layer, 0, :, :, :t1]), minigrad.Tensor(self.buf[layer, 1, :, :, :t1])
 
+    def store(self, layer: int, qkv) -> None:
+        """Keep the keys and values of a prefill from the packed projection qkv (B, T, 3C) at
+        positions 0..T-1 (the caller attends with the fused op, as without a cache)."""
+        B, T, C3 = qkv.shape
+        nh, hs = self.buf.shape[3], self.buf.shape[5]
+        if T > self.block_size:
+            raise ValueError(f"KV cache holds {self.block_size} positions; {T} requested")
+        kv = qkv[:, :, C3 // 3:].reshape(B, T, 2, nh, hs).transpose(2, 0, 3, 1, 4)   # (2, B, nh, T, hs)
+        self.buf[layer, :, :, :, :T] = kv
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, rng: np.random.Generator):
@@ -64,8 +74,11 @@ class CausalSelfAttention(nn.Module):
         """x: (B, T, C) -> (B, T, C)."""
         B, T, C = x.shape
         nh = self.n_head
-        if cache is None:   # one fused op on the CPU; the attention kernels on a GPU
-            y = F.qkv_self_attention(self.c_attn(x), nh, is_causal=True)  # (B, T, 3C) -> (B, T, C)
+        if cache is None or cache.length == 0:   # one fused op on the CPU; the attention kernels on a GPU
+            qkv = self.c_attn(x)  # (B, T, 3C)
+            if cache is not None:   # a prefill: the same attention as without a cache, k and v kept
+                cache.store(layer, qkv.data)
+            y = F.qkv_self_attention(qkv, nh, is_causal=True)  # (B, T, 3C) -> (B, T, C)
             return self.resid_drop(self.c_proj(y))
         qkv = self.c_attn(x).reshape(B, T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)

@@ -66,19 +66,30 @@ def test_cached_decoding_equals_cache_free_decoding(temperature, top_k, top_p):
 
 
 def test_cache_feeds_one_token_per_step_while_the_sequence_fits():
+    from minigrad.models.decode import Decoder
+
     m = _model()
     fed = []
-    real = m.forward
+    real_forward, real_step = m.forward, Decoder.step
 
     def spy(idx, *a, **k):
         fed.append((np.asarray(idx).shape[1], k.get("cache") is not None))
-        return real(idx, *a, **k)
+        return real_forward(idx, *a, **k)
+
+    def step_spy(self, tokens):
+        fed.append(("step", self.length))
+        return real_step(self, tokens)
 
     m.forward = spy
-    G.generate(m, [1, 2], 12, 1.0, None, 1.0, seed=0, use_cache=True)
-    # prefill 2, then single tokens until 10 = block_size are cached; then the window is re-read
-    assert fed[:9] == [(2, True)] + [(1, True)] * 8
-    assert fed[9:] == [(10, True)] * 3
+    Decoder.step = step_spy
+    try:
+        G.generate(m, [1, 2], 12, 1.0, None, 1.0, seed=0, use_cache=True)
+    finally:
+        Decoder.step = real_step
+    # prefill 2 through the forward, then one decode step per token at positions 2..9 until
+    # block_size 10 is cached; then the cache-free forward over the last 10 tokens
+    assert fed[:9] == [(2, True)] + [("step", pos) for pos in range(2, 10)]
+    assert fed[9:] == [(10, False)] * 3
     fed.clear()
     G.generate(m, [1, 2], 3, 1.0, None, 1.0, seed=0, use_cache=False)
     assert fed == [(2, False), (3, False), (4, False)]
