@@ -239,11 +239,10 @@ def _mpiexec() -> list[str] | None:
     """The mpiexec of this environment (the mpi extra puts MPICH's beside python), else on PATH;
     Open MPI's gets the flags it needs to run as root and on more ranks than cores."""
     import os
-    import shutil
-    from pathlib import Path
 
-    beside = Path(sys.executable).with_name("mpiexec")
-    exe = str(beside) if beside.exists() else shutil.which("mpiexec")
+    from minigrad.models.mpi_launch import find_mpiexec
+
+    exe = find_mpiexec()
     if exe is None:
         return None
     try:

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from minigrad.models.progress import read_log
+from minigrad.models.mpi_launch import find_mpiexec
 
 from minigrad import distributed
 
@@ -278,12 +278,7 @@ print(json.dumps({"reads": per_step, "parallel": trainer.parallel is not None, "
 
 # ============================================================================ with MPI (real ranks)
 
-def _mpiexec():
-    beside = Path(sys.executable).with_name("mpiexec")
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-MPIEXEC = _mpiexec()
+MPIEXEC = find_mpiexec()
 needs_mpi = pytest.mark.skipif(
     MPIEXEC is None or importlib.util.find_spec("mpi4py") is None or not sys.platform.startswith("linux"),
     reason="needs mpiexec and mpi4py on Linux: pip install 'minigrad[mpi]' (mpi4py and the mpich wheel)")

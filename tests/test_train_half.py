@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,8 +226,8 @@ def test_an_inf_gradient_in_float32_or_bfloat16_is_not_caught_by_a_scaler(tmp_pa
 # --------------------------------------------------------------------------- several MPI ranks
 
 def _mpiexec():
-    beside = Path(sys.executable).with_name("mpiexec")
-    return str(beside) if beside.exists() else None
+    from minigrad.models.mpi_launch import find_mpiexec
+    return find_mpiexec()
 
 
 RANK_SCRIPT = r'''
