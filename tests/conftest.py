@@ -344,3 +344,20 @@ def use_impl(monkeypatch, name) -> ImplRecord:
     monkeypatch.setattr(dispatch, "cpu_native", cpu_native)
     monkeypatch.setattr(dispatch, "launchers", launchers)
     return rec
+
+
+# ---------------------------------------------------------------- a tiny corpus for the training commands
+
+# 160 lines, 4 speakers, 34 distinct characters: a char-level run of a few steps trains on it in seconds
+CORPUS = "".join(
+    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
+    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """CORPUS in a file; prepared data is cached inside tmp_path, not in the user's cache."""
+    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS)
+    return path

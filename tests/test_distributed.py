@@ -28,15 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORPUS
 from minigrad.models.progress import read_log
 from minigrad.models.mpi_launch import find_mpiexec
 
 from minigrad import distributed
 
 HERE = Path(__file__).resolve().parent
-CORPUS = "".join(
-    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
-    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--warmup-iters", "2",
         "--eval-iters", "4", "--final-eval-iters", "5", "--lr", "3e-3", "--quiet"]
 S2S = ["--model", "seq2seq", "--task", "sort", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
@@ -282,14 +280,6 @@ MPIEXEC = find_mpiexec()
 needs_mpi = pytest.mark.skipif(
     MPIEXEC is None or importlib.util.find_spec("mpi4py") is None or not sys.platform.startswith("linux"),
     reason="needs mpiexec and mpi4py on Linux: pip install 'minigrad[mpi]' (mpi4py and the mpich wheel)")
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS)
-    return path
 
 
 def _mpirun(n, *train_args, dir=None, fault=None, timeout=240, launcher_args=(), env=None):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORPUS
 
 from minigrad.models import checkpoint as C
 from minigrad.models.progress import read_log
@@ -38,9 +39,6 @@ pytest.importorskip("safetensors", reason="checkpoints need the optional 'safete
 LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="forked workers, /proc and POSIX signals: Linux only")
 
-CORPUS = "".join(
-    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
-    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
 STEPS = 240
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
         "--warmup-iters", "2", "--eval-iters", "2", "--final-eval-iters", "3", "--lr", "3e-3",

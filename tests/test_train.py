@@ -11,6 +11,7 @@ import pytest
 from minigrad.models import checkpoint as C
 from minigrad.models.progress import read_log
 from minigrad.models.train_config import TrainConfig, lr_at
+from conftest import CORPUS
 
 pytest.importorskip("safetensors", reason="checkpoints need the optional 'safetensors' package")
 
@@ -144,19 +145,8 @@ def test_lr_schedule_warmup_cosine_floor():
 
 # --------------------------------------------------------------------------- the training loop and `minigrad train`
 
-CORPUS = "".join(
-    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
-    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
         "--warmup-iters", "2", "--eval-iters", "2", "--final-eval-iters", "3", "--lr", "3e-3", "--quiet"]
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS)
-    return path
 
 
 def _train(capsys, *argv):

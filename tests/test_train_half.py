@@ -24,28 +24,9 @@ from minigrad.models.checkpoint import load_checkpoint
 from minigrad.models.progress import read_log
 from minigrad.models.train_config import TrainConfig, TrainError
 
-CORPUS = "".join(
-    f"{w}: {'To be, or not to be, that is the question' if i % 3 else 'Whether tis nobler in the mind'}.\n"
-    for i, w in enumerate(["HAMLET", "OPHELIA", "POLONIUS", "LAERTES"] * 40))
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
-        "--warmup-iters", "2", "--eval-iters", "2", "--final-eval-iters", "3", "--lr", "3e-3", "--quiet"]
+from test_train import TINY, _train
+
 EPS = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS)
-    return path
-
-
-def _train(capsys, *argv):
-    from minigrad.models import cli
-
-    code = cli.main(["train", *map(str, argv)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _arrays(out_dir):
