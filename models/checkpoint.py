@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minigrad.files import fsync_dir, write_atomic
+
 FORMAT = "minigrad-checkpoint"
 FORMAT_VERSION = 1
 LATEST = "latest.json"
@@ -62,35 +64,11 @@ def _safetensors():
     return stnp
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, payload: bytes) -> None:
     with open(path, "wb") as f:
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write a file so a crash leaves either the old file or the whole new one: a temp file in the
-    same folder, fsynced, renamed over the target, then the folder fsynced."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -138,7 +116,7 @@ def save_checkpoint(out_dir, step: int, arrays: dict, meta: dict, best: bool | N
             files[name] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
         full = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, step=int(step), files=files)
         _write_file(tmp / META, json.dumps(full, indent=1).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         candidate = out_dir / f"ckpt-{int(step):07d}"
         n = 0
         while candidate.exists():  # the same step saved twice (e.g. Ctrl-C right after a save)
@@ -146,7 +124,7 @@ def save_checkpoint(out_dir, step: int, arrays: dict, meta: dict, best: bool | N
             candidate = out_dir / f"ckpt-{int(step):07d}-{n}"
         os.rename(tmp, candidate)
         final = candidate
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         _write_json_atomic(out_dir / LATEST, {"checkpoint": final.name})   # the commit point
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

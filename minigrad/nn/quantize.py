@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ import numpy as np
 from .. import dispatch
 from ..autograd import Function
 from ..backend import bfloat16, get_array_module, to_host
+from ..files import write_atomic
 from ..tensor import Tensor
 from .layers import Linear
 from .module import Module
@@ -415,16 +415,7 @@ def save_quantized(module, path, metadata=None) -> Path:
     arrays = {k: np.ascontiguousarray(to_host(v)) for k, v in module.state_dict().items()}
     payload = stnp.save(arrays, metadata=meta)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, payload)
     return path
 
 
