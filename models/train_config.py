@@ -6,6 +6,8 @@ build and check their flags, and `minigrad --help` must stay instant.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 
@@ -48,8 +50,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters"):
-            if not getattr(self, name) >= 0:
-                raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:   # NaN fails both
+                raise TrainError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise TrainError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

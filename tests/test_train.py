@@ -286,6 +286,8 @@ def test_bad_requests_are_one_line_errors_and_overwrite_nothing(tmp_path, corpus
         (["--force", "--data", corpus, "--block-size", "5000"], "too short for block_size 5000"),
         (["--force", "--data", corpus, "--n-embd", "15", "--n-head", "2"], "not divisible"),
         (["--force", "--data", corpus, "--max-iters", "0"], "--max-iters must be at least 1"),
+        (["--force", "--data", corpus, "--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
+        (["--force", "--data", corpus, "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
     ]
     for argv, expected in cases:
         code, out, err = _train(capsys, "--out-dir", out_dir, "--quiet", *argv)
