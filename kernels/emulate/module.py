@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from minigrad.kernels import cache
 from minigrad.kernels.emulate.build import build, normalize
 from minigrad.kernels.emulate.errors import BY_CODE, CompileError, KernelError, LaunchConfigError
 
@@ -230,7 +231,7 @@ class _Loaded:
 
     def __init__(self, lib):
         self.lib = lib
-        self.dll = ctypes.CDLL(str(lib.path))
+        self.dll = cache.load_library(lib.path)   # hash-checked; the bytes checked are the bytes loaded
         d = self.dll
         d.mgemu_launch_ex.restype = ctypes.c_int
         d.mgemu_launch_ex.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_size_t] * 3 + [
