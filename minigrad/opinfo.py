@@ -262,6 +262,12 @@ def _avoid(points, scale=1.0, margin=0.05):
     return make
 
 
+def _off_origin(rng, shapes, dtype):
+    """|y|, |x| in [0.5, 2]: atan2's derivatives grow as 1/r^k near the origin (its third as 2/r^3, past
+    the default bound inside r = 0.13) and it jumps across y = 0 for x < 0."""
+    return [(rng.uniform(0.5, 2.0, s) * rng.choice([-1.0, 1.0], s)).astype(dtype) for s in shapes]
+
+
 def _off_integers(rng, shapes, dtype):
     """k + f with f in [0.1, 0.4] or [0.6, 0.9]: away from integers (floor, ceil, trunc) and halves (round)."""
     out = []
@@ -372,7 +378,7 @@ OPS_MATH: list[OpInfo] = [
     OpInfo("square", lambda a: a.square(), np.square, ((3, 4),)),
     OpInfo("erf", lambda a: a.erf(), _erf, ((3, 4),)),
     OpInfo("erfc", lambda a: a.erfc(), _erfc, ((3, 4),), make=_uniform(-3.0, 5.0)),
-    OpInfo("atan2", mgf.atan2, np.arctan2, ((3, 4), (4,)), kind="binary"),
+    OpInfo("atan2", mgf.atan2, np.arctan2, ((3, 4), (4,)), kind="binary", make=_off_origin),
     # ---- rounding: zero gradient
     OpInfo("sign", lambda a: a.sign(), np.sign, ((3, 4),), make=_away_from_kinks, note="zero gradient"),
     OpInfo("floor", lambda a: a.floor(), np.floor, ((3, 4),), make=_off_integers, note="zero gradient"),
