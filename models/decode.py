@@ -73,12 +73,12 @@ def _quantized_into(linear):
         scale, group, isa = linear.weight_scale.data, linear._group(), native_isa(lib, "int8")
 
         def q8(x, out):
-            out[...] = lib.q8_matmul(x, w, scale, bias, group, isa, nt)
+            lib.q8_matmul(x, w, scale, bias, group, isa, nt, out=out)
         return q8
     bits, isa = w.view(np.uint16), native_isa(lib, "bfloat16")
 
     def bf16(x, out):
-        out[...] = lib.bf16_matmul(x, bits, bias, isa, nt)
+        lib.bf16_matmul(x, bits, bias, isa, nt, out=out)
     return bf16
 
 

@@ -21,9 +21,10 @@
 // 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
 // this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
 // so each weight byte is loaded once per call for M <= 3 and converted once per x tile. Weight rows
-// are prefetched PF bytes ahead. Work is split over output rows in blocks of 4 across `nthreads`
-// threads of a persistent pool (each thread reads its own rows of W once; x is shared and
-// read-only); small problems run on the calling thread. Every array is C-contiguous; sizes are
+// are prefetched PF bytes ahead. Output rows are shared out in chunks of ~64 KB of weights (a
+// multiple of 4 rows) to `nthreads` threads of a persistent pool that claim them dynamically (each
+// row of W is read once, by one thread; x is shared and read-only); small problems run on the
+// calling thread. Every array is C-contiguous; sizes are
 // int64. Deterministic: each y element is computed by one thread in a fixed order, whatever nthreads.
 #include <cmath>
 #include <cstdint>
@@ -361,45 +362,64 @@ void q8a8_rows_vnni(const Args& a, i64 n0, i64 n1) {
 
 typedef void (*RowsFn)(const Args&, i64, i64);
 
-// A persistent pool: rows [0, N) split over up to nthreads threads in blocks of 4 rows, the
-// calling thread taking the first share. Workers spin ~50 µs for the next call (decode issues
-// dozens of GEMVs per token back to back), then sleep on a condition variable; the caller spins
-// for its workers, then yields its core (on an oversubscribed machine a worker may be waiting for
-// one). One call at a time
-// (a mutex); a forked child starts its own workers. Below ~256 KB of weights per thread the
-// hand-off costs more than it saves, so small problems stay on the calling thread.
+// A persistent pool that shares out rows [0, N) dynamically: one 64-bit counter holds
+// (generation << 32 | next row); the caller and the workers claim chunks of rows (a multiple of 4,
+// about CHUNK_BYTES of weights) from it with a compare-and-swap, and the caller returns when the
+// rows done reach N. The caller works from the start, so a worker that is slow to wake or has no
+// core (a shared 2-core machine: another process holds it) costs nothing beyond its claimed chunk:
+// the caller simply claims more. A static split made the caller wait for such a worker (measured:
+// gpt2/512 int8 decode 17.6-21 ms with 2 threads against 16.1 ms with 1; the GEMVs alone summed to
+// 12.6 ms). Workers spin ~50 µs for the next call (decode issues dozens of GEMVs per token back to
+// back), then sleep on a condition variable. A chunk's description (fn, args, N, chunk) lives in a
+// ring of 4 slots indexed by generation and is written before the counter is published; a worker
+// reads the slot of the generation it saw and only runs it if its CAS on that same generation
+// succeeds, so a stale worker never runs another call's rows, and the caller's Args stay alive
+// until every claimed chunk is done. One call at a time (a mutex); a forked child starts its own
+// workers. Deterministic: a row's result does not depend on which thread computes it.
+constexpr i64 CHUNK_BYTES = 64 * 1024;
+
 class Pool {
   public:
-    void run(RowsFn fn, const Args& a, i64 nt) {
+    void run(RowsFn fn, const Args& a, i64 nt, i64 row_bytes) {
         std::lock_guard<std::mutex> one(call_mu_);
         if (pid_ != getpid()) {            // fresh process (or a fork: the parent's workers are not here)
             pid_ = getpid();
             workers_ = 0;
-            gen_.store(0);
+            ctr_.store(0);
+            gen_ = 0;
         }
         while (workers_ < nt - 1) {
-            int id = workers_++;
-            std::thread([this, id, g = gen_.load()] { work(id, g); }).detach();
+            workers_++;
+            std::thread([this, c = ctr_.load()] { work(c >> 32); }).detach();
         }
-        i64 blocks = (a.N + 3) / 4;
-        fn_ = fn;
-        args_ = &a;
-        per_ = (blocks + nt - 1) / nt * 4;
-        active_ = (int)nt - 1;
-        remaining_.store(workers_, std::memory_order_relaxed);
+        i64 chunk = CHUNK_BYTES / (row_bytes > 0 ? row_bytes : 1) / 4 * 4;
+        chunk = chunk < 4 ? 4 : chunk;
+        uint64_t g = ++gen_ & 0xFFFFFFFFu;
+        Job& j = jobs_[g & 3];
+        j.fn = fn;
+        j.a = &a;
+        j.N = a.N;
+        j.chunk = chunk;
+        done_.store(0, std::memory_order_relaxed);
+        ctr_.store(g << 32, std::memory_order_release);
         {
-            std::lock_guard<std::mutex> lk(mu_);
-            gen_.fetch_add(1, std::memory_order_release);
+            std::lock_guard<std::mutex> lk(mu_);   // a worker between its check and its wait sees ctr_ now
         }
-        cv_.notify_all();
-        fn(a, 0, per_ < a.N ? per_ : a.N);
-        for (int spin = 0; remaining_.load(std::memory_order_acquire) != 0; ++spin) {
+        if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
+        help(g);
+        for (int spin = 0; done_.load(std::memory_order_acquire) < a.N; ++spin) {
             if (spin < 4000) pause();
-            else std::this_thread::yield();   // a worker without a core (a busy machine): give it ours
+            else std::this_thread::yield();   // a worker holding a claimed chunk without a core: give it ours
         }
     }
 
   private:
+    struct Job {
+        RowsFn fn;
+        const Args* a;
+        i64 N, chunk;
+    };
+
     static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -408,34 +428,52 @@ class Pool {
 #endif
     }
 
-    void work(int id, uint64_t seen) {
+    // Claims and runs chunks of generation `g` until none is left (or a newer generation started).
+    void help(uint64_t g) {
+        uint64_t v = ctr_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((v >> 32) != g) return;
+            const Job& j = jobs_[g & 3];
+            i64 r = (i64)(v & 0xFFFFFFFFu), N = j.N, chunk = j.chunk;
+            if (r >= N) return;
+            RowsFn fn = j.fn;
+            const Args* a = j.a;
+            if (!ctr_.compare_exchange_weak(v, v + (uint64_t)chunk, std::memory_order_acq_rel,
+                                            std::memory_order_acquire))
+                continue;                     // v reloaded: another claim (or a new generation) won
+            i64 r1 = r + chunk < N ? r + chunk : N;
+            fn(*a, r, r1);
+            done_.fetch_add(r1 - r, std::memory_order_release);
+            v = ctr_.load(std::memory_order_acquire);
+        }
+    }
+
+    void work(uint64_t seen) {
         for (;;) {
             uint64_t g;
-            for (int spin = 0; (g = gen_.load(std::memory_order_acquire)) == seen; ++spin) {
+            for (int spin = 0; (g = ctr_.load(std::memory_order_acquire) >> 32) == seen; ++spin) {
                 if (spin < 2000) {
                     pause();
                 } else {
                     std::unique_lock<std::mutex> lk(mu_);
-                    cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+                    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+                    cv_.wait(lk, [&] { return (ctr_.load(std::memory_order_acquire) >> 32) != seen; });
+                    sleepers_.fetch_sub(1, std::memory_order_acq_rel);
                 }
             }
             seen = g;
-            if (id < active_) {
-                i64 n0 = (id + 1) * per_, n1 = n0 + per_ < args_->N ? n0 + per_ : args_->N;
-                if (n0 < n1) fn_(*args_, n0, n1);
-            }
-            remaining_.fetch_sub(1, std::memory_order_acq_rel);
+            help(g);
         }
     }
 
     std::mutex call_mu_, mu_;
     std::condition_variable cv_;
-    std::atomic<uint64_t> gen_{0};
-    std::atomic<int> remaining_{0};
-    RowsFn fn_ = nullptr;
-    const Args* args_ = nullptr;
-    i64 per_ = 0;
-    int active_ = 0, workers_ = 0;
+    std::atomic<uint64_t> ctr_{0};
+    std::atomic<i64> done_{0};
+    std::atomic<int> sleepers_{0};
+    Job jobs_[4] = {};
+    uint64_t gen_ = 0;
+    int workers_ = 0;
     pid_t pid_ = 0;
 };
 
@@ -451,11 +489,11 @@ void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
     i64 blocks = (a.N + 3) / 4;
     if (nt > blocks) nt = blocks;
     if (nt > 64) nt = 64;
-    if (nt <= 1) {
+    if (nt <= 1 || a.N >= ((i64)1 << 31)) {
         fn(a, 0, a.N);
         return;
     }
-    pool().run(fn, a, nt);
+    pool().run(fn, a, nt, wbytes / (a.N > 0 ? a.N : 1));
 }
 
 }  // namespace
