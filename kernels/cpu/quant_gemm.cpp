@@ -16,6 +16,8 @@
 //          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
 //          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
 //          group · 255 · 127 < 2^31 (minigrad.nn.quantize refuses larger groups).
+//   decode attention (mg_decode_attention, models/decode.py): one query per head against the KV
+//          cache, softmax(scale · q Kᵀ) V, float32 throughout; heads shared out over the same pool.
 //
 // isa: 0 = portable loops (no intrinsics; -march=native may still vectorise them), 1 = AVX-512,
 // 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
