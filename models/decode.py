@@ -8,8 +8,8 @@ Tensor forward (models/gpt.py) costs about 80 op dispatches per token and a fres
     x = wte[tok] + wpe[pos]                                   (B, C)
     per block:  a = ln_1(x);  qkv = a W_attnᵀ                 (B, 3C) -> q, k, v (B, nh, hs)
                 K[:, :, pos], V[:, :, pos] = k, v             cache buffers (B, nh, block, hs)
-                p = softmax(q K[:, :, :pos+1]ᵀ / sqrt(hs))    (B, nh, 1, Tk), Tk = pos + 1
-                x += (p V) W_projᵀ                            (B, C)
+                p = softmax(q K[:, :, :pos+1]ᵀ / sqrt(hs))    (B, nh, 1, Tk), Tk = pos + 1  (one native
+                x += (p V) W_projᵀ                            (B, C)          call, heads over 2 threads)
                 x += gelu(ln_2(x) W_fcᵀ) W_mlp_projᵀ          (B, 4C) -> (B, C)
     logits = ln_f(x) wteᵀ                                     (B, V)
 
@@ -73,12 +73,12 @@ def _quantized_into(linear):
         scale, group, isa = linear.weight_scale.data, linear._group(), native_isa(lib, "int8")
 
         def q8(x, out):
-            out[...] = lib.q8_matmul(x, w, scale, bias, group, isa, nt)
+            lib.q8_matmul(x, w, scale, bias, group, isa, nt, out=out)
         return q8
     bits, isa = w.view(np.uint16), native_isa(lib, "bfloat16")
 
     def bf16(x, out):
-        out[...] = lib.bf16_matmul(x, bits, bias, isa, nt)
+        lib.bf16_matmul(x, bits, bias, isa, nt, out=out)
     return bf16
 
 
@@ -112,11 +112,12 @@ class Decoder:
         self.tmp = np.empty((B, C), f32)                      # a projection's output
         self.qkv = np.empty((B, 3 * C), f32)
         self.att = np.empty((B, nh, 1, self.hs), f32)         # p V, read back as (B, C)
-        self.scores = np.empty(B * nh * cfg.block_size, f32)  # (B, nh, 1, Tk) in its first B*nh*Tk
         self.h = np.empty((B, 4 * C), f32)                    # the MLP's hidden layer
         self.slope = np.empty((B, 4 * C), f32)                # GELU's slope (the native loop writes it)
         self.stats = np.empty((2, B, 1), f32)                 # LayerNorm mean, rstd
         self.logits = np.empty((B, cfg.vocab_size), f32)
+        from minigrad.nn.quantize import _threads
+        self.threads = _threads()                             # the attention's share-out (as the GEMVs')
         self.blocks = [(self._ln(blk.ln_1), _linear_into(blk.attn.c_attn), _linear_into(blk.attn.c_proj),
                         self._ln(blk.ln_2), _linear_into(blk.mlp.c_fc), _linear_into(blk.mlp.c_proj))
                        for blk in model.h]
@@ -138,7 +139,7 @@ class Decoder:
 
     def buffers(self) -> list:
         """Every array a step writes: the identity of each must not change across steps."""
-        names = ("x", "a", "tmp", "qkv", "att", "scores", "h", "slope", "stats", "logits")
+        names = ("x", "a", "tmp", "qkv", "att", "h", "slope", "stats", "logits")
         return [self.cache.buf] + ([getattr(self, n) for n in names] if self.fast else [])
 
     # ---- the two phases
@@ -194,18 +195,15 @@ class Decoder:
                      x.shape[0], x.shape[1], eps)
 
     def _attend(self, layer: int, pos: int) -> None:
-        """The new token's q against the cached keys; writes k, v at pos and p V into self.att."""
+        """The new token's q against the cached keys; writes k, v at pos and p V into self.att.
+        One native call (quant_gemm.cpp's decode attention, heads shared out over the GEMV pool): at a
+        512 context the cached keys and values are 3 MB a layer, cold after the weights went by."""
         B, nh, hs, C = self.B, self.nh, self.hs, self.config.n_embd
         qkv = self.qkv
-        q = qkv[:, :C].reshape(B, nh, 1, hs)
         K, V = self.cache.buf[layer, 0], self.cache.buf[layer, 1]        # (B, nh, block, hs)
         K[:, :, pos] = qkv[:, C:2 * C].reshape(B, nh, hs)
         V[:, :, pos] = qkv[:, 2 * C:].reshape(B, nh, hs)
-        tk = pos + 1
-        s = self.scores[:B * nh * tk].reshape(B, nh, 1, tk)
-        np.matmul(q, K[:, :, :tk].swapaxes(-1, -2), out=s)                # (B, nh, 1, Tk)
-        self.lib.softmax_(s, self.scale)
-        np.matmul(s, V[:, :, :tk], out=self.att)                         # (B, nh, 1, hs)
+        self.lib.decode_attention(qkv[:, :C].reshape(B, nh, hs), K, V, pos + 1, self.scale, self.threads, self.att)
 
     def _tied_head(self, a, out) -> None:
         np.matmul(a, self.model.wte.weight.data.T, out=out)              # (B, C) @ (C, V): GEMV over wte's rows

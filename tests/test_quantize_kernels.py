@@ -200,3 +200,55 @@ def test_many_rows_take_dequantized_blocks_and_blas(native_on, scheme, group):
         y = layer(minigrad.Tensor(x)).numpy()
     assert "QuantizedMatmulNative" in seen
     _check(y, ref, tol, f"{scheme} blocked")
+
+
+# ---------------------------------------------------------------- decode attention (quant_gemm.cpp)
+def _attention_case(B, nh, block, hs, tk, seed):
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, 3 * nh * hs)).astype(np.float32)
+    kv = rng.standard_normal((2, B, nh, block, hs)).astype(np.float32)
+    return qkv[:, :nh * hs].reshape(B, nh, hs), kv[0], kv[1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B,nh,block,hs,tk", [(1, 12, 1024, 64, 512), (2, 3, 40, 64, 1), (2, 3, 40, 64, 37),
+                                              (1, 12, 600, 64, 600), (2, 5, 64, 48, 33), (1, 2, 16, 16, 16),
+                                              (3, 4, 300, 64, 300)])
+def test_decode_attention_matches_float64_reference(lib, B, nh, block, hs, tk, threads):
+    """out = softmax(scale · q Kᵀ) V against float64. Each score's float32 dot is within
+    Δ = (hs + 2)·eps·scale·Σ|q||k| of exact; a probability's relative error is then at most 2Δ plus the
+    exp's, the sum's and the division's roundings ((tk + 4)·eps), and Σ p v adds γ_tk: the bound is
+    (2Δ + (2·tk + 10)·eps)·Σ p|v|. hs = 64 takes the AVX-512 path (where there is one), 48 and 16 the
+    portable loop; 12 heads at 512 keys pass the size at which the heads are shared out over threads."""
+    q, K, V = _attention_case(B, nh, block, hs, tk, 3)
+    scale = 1.0 / np.sqrt(hs)
+    out = np.full((B, nh, 1, hs), np.nan, np.float32)
+    lib.decode_attention(q, K, V, tk, scale, threads, out)
+    q64, K64, V64 = q.astype(np.float64), K[:, :, :tk].astype(np.float64), V[:, :, :tk].astype(np.float64)
+    s = np.einsum("bhd,bhtd->bht", q64, K64) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = np.einsum("bht,bhtd->bhd", p, V64)
+    delta = (hs + 2) * EPS * scale * np.einsum("bhd,bhtd->bht", np.abs(q64), np.abs(K64)).max(-1)
+    tol = (2 * delta[..., None] + (2 * tk + 10) * EPS) * np.einsum("bht,bhtd->bhd", p, np.abs(V64))
+    _check(out.reshape(B, nh, hs), ref, tol, f"decode attention B{B} nh{nh} hs{hs} tk{tk} threads{threads}")
+
+
+def test_decode_attention_threads_do_not_change_the_result(lib):
+    q, K, V = _attention_case(1, 12, 1024, 64, 700, 4)
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty((1, 12, 1, 64), np.float32)
+        outs.append(lib.decode_attention(q, K, V, 700, 0.125, threads, out).copy())
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_decode_attention_refuses_bad_arguments(lib):
+    q, K, V = _attention_case(1, 2, 8, 16, 4, 5)
+    out = np.empty((1, 2, 1, 16), np.float32)
+    for bad in (dict(tk=9), dict(tk=0), dict(q=q[:, :1]), dict(out=out[..., :8]), dict(V=V.astype(np.float64)),
+                dict(K=K[:, :, ::2])):
+        args = dict(q=q, k=K, v=V, tk=4, scale=0.25, nthreads=1, out=out)
+        args.update({("k" if n == "K" else "v" if n == "V" else n): a for n, a in bad.items()})
+        with pytest.raises(ValueError, match="decode_attention"):
+            lib.decode_attention(**args)

@@ -196,6 +196,9 @@ class NativeCPU:
             f = getattr(cdll, f"mg_{name}")
             f.argtypes, f.restype = args, C
             self._fn[name] = f
+        f = cdll.mg_decode_attention
+        f.argtypes, f.restype = [P, I, P, P, P, I, I, I, I, I, ctypes.c_float, C], C
+        self._fn["decode_attention"] = f
         cdll.mg_quant_isa.restype = C
         self.quant_isa = int(cdll.mg_quant_isa())   # bit 0 AVX-512, bit 1 VNNI, bit 2 AVX512-BF16
         self.cdll = cdll
@@ -333,3 +336,22 @@ class NativeCPU:
         self._quant_call("q8a8_matmul", isa, _p(x), _p(w), _p(scale), _p(wsum), _p(bias), _p(y), m, n, k, int(group),
                          int(isa), int(nthreads), _p(xq), _p(xs))
         return (y, xq, xs) if keep_xq else y
+
+    def decode_attention(self, q, k, v, tk, scale, nthreads, out):
+        """One decode step's attention (quant_gemm.cpp): q (B, nh, hs) float32 with unit strides
+        inside each batch row (a view into qkv is fine); k, v (B, nh, block, hs) C-contiguous float32
+        cache buffers holding tk <= block keys; out (B, nh, hs)-sized C-contiguous float32.
+        out[b, h] = softmax(scale · q[b, h] k[b, h, :tk]ᵀ) v[b, h, :tk]."""
+        B, nh, block, hs = k.shape
+        f32 = np.dtype(np.float32)
+        ok = (q.dtype == f32 and k.dtype == f32 and v.dtype == f32 and out.dtype == f32 and q.shape == (B, nh, hs)
+              and v.shape == k.shape and k.flags.c_contiguous and v.flags.c_contiguous and out.flags.c_contiguous
+              and out.size == B * nh * hs and q.strides[1:] == (4 * hs, 4) and 1 <= tk <= block)
+        if not ok:
+            raise ValueError(f"decode_attention: q {q.shape}, k {k.shape}, v {v.shape}, out {out.shape}, tk {tk}: "
+                             "want float32 q (B, nh, hs) with unit inner strides, C-contiguous k, v (B, nh, block, "
+                             "hs), out of B*nh*hs elements, 1 <= tk <= block")
+        self._fn["decode_attention"](_p(q), q.strides[0] // 4, _p(k), _p(v), _p(out), B, nh, int(tk), hs, block,
+                                     float(scale), int(nthreads))
+        return out
+

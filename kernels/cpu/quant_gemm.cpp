@@ -16,25 +16,31 @@
 //          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
 //          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
 //          group · 255 · 127 < 2^31 (minigrad.nn.quantize refuses larger groups).
+//   decode attention (mg_decode_attention, models/decode.py): one query per head against the KV
+//          cache, softmax(scale · q Kᵀ) V, float32 throughout; heads shared out over the same pool.
 //
 // isa: 0 = portable loops (no intrinsics; -march=native may still vectorise them), 1 = AVX-512,
 // 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
 // this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
 // so each weight byte is loaded once per call for M <= 3 and converted once per x tile. Weight rows
-// are prefetched PF bytes ahead. Work is split over output rows in blocks of 4 across `nthreads`
-// threads of a persistent pool (each thread reads its own rows of W once; x is shared and
-// read-only); small problems run on the calling thread. Every array is C-contiguous; sizes are
+// are prefetched PF bytes ahead. Output rows are shared out in chunks of ~64 KB of weights (a
+// multiple of 4 rows) to `nthreads` threads of a persistent pool that claim them dynamically (each
+// row of W is read once, by one thread; x is shared and read-only); small problems run on the
+// calling thread. Every array is C-contiguous; sizes are
 // int64. Deterministic: each y element is computed by one thread in a fixed order, whatever nthreads.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include <unistd.h>
+
+#include "vecmath.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -360,46 +366,70 @@ void q8a8_rows_vnni(const Args& a, i64 n0, i64 n1) {
 #endif
 
 typedef void (*RowsFn)(const Args&, i64, i64);
+typedef void (*TaskFn)(const void* ctx, i64 r0, i64 r1);   // what the pool runs: rows [r0, r1) of a job
 
-// A persistent pool: rows [0, N) split over up to nthreads threads in blocks of 4 rows, the
-// calling thread taking the first share. Workers spin ~50 µs for the next call (decode issues
-// dozens of GEMVs per token back to back), then sleep on a condition variable; the caller spins
-// for its workers, then yields its core (on an oversubscribed machine a worker may be waiting for
-// one). One call at a time
-// (a mutex); a forked child starts its own workers. Below ~256 KB of weights per thread the
-// hand-off costs more than it saves, so small problems stay on the calling thread.
+// A persistent pool that shares out rows [0, N) dynamically: one 64-bit counter holds
+// (generation << 32 | next row); the caller and the workers claim chunks of rows (a multiple of 4,
+// about CHUNK_BYTES of weights) from it with a compare-and-swap, and the caller returns when the
+// rows done reach N. The caller works from the start, so a worker that is slow to wake or has no
+// core (a shared 2-core machine: another process holds it) costs nothing beyond its claimed chunk:
+// the caller simply claims more. A static split made the caller wait for such a worker (measured:
+// gpt2/512 int8 decode 17.6-21 ms with 2 threads against 16.1 ms with 1; the GEMVs alone summed to
+// 12.6 ms). Workers spin SPIN_US for the next call (decode issues dozens of GEMVs per token back to
+// back), then sleep on a condition variable. A chunk's description (fn, args, N, chunk) lives in a
+// ring of 4 slots indexed by generation and is written before the counter is published; a worker
+// reads the slot of the generation it saw and only runs it if its CAS on that same generation
+// succeeds, so a stale worker never runs another call's rows, and the caller's Args stay alive
+// until every claimed chunk is done. One call at a time (a mutex); a forked child starts its own
+// workers. Deterministic: a row's result does not depend on which thread computes it.
+constexpr i64 CHUNK_BYTES = 64 * 1024;
+// How long an idle worker spins before it sleeps. A decode step's gaps between GEMVs (the
+// attention, LayerNorms) last up to ~0.3 ms at a 512 context; waking a sleeping worker (a futex
+// and, in a VM, an interrupt to its core) cost ~50 µs per call, more than the 768x768 GEMV itself.
+constexpr int SPIN_US = 1000;
+
 class Pool {
   public:
-    void run(RowsFn fn, const Args& a, i64 nt) {
+    // fn(ctx, r0, r1) over rows [0, N) in chunks of `chunk` rows, on the caller and nt - 1 workers.
+    void run(TaskFn fn, const void* ctx, i64 N, i64 nt, i64 chunk) {
         std::lock_guard<std::mutex> one(call_mu_);
         if (pid_ != getpid()) {            // fresh process (or a fork: the parent's workers are not here)
             pid_ = getpid();
             workers_ = 0;
-            gen_.store(0);
+            ctr_.store(0);
+            gen_ = 0;
         }
         while (workers_ < nt - 1) {
-            int id = workers_++;
-            std::thread([this, id, g = gen_.load()] { work(id, g); }).detach();
+            workers_++;
+            std::thread([this, c = ctr_.load()] { work(c >> 32); }).detach();
         }
-        i64 blocks = (a.N + 3) / 4;
-        fn_ = fn;
-        args_ = &a;
-        per_ = (blocks + nt - 1) / nt * 4;
-        active_ = (int)nt - 1;
-        remaining_.store(workers_, std::memory_order_relaxed);
+        chunk = chunk < 1 ? 1 : chunk;
+        uint64_t g = ++gen_ & 0xFFFFFFFFu;
+        Job& j = jobs_[g & 3];
+        j.fn = fn;
+        j.ctx = ctx;
+        j.N = N;
+        j.chunk = chunk;
+        done_.store(0, std::memory_order_relaxed);
+        ctr_.store(g << 32, std::memory_order_release);
         {
-            std::lock_guard<std::mutex> lk(mu_);
-            gen_.fetch_add(1, std::memory_order_release);
+            std::lock_guard<std::mutex> lk(mu_);   // a worker between its check and its wait sees ctr_ now
         }
-        cv_.notify_all();
-        fn(a, 0, per_ < a.N ? per_ : a.N);
-        for (int spin = 0; remaining_.load(std::memory_order_acquire) != 0; ++spin) {
+        if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
+        help(g);
+        for (int spin = 0; done_.load(std::memory_order_acquire) < N; ++spin) {
             if (spin < 4000) pause();
-            else std::this_thread::yield();   // a worker without a core (a busy machine): give it ours
+            else std::this_thread::yield();   // a worker holding a claimed chunk without a core: give it ours
         }
     }
 
   private:
+    struct Job {
+        TaskFn fn;
+        const void* ctx;
+        i64 N, chunk;
+    };
+
     static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -408,34 +438,55 @@ class Pool {
 #endif
     }
 
-    void work(int id, uint64_t seen) {
+    // Claims and runs chunks of generation `g` until none is left (or a newer generation started).
+    void help(uint64_t g) {
+        uint64_t v = ctr_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((v >> 32) != g) return;
+            const Job& j = jobs_[g & 3];
+            i64 r = (i64)(v & 0xFFFFFFFFu), N = j.N, chunk = j.chunk;
+            if (r >= N) return;
+            TaskFn fn = j.fn;
+            const void* ctx = j.ctx;
+            if (!ctr_.compare_exchange_weak(v, v + (uint64_t)chunk, std::memory_order_acq_rel,
+                                            std::memory_order_acquire))
+                continue;                     // v reloaded: another claim (or a new generation) won
+            i64 r1 = r + chunk < N ? r + chunk : N;
+            fn(ctx, r, r1);
+            done_.fetch_add(r1 - r, std::memory_order_release);
+            v = ctr_.load(std::memory_order_acquire);
+        }
+    }
+
+    void work(uint64_t seen) {
         for (;;) {
             uint64_t g;
-            for (int spin = 0; (g = gen_.load(std::memory_order_acquire)) == seen; ++spin) {
-                if (spin < 2000) {
+            auto t0 = std::chrono::steady_clock::now();
+            for (int spin = 0; (g = ctr_.load(std::memory_order_acquire) >> 32) == seen; ++spin) {
+                if (spin < 256) {
                     pause();
+                } else if ((spin & 15) != 0 || std::chrono::steady_clock::now() - t0 < std::chrono::microseconds(SPIN_US)) {
+                    std::this_thread::yield();   // spin politely: another process wanting this core gets it
                 } else {
                     std::unique_lock<std::mutex> lk(mu_);
-                    cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+                    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+                    cv_.wait(lk, [&] { return (ctr_.load(std::memory_order_acquire) >> 32) != seen; });
+                    sleepers_.fetch_sub(1, std::memory_order_acq_rel);
                 }
             }
             seen = g;
-            if (id < active_) {
-                i64 n0 = (id + 1) * per_, n1 = n0 + per_ < args_->N ? n0 + per_ : args_->N;
-                if (n0 < n1) fn_(*args_, n0, n1);
-            }
-            remaining_.fetch_sub(1, std::memory_order_acq_rel);
+            help(g);
         }
     }
 
     std::mutex call_mu_, mu_;
     std::condition_variable cv_;
-    std::atomic<uint64_t> gen_{0};
-    std::atomic<int> remaining_{0};
-    RowsFn fn_ = nullptr;
-    const Args* args_ = nullptr;
-    i64 per_ = 0;
-    int active_ = 0, workers_ = 0;
+    std::atomic<uint64_t> ctr_{0};
+    std::atomic<i64> done_{0};
+    std::atomic<int> sleepers_{0};
+    Job jobs_[4] = {};
+    uint64_t gen_ = 0;
+    int workers_ = 0;
     pid_t pid_ = 0;
 };
 
@@ -444,6 +495,17 @@ Pool& pool() {
     return *p;
 }
 
+struct RowsTask {
+    RowsFn fn;
+    const Args* a;
+};
+void rows_task(const void* ctx, i64 r0, i64 r1) {
+    const RowsTask& t = *(const RowsTask*)ctx;
+    t.fn(*t.a, r0, r1);
+}
+
+// Chunks of ~CHUNK_BYTES of W (a multiple of 4 rows), or an eighth of each thread's share when
+// that is more (the head: long streams the hardware prefetcher follows).
 void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
     i64 nt = nthreads < 1 ? 1 : nthreads;
     i64 max_by_size = wbytes / (256 * 1024);
@@ -451,11 +513,129 @@ void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
     i64 blocks = (a.N + 3) / 4;
     if (nt > blocks) nt = blocks;
     if (nt > 64) nt = 64;
-    if (nt <= 1) {
+    if (nt <= 1 || a.N >= ((i64)1 << 31)) {
         fn(a, 0, a.N);
         return;
     }
-    pool().run(fn, a, nt);
+    i64 row_bytes = wbytes / a.N > 0 ? wbytes / a.N : 1;
+    i64 cb = wbytes / (8 * nt) > CHUNK_BYTES ? wbytes / (8 * nt) : CHUNK_BYTES;
+    i64 chunk = cb / row_bytes / 4 * 4;
+    RowsTask t{fn, &a};
+    pool().run(rows_task, &t, a.N, nt, chunk < 4 ? 4 : chunk);
+}
+
+// ---------------------------------------------------------------- decode attention
+// One query per (b, h) against tk cached keys (a decode step): rows r = b·nh + h of
+//   s[t] = scale · q·K[r, t]  (t < tk),  p = softmax(s),  out[r] = Σ_t p[t] V[r, t]
+// q (B, nh, hs) at row stride qs per b (a view into qkv); K, V (B·nh, block, hs) cache buffers;
+// out (B·nh, hs). Each head streams its K and V once (2·tk·hs·4 bytes); heads are shared out over
+// the pool (one head per chunk), which the cold cache at a long context needs: one core alone reads
+// memory at about half the machine's bandwidth. The exp is vecmath.h's exp32, as in the softmax loop.
+struct AttnArgs {
+    const float* q;
+    i64 qs;
+    const float* K;
+    const float* V;
+    float* out;
+    i64 nh, tk, hs, block;
+    float scale;
+};
+
+#ifdef MG_Q_AVX512
+// hs = 16·HV (64 at GPT-2 size): q and the output row stay in HV registers each; scores four keys
+// at a time (independent chains), the p·V sum in registers.
+template <int HV>
+void attn_head_avx512(const AttnArgs& a, const float* q, const float* Kh, const float* Vh, float* o, float* s) {
+    __m512 qv[HV];
+    for (int v = 0; v < HV; ++v) qv[v] = _mm512_loadu_ps(q + 16 * v);
+    const __m512 sc = _mm512_set1_ps(a.scale);
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    i64 t = 0;
+    for (; t + 16 <= a.tk; t += 16) {
+        float d[16];
+        for (int u = 0; u < 16; u += 4) {
+            __m512 acc[4];
+            for (int j = 0; j < 4; ++j) {
+                const float* kr = Kh + (t + u + j) * 16 * HV;
+                acc[j] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+                for (int v = 1; v < HV; ++v) acc[j] = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + 16 * v), acc[j]);
+            }
+            for (int j = 0; j < 4; ++j) d[u + j] = _mm512_reduce_add_ps(acc[j]);
+        }
+        __m512 dv = _mm512_mul_ps(_mm512_loadu_ps(d), sc);
+        _mm512_storeu_ps(s + t, dv);
+        mv = _mm512_max_ps(mv, dv);
+    }
+    float m = _mm512_reduce_max_ps(mv);
+    for (; t < a.tk; ++t) {
+        const float* kr = Kh + t * 16 * HV;
+        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+        for (int v = 1; v < HV; ++v) acc = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + 16 * v), acc);
+        s[t] = _mm512_reduce_add_ps(acc) * a.scale;
+        m = s[t] > m ? s[t] : m;
+    }
+    float den = 0.0f;
+#pragma omp simd reduction(+ : den)
+    for (i64 k = 0; k < a.tk; ++k) {
+        float e = mg::exp32(s[k] - m);
+        s[k] = e;
+        den += e;
+    }
+    __m512 ov[HV];
+    for (int v = 0; v < HV; ++v) ov[v] = _mm512_setzero_ps();
+    for (t = 0; t < a.tk; ++t) {
+        __m512 pv = _mm512_set1_ps(s[t]);
+        const float* vr = Vh + t * 16 * HV;
+        for (int v = 0; v < HV; ++v) ov[v] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr + 16 * v), ov[v]);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / den);
+    for (int v = 0; v < HV; ++v) _mm512_storeu_ps(o + 16 * v, _mm512_mul_ps(ov[v], inv));
+}
+#endif
+
+void attn_rows(const void* ctx, i64 r0, i64 r1) {
+    const AttnArgs& a = *(const AttnArgs*)ctx;
+    std::vector<float> s(a.tk);
+    const i64 hs = a.hs;
+#ifdef MG_Q_AVX512
+    if (hs == 64 && __builtin_cpu_supports("avx512f")) {
+        for (i64 r = r0; r < r1; ++r)
+            attn_head_avx512<4>(a, a.q + (r / a.nh) * a.qs + (r % a.nh) * hs, a.K + r * a.block * hs,
+                                a.V + r * a.block * hs, a.out + r * hs, s.data());
+        return;
+    }
+#endif
+    for (i64 r = r0; r < r1; ++r) {
+        const float* q = a.q + (r / a.nh) * a.qs + (r % a.nh) * hs;
+        const float* Kh = a.K + r * a.block * hs;
+        const float* Vh = a.V + r * a.block * hs;
+        float* o = a.out + r * hs;
+        float m = -INFINITY;
+        for (i64 t = 0; t < a.tk; ++t) {
+            const float* kr = Kh + t * hs;
+            float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+            for (i64 i = 0; i < hs; ++i) d += q[i] * kr[i];
+            d *= a.scale;
+            s[t] = d;
+            m = d > m ? d : m;
+        }
+        float den = 0.0f;
+#pragma omp simd reduction(+ : den)
+        for (i64 t = 0; t < a.tk; ++t) {
+            float e = mg::exp32(s[t] - m);
+            s[t] = e;
+            den += e;
+        }
+        const float inv = 1.0f / den;
+        for (i64 i = 0; i < hs; ++i) o[i] = 0.0f;
+        for (i64 t = 0; t < a.tk; ++t) {
+            const float p = s[t] * inv;
+            const float* vr = Vh + t * hs;
+#pragma omp simd
+            for (i64 i = 0; i < hs; ++i) o[i] += p * vr[i];
+        }
+    }
 }
 
 }  // namespace
@@ -563,5 +743,22 @@ MG_API int mg_q8a8_matmul(const float* x, const int8_t* w, const float* s, const
 #endif
     }
     run_rows(fn, a, nthreads, N * K);
+    return 0;
+}
+
+// Decode attention (see attn_rows): q (B, nh, hs) at batch stride qs; K, V (B·nh, block, hs);
+// out (B·nh, hs); tk <= block keys. Heads are split over up to nthreads threads when the keys and
+// values read pass 512 KB. Returns 0, or -1 for sizes out of range.
+MG_API int mg_decode_attention(const float* q, i64 qs, const float* K, const float* V, float* out, i64 B, i64 nh,
+                               i64 tk, i64 hs, i64 block, float scale, int nthreads) {
+    if (B < 1 || nh < 1 || hs < 1 || tk < 1 || tk > block) return -1;
+    AttnArgs a{q, qs, K, V, out, nh, tk, hs, block, scale};
+    i64 rows = B * nh, nt = nthreads < 1 ? 1 : nthreads;
+    if (nt > rows) nt = rows;
+    if (nt <= 1 || rows * tk * hs * 8 < 512 * 1024) {
+        attn_rows(&a, 0, rows);
+        return 0;
+    }
+    pool().run(attn_rows, &a, rows, nt, 1);
     return 0;
 }
