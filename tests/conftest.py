@@ -228,7 +228,22 @@ def _no_gpu_reason():
 
 
 @pytest.hookimpl(tryfirst=True)
+def _default_stop_signals():
+    """The tests of Ctrl-C, SIGTERM and SIGHUP (test_faults, test_train, test_seq2seq, test_distributed)
+    assume the default dispositions. A suite started under nohup, or as a background job of a
+    non-interactive shell, inherits SIGHUP or SIGINT ignored, and minigrad train rightly keeps an
+    ignored signal ignored; so the suite puts the defaults back (its children inherit them)."""
+    import signal
+
+    defaults = {"SIGINT": signal.default_int_handler, "SIGTERM": signal.SIG_DFL, "SIGHUP": signal.SIG_DFL}
+    for name, handler in defaults.items():
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
 def pytest_configure(config):
+    _default_stop_signals()
     _pick_hypothesis_seed(config)
     config._minigrad_device = _test_device(config)
     config._minigrad_skip_all = None
