@@ -194,19 +194,29 @@ def _runtime_object(out_dir: Path, verbose: bool) -> Path:
     return obj
 
 
-def library_path(cu_path, names, *, check: bool = False, source: str | None = None) -> Path:
-    """Where the library of `cu_path` (or `source`) with the instantiations `names` is (or will be) cached."""
-    names = [normalize(n) for n in names]
+def _expanded(cu_path, source: str | None) -> tuple[str, str]:
+    """(label, text): the .cu's name for messages and #line, and its source (read from `cu_path`
+    unless given) with the kernels headers spliced in, so they are part of the cache key."""
     if source is None:
         cu_path = Path(cu_path).resolve()
         source = cu_path.read_text()
     label = str(cu_path)
-    source = includes.expand(source, cu_path, label)    # kernels headers spliced in: part of the key
+    return label, includes.expand(source, cu_path, label)
+
+
+def _path_for(label: str, source: str, names: list[str], check: bool) -> Path:
+    """The cache path of the expanded `source` with the normalized instantiations `names`."""
     stem = re.sub(r"[^A-Za-z0-9_.-]", "", Path(label).stem) or "source"
     mode = "check" if check else "plain"
     key = hashlib.sha256("\0".join([HEADER.read_text(), label, source, "\n".join(names), mode,
                                     " ".join(CXXFLAGS + CHECK_FLAGS), _compiler_id()]).encode()).hexdigest()[:20]
     return cache_dir() / f"{stem}-{'chk-' if check else ''}{key}.so"
+
+
+def library_path(cu_path, names, *, check: bool = False, source: str | None = None) -> Path:
+    """Where the library of `cu_path` (or `source`) with the instantiations `names` is (or will be) cached."""
+    label, source = _expanded(cu_path, source)
+    return _path_for(label, source, [normalize(n) for n in names], check)
 
 
 def _library(so: Path, names: list[str], check: bool, info: dict) -> EmuLibrary:
@@ -225,14 +235,10 @@ def _cached(so: Path) -> dict | None:
 def build(cu_path, names, *, check: bool = False, source: str | None = None, verbose: bool = False) -> EmuLibrary:
     """Compile `cu_path` (or `source`, shown as cu_path) with the instantiations `names`, or reuse the cache."""
     names = [normalize(n) for n in names]
-    if source is None:
-        cu_path = Path(cu_path).resolve()
-        source = cu_path.read_text()
-    label = str(cu_path)
-    source = includes.expand(source, cu_path, label)    # kernels headers spliced in: part of the key
+    label, source = _expanded(cu_path, source)
     if not names:
         raise ValueError(f"build({Path(label).name}): no kernel names to register")
-    so = library_path(label, names, check=check, source=source)
+    so = _path_for(label, source, names, check)
     out_dir = cache.private_dir(so.parent)
     info = _cached(so)
     if info is not None:
