@@ -35,6 +35,13 @@ def _per_op_us(fn, repeat: int) -> float:
     return statistics.median(blocks) * 1e6
 
 
+def print_load(when: str) -> None:
+    """One line of the load average: other processes' load skews the figures (threaded BLAS/OpenMP
+    stall when the cores are oversubscribed)."""
+    if hasattr(os, "getloadavg"):
+        print(f"  load average {when}: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+
+
 def wall_times(step, warmup: int, total: int) -> list[float]:
     """Seconds of each of `total` calls of step() after `warmup` untimed ones (host clock)."""
     for _ in range(warmup):

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from minigrad.bench import wall_times
+from minigrad.bench import print_load, wall_times
 from minigrad.models.data_parallel import split_rows
 from minigrad.models.gpt import GPT, GPTConfig
 from minigrad.models.train_config import TrainConfig
@@ -179,14 +179,6 @@ def generation_speed(context: int, seed: int) -> dict:
     return out
 
 
-def _print_load(when: str) -> None:
-    """Other processes' load skews the figures (threaded BLAS/OpenMP stall when oversubscribed)."""
-    import os
-
-    if hasattr(os, "getloadavg"):
-        print(f"  load average {when}: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-
-
 def main(args) -> int:
     cfg = BENCH_CONFIG
     device = getattr(args, "device", "cpu")
@@ -198,7 +190,7 @@ def main(args) -> int:
     print(f"GPT train step: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, block {cfg.block_size}, "
           f"batch {tc.batch_size}, vocab {cfg.vocab_size}, AdamW + clip, on {device}; {args.warmup} warm-up + "
           f"{args.steps} timed steps each", flush=True)
-    _print_load("before")
+    print_load("before")
     step = _minigrad_step(model, cfg, tokens, getattr(args, "workers", None))
     times = {"minigrad": _time(step, args.warmup, args.steps)}
     dp = step.trainer.parallel
@@ -228,7 +220,7 @@ def main(args) -> int:
         print(f"generation to a {args.gen_context}-token context (block_size {args.gen_context}, batch 1): "
               f"{g['kv_cache']:.1f} tok/s with the KV cache, {g['no_cache']:.1f} tok/s without "
               f"({g['kv_cache'] / g['no_cache']:.2f}x)")
-    _print_load("after")
+    print_load("after")
     print(f"median_step_ms={med['minigrad']:.3f}")
     return 0
 

@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from minigrad.bench import wall_times
+from minigrad.bench import print_load, wall_times
 from minigrad.models.gpt import GPT, GPTConfig
 
 CONFIGS = {
@@ -131,7 +131,8 @@ def time_minigrad(model: GPT, context: int, warmup: int, steps: int, seed: int) 
         one = _one_blas_thread(lambda: (wall_times(prefill, max(1, warmup // 2), max(5, steps // 6)),
                                         wall_times(step, warmup, steps)))
     return {"forward_ms": 1e3 * float(np.median(old)),
-            "one_thread": one and [1e3 * float(np.median(t)) for t in one],"prefill_ms": 1e3 * float(np.median(pre)), "decode_ms": 1e3 * float(np.median(dec_t)),
+            "one_thread": one and [1e3 * float(np.median(t)) for t in one],
+            "prefill_ms": 1e3 * float(np.median(pre)), "decode_ms": 1e3 * float(np.median(dec_t)),
             "decode_p10": 1e3 * float(np.percentile(dec_t, 10)), "decode_p90": 1e3 * float(np.percentile(dec_t, 90)),
             "fast": dec.fast}
 
@@ -270,8 +271,7 @@ def main(args) -> int:
     print(f"GPT decode ({args.config}): n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, block "
           f"{cfg.block_size}, vocab {cfg.vocab_size}; {args.weights} weights, context {args.context}, batch 1; "
           f"{args.warmup} warm-up + {args.steps} timed steps; {threads} BLAS threads", flush=True)
-    if hasattr(os, "getloadavg"):
-        print(f"  load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    print_load("before")
     probe = getattr(args, "probe_mib", 1024) << 20
     before = bandwidth(threads, probe)
     r = time_minigrad(model, args.context, args.warmup, args.steps, args.seed)
@@ -305,7 +305,6 @@ def main(args) -> int:
             print(f"  torch {t['version']} eager float32 ({t['threads']} threads, child process): prefill "
                   f"{t['prefill_ms']:9.2f} ms   decode {t['decode_ms']:8.3f} ms/token; minigrad/torch decode "
                   f"{r['decode_ms'] / t['decode_ms']:.2f}, prefill {r['prefill_ms'] / t['prefill_ms']:.2f}", flush=True)
-    if hasattr(os, "getloadavg"):
-        print(f"  load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    print_load("after")
     print(f"decode_ms_per_token={r['decode_ms']:.4f}")
     return 0
