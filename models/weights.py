@@ -18,10 +18,8 @@ def apply_weights(model, weights: str, group_size: int | None = None):
         raise WeightsError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if weights == "float32":
         return model
-    try:
-        from minigrad.nn import quantize_
-    except ImportError:
-        raise WeightsError("int8/bfloat16 need minigrad.nn.quantize_ (not available)") from None
+    from minigrad.nn import quantize_
+
     quantize_(model, weights, group_size=group_size)
     return model
 
