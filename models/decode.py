@@ -15,14 +15,15 @@ Tensor forward (models/gpt.py) costs about 80 op dispatches per token and a fres
 
 Weights are used as stored: `x @ W.T` on a C-contiguous (out, in) W is a BLAS GEMV over W's rows,
 no copy. LayerNorm, GELU and the softmax are the native loops the Tensor ops use (kernels/cpu), so
-the step equals the Tensor forward up to the summation order of the attention products. Without
-the native library, on a GPU, or for weights that are not plain arrays of the activations' dtype
-(a quantized Linear), the matching piece falls back to the module's own forward.
+the step equals the Tensor forward up to the summation order of the attention products. A
+quantized Linear (minigrad.nn.quantize) runs its native kernel directly. Without the native
+library, on a GPU, or for any other weight, the matching piece falls back to the module's forward.
 
 The prefill (many tokens: GEMMs) runs the Tensor forward with the same cache.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,33 +33,45 @@ from minigrad import dispatch
 from minigrad.models.gpt import GPT, KVCache
 
 
-def _linear_into(linear):
-    """f(x, out): out = linear(x) for x (B, in), out (B, out); a GEMV on the stored weight when it
-    is a plain float array, else the module's own forward (e.g. a quantized Linear)."""
+def _linear_call(linear, x, out):
+    """A zero-argument call doing out = linear(x) for the fixed buffers x (B, in), out (B, out): the
+    GEMV on the stored weight (float32 or quantized), else the module's own forward."""
     w = getattr(getattr(linear, "weight", None), "data", None)
     b = linear.bias.data if getattr(linear, "bias", None) is not None else None
     if type(w) is np.ndarray and w.dtype == np.float32 and w.flags.c_contiguous:
-        wt = w.T   # (in, out) view: BLAS reads W's rows, no copy
-
-        def gemv(x, out):
-            np.matmul(x, wt, out=out)
-            if b is not None:
-                out += b
-        return gemv
-
-    native = _quantized_into(linear)
+        return _gemv_call(w, b, x, out)
+    native = _quantized_call(linear, x, out)
     if native is not None:
         return native
 
-    def module(x, out):
+    def module():
         out[...] = linear(minigrad.Tensor(x)).data
     return module
 
 
-def _quantized_into(linear):
+def _gemv_call(w, b, x, out):
+    """out = x wᵀ (+ b) for a C-contiguous float32 w (N, K), bound to x and out. On the native pool
+    that runs the attention and the quantized GEMVs where it has AVX-512, not BLAS: BLAS's threads
+    spin on after each call and took the second core from the pool's attention (gpt2/512 float32
+    decode: its attention took 2.9 ms a token after BLAS GEMVs, against 1.4 ms in the int8 step)."""
+    lib = dispatch.cpu_native(w)
+    if lib is not None and lib.quant_isa & 1:
+        from minigrad.nn.quantize import _threads
+        return lib.f32_matmul(x, w, b, 1, _threads(), out=out, bind=True)
+    wt = w.T   # (in, out) view: BLAS reads W's rows, no copy
+
+    def gemv():
+        np.matmul(x, wt, out=out)
+        if b is not None:
+            np.add(out, b, out=out)
+    return gemv
+
+
+def _quantized_call(linear, x, out):
     """For a QuantizedLinear (minigrad.nn.quantize) with float32 activations, the native kernel its
-    forward runs (QuantizedMatmulNative), called directly: the Tensor op's dispatch costs about as
-    much as the GEMV at the default size. None where its forward would not take the native path."""
+    forward runs (QuantizedMatmulNative), bound to x and out: the Tensor op's dispatch, and even the
+    wrapper's argument conversions, cost about as much as the GEMV at the default size. None where
+    its forward would not take the native path."""
     from minigrad.nn.quantize import QuantizedLinear, _threads, native_isa
 
     if not isinstance(linear, QuantizedLinear) or linear.activations != "float32":
@@ -68,18 +81,10 @@ def _quantized_into(linear):
     if lib is None or type(w) is not np.ndarray:
         return None
     bias = None if linear.bias is None else linear.bias.data
-    nt = _threads()
     if w.dtype == np.int8:
-        scale, group, isa = linear.weight_scale.data, linear._group(), native_isa(lib, "int8")
-
-        def q8(x, out):
-            lib.q8_matmul(x, w, scale, bias, group, isa, nt, out=out)
-        return q8
-    bits, isa = w.view(np.uint16), native_isa(lib, "bfloat16")
-
-    def bf16(x, out):
-        lib.bf16_matmul(x, bits, bias, isa, nt, out=out)
-    return bf16
+        return lib.q8_matmul(x, w, linear.weight_scale.data, bias, linear._group(), native_isa(lib, "int8"),
+                             _threads(), out=out, bind=True)
+    return lib.bf16_matmul(x, w.view(np.uint16), bias, native_isa(lib, "bfloat16"), _threads(), out=out, bind=True)
 
 
 class Decoder:
@@ -87,7 +92,10 @@ class Decoder:
 
     Owns one KVCache and the step's buffers, all allocated here; a step allocates no array of the
     model's size (the cache buffers and scratch keep their identity: tests check it). The logits
-    returned by step() live in a buffer that the next step overwrites.
+    returned by step() live in a buffer that the next step overwrites. Every native call of a step
+    is bound here, once, to its arrays' addresses (a plan of zero-argument calls, each holding the
+    arrays it names), so the step itself converts no arguments. It uses the weights the model had
+    when the Decoder was built: make a new one after loading others.
     """
 
     def __init__(self, model: GPT, batch_size: int = 1):
@@ -98,7 +106,7 @@ class Decoder:
         B, C, nh = batch_size, cfg.n_embd, cfg.n_head
         self.B, self.nh, self.hs = B, nh, C // nh
         self.scale = 1.0 / math.sqrt(self.hs)
-        # the arrays the step reads directly (the Linears check their own weights in _linear_into)
+        # the arrays the step reads directly (the Linears check their own weights in _linear_call)
         lns = [ln for blk in model.h for ln in (blk.ln_1, blk.ln_2)] + [model.ln_f]
         arrays = [model.wte.weight.data, model.wpe.weight.data] + [
             p.data for ln in lns for p in (ln.weight, ln.bias) if p is not None]
@@ -117,16 +125,28 @@ class Decoder:
         self.stats = np.empty((2, B, 1), f32)                 # LayerNorm mean, rstd
         self.logits = np.empty((B, cfg.vocab_size), f32)
         from minigrad.nn.quantize import _threads
-        self.threads = _threads()                             # the attention's share-out (as the GEMVs')
-        self.blocks = [(self._ln(blk.ln_1), _linear_into(blk.attn.c_attn), _linear_into(blk.attn.c_proj),
-                        self._ln(blk.ln_2), _linear_into(blk.mlp.c_fc), _linear_into(blk.mlp.c_proj))
-                       for blk in model.h]
+        threads = _threads()                                  # the attention's share-out (as the GEMVs')
+        q, self.k_new, self.v_new = (self.qkv[:, i * C:(i + 1) * C].reshape(B, nh, self.hs) for i in range(3))
+        att2 = self.att.reshape(B, C)                         # (B, nh, 1, hs) is (B, C) in memory
+        gelu = self.lib._fn["gelu", np.dtype(f32)]
+        h = self.h.ctypes.data
+        self.blocks = []
+        for i, blk in enumerate(model.h):
+            K, V = self.cache.buf[i, 0], self.cache.buf[i, 1]                   # (B, nh, block, hs)
+            self.blocks.append((
+                self._ln(blk.ln_1),                                               # a = ln_1(x)
+                _linear_call(blk.attn.c_attn, self.a, self.qkv),                  # qkv = a W_attnᵀ
+                K, V, self.lib.decode_attention(q, K, V, 1, self.scale, threads, self.att, bind=True),
+                _linear_call(blk.attn.c_proj, att2, self.tmp),                    # tmp = att W_projᵀ
+                self._ln(blk.ln_2),
+                _linear_call(blk.mlp.c_fc, self.a, self.h),
+                functools.partial(gelu, h, h, self.slope.ctypes.data, self.h.size),  # in place
+                _linear_call(blk.mlp.c_proj, self.h, self.tmp)))
         self.ln_f = self._ln(model.ln_f)
         # the head: wte tied (a GEMV over its rows), or the quantized copy nn.quantize_ puts in lm_head
         lm_head = getattr(model, "lm_head", None)
-        self.head = self._tied_head if lm_head is None else _linear_into(lm_head)
-        self._gelu = self.lib._fn["gelu", np.dtype(f32)]
-        self._ln_fwd = self.lib._fn["ln_fwd", np.dtype(f32)]
+        self.head = (_gemv_call(model.wte.weight.data, None, self.a, self.logits) if lm_head is None
+                     else _linear_call(lm_head, self.a, self.logits))
 
     # ---- state
     @property
@@ -157,53 +177,39 @@ class Decoder:
             idx = np.asarray(tokens).reshape(self.B, 1)
             logits, _ = self.model(idx, cache=self.cache, last_only=True)
             return logits.data[:, -1]
-        m, x, a = self.model, self.x, self.a
+        m, x, tmp = self.model, self.x, self.tmp
         wte, V = m.wte.weight.data, self.config.vocab_size
         for b, t in enumerate(np.asarray(tokens).reshape(self.B).tolist()):
             if not 0 <= t < V:
                 raise IndexError(f"token id {t} is outside the vocabulary of {V}")
             x[b] = wte[t]                                       # a row view: no fancy-index copy
         x += m.wpe.weight.data[pos]
-        for i, (ln_1, qkv_into, proj_into, ln_2, fc_into, mlp_proj_into) in enumerate(self.blocks):
-            self._layernorm(ln_1)                               # a = ln_1(x)
-            qkv_into(a, self.qkv)
-            self._attend(i, pos)
-            proj_into(self.att.reshape(self.B, -1), self.tmp)   # (B, nh, 1, hs) is (B, C) in memory
-            x += self.tmp
-            self._layernorm(ln_2)
-            fc_into(a, self.h)
-            self._gelu(self.h.ctypes.data, self.h.ctypes.data, self.slope.ctypes.data, self.h.size)  # in place
-            mlp_proj_into(self.h, self.tmp)
-            x += self.tmp
+        for ln_1, qkv, K, V, attend, proj, ln_2, fc, gelu, mlp_proj in self.blocks:
+            ln_1()                                              # a = ln_1(x)
+            qkv()                                               # qkv = a W_attnᵀ
+            K[:, :, pos] = self.k_new                           # the new key and value into the cache
+            V[:, :, pos] = self.v_new
+            attend(pos + 1)                                     # att = softmax(q Kᵀ / sqrt(hs)) V
+            proj()
+            x += tmp
+            ln_2()
+            fc()
+            gelu()
+            mlp_proj()
+            x += tmp
         self.cache.length = pos + 1
-        self._layernorm(self.ln_f)
-        self.head(a, self.logits)
+        self.ln_f()
+        self.head()
         return self.logits
 
     # ---- pieces
-    def _ln(self, ln) -> tuple:
-        """(weight pointer, bias pointer, eps) of a LayerNorm for the native loop (None: absent)."""
+    def _ln(self, ln):
+        """self.a = LayerNorm(self.x) with `ln`'s weight and bias: the native loop the Tensor op's
+        variant runs, bound to the step's buffers."""
         w = ln.weight.data.ctypes.data if ln.weight is not None else None
         b = ln.bias.data.ctypes.data if ln.bias is not None else None
-        return w, b, float(ln.eps)
-
-    def _layernorm(self, ln) -> None:
-        """self.a = LayerNorm(self.x), the native loop the Tensor op's variant runs."""
-        w, b, eps = ln
         x, st = self.x, self.stats
-        self._ln_fwd(x.ctypes.data, w, b, self.a.ctypes.data, st[0].ctypes.data, st[1].ctypes.data,
-                     x.shape[0], x.shape[1], eps)
-
-    def _attend(self, layer: int, pos: int) -> None:
-        """The new token's q against the cached keys; writes k, v at pos and p V into self.att.
-        One native call (quant_gemm.cpp's decode attention, heads shared out over the GEMV pool): at a
-        512 context the cached keys and values are 3 MB a layer, cold after the weights went by."""
-        B, nh, hs, C = self.B, self.nh, self.hs, self.config.n_embd
-        qkv = self.qkv
-        K, V = self.cache.buf[layer, 0], self.cache.buf[layer, 1]        # (B, nh, block, hs)
-        K[:, :, pos] = qkv[:, C:2 * C].reshape(B, nh, hs)
-        V[:, :, pos] = qkv[:, 2 * C:].reshape(B, nh, hs)
-        self.lib.decode_attention(qkv[:, :C].reshape(B, nh, hs), K, V, pos + 1, self.scale, self.threads, self.att)
-
-    def _tied_head(self, a, out) -> None:
-        np.matmul(a, self.model.wte.weight.data.T, out=out)              # (B, C) @ (C, V): GEMV over wte's rows
+        call = functools.partial(self.lib._fn["ln_fwd", np.dtype(np.float32)], x.ctypes.data, w, b, self.a.ctypes.data,
+                                 st[0].ctypes.data, st[1].ctypes.data, x.shape[0], x.shape[1], float(ln.eps))
+        call.arrays = (ln.weight.data if ln.weight is not None else None, ln.bias.data if ln.bias is not None else None)
+        return call

@@ -13,7 +13,7 @@ import numpy as np
 
 import minigrad
 import minigrad.nn.functional as F
-from minigrad import nn
+from minigrad import hugepages, nn
 from minigrad.models.config import ModelConfig
 
 
@@ -33,13 +33,15 @@ class GPTConfig(ModelConfig):
 class KVCache:
     """Keys and values of the tokens seen so far, preallocated to block_size per layer.
 
-    buf: (n_layer, 2, B, nh, block_size, hs); the first `length` positions are valid.
+    buf: (n_layer, 2, B, nh, block_size, hs); the first `length` positions are valid. On the host it
+    lies on huge pages (minigrad.hugepages): a decode step streams all of it at a long context.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, xp=np, dtype=np.float32):
         hs = config.n_embd // config.n_head
         self.block_size = config.block_size
-        self.buf = xp.zeros((config.n_layer, 2, batch_size, config.n_head, config.block_size, hs), dtype=dtype)
+        shape = (config.n_layer, 2, batch_size, config.n_head, config.block_size, hs)
+        self.buf = hugepages.zeros(shape, dtype) if xp is np else xp.zeros(shape, dtype=dtype)
         self.length = 0
 
     def extend(self, layer: int, k, v):

@@ -225,6 +225,40 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, scheme, group, acts):
     nn.load_quantized(nn.quantize_(GPT(cfg, seed=11), scheme, group_size=group, activations=acts), path)
 
 
+@pytest.mark.parametrize("scheme", ["int8", "bfloat16"])
+def test_quantized_weights_are_packed_into_one_page_aligned_arena(tmp_path, scheme):
+    """quantize_ and load_quantized put every quantized weight into one arena (huge pages for the
+    decode GEMVs: minigrad.hugepages), each a page-aligned C-contiguous view, values unchanged."""
+    cfg = GPTConfig(n_layer=2, n_embd=64, n_head=4, block_size=16, bias=True)
+    floats = GPT(cfg, seed=3).eval()
+    expect = {name.rstrip("."): Q.QuantizedLinear.from_float(lin.weight, None, scheme).weight.data
+              for name, lin in floats.named_modules() if isinstance(lin, nn.Linear)}
+    expect["lm_head"] = Q.QuantizedLinear.from_float(floats.wte.weight, None, scheme).weight.data
+
+    def check(model):
+        layers = {name.rstrip("."): m for name, m in model.named_modules() if isinstance(m, Q.QuantizedLinear)}
+        assert layers.keys() == expect.keys()
+        bases = set()
+        for name, m in layers.items():
+            w = m.weight.data
+            assert w.flags.c_contiguous and w.ctypes.data % Q.ARENA_ALIGN == 0, name
+            assert w.dtype == expect[name].dtype and np.array_equal(w.view(np.uint8), expect[name].view(np.uint8)), name
+            base = w
+            while base.base is not None and isinstance(base.base, np.ndarray):
+                base = base.base
+            bases.add(id(base))
+        assert len(bases) == 1                        # one arena
+        starts = sorted(m.weight.data.ctypes.data for m in layers.values())
+        ends = sorted(m.weight.data.ctypes.data + m.weight.data.nbytes for m in layers.values())
+        assert all(e <= s for e, s in zip(ends, starts[1:]))    # no two weights overlap
+
+    m = nn.quantize_(GPT(cfg, seed=3).eval(), scheme)
+    check(m)
+    path = nn.save_quantized(m, tmp_path / "q.safetensors")
+    check(nn.load_quantized(GPT(cfg, seed=5).eval(), path))
+    assert Q.pack_weights(GPT(cfg)) == 0              # nothing quantized: nothing to pack
+
+
 def test_load_refuses_what_does_not_fit(tmp_path):
     cfg = GPTConfig(n_layer=1, n_embd=32, n_head=2, block_size=8)
     path = nn.save_quantized(nn.quantize_(GPT(cfg), "int8"), tmp_path / "q.safetensors")

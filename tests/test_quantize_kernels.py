@@ -66,6 +66,18 @@ def test_int8_matmul_matches_dequantized_reference(lib, m, n, k, group, threads)
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_float32_matmul_on_the_pool_matches_reference(lib, m, n, k, group, threads):
+    """mg_f32_matmul (the decode step's float32 GEMV): the q8 tiles with plain float32 loads."""
+    x, w, b = _data(m, n, k, 3)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + b
+    tol = (k + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b))
+    for isa in _isas(lib, [0, 1]):
+        _check(lib.f32_matmul(x, w, b, isa, threads), ref, tol, f"float32 isa {isa}")
+        _check(lib.f32_matmul(x, w, None, isa, threads), ref - b, tol, f"float32 isa {isa}, no bias")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
 def test_bf16_matmul_matches_reference(lib, m, n, k, group, threads):
     x, w, b = _data(m, n, k, 2)
     wb = Q.quantize_bf16(w)
@@ -168,6 +180,39 @@ def test_threads_do_not_change_the_result(lib):
     wb = Q.quantize_bf16(w).view(np.uint16)
     for isa in _isas(lib, [0, 1]):
         assert np.array_equal(lib.bf16_matmul(x, wb, None, isa, 1), lib.bf16_matmul(x, wb, None, isa, 2))
+        assert np.array_equal(lib.f32_matmul(x, w, None, isa, 1), lib.f32_matmul(x, w, None, isa, 2))
+
+
+def _bound_calls(lib, seed):
+    """Bound q8 and bf16 calls whose arrays exist nowhere else, x to refill, and references (N, K) = (40, 70)."""
+    x, w, b = _data(2, 40, 70, seed)
+    q, s = Q.quantize_int8(w)
+    wb = Q.quantize_bf16(w)
+    isa = 1 if lib.quant_isa & 1 else 0
+    y8, y16 = np.empty((2, 40), np.float32), np.empty((2, 40), np.float32)
+    call8 = lib.q8_matmul(x, q, s, b, 70, isa, 2, out=y8, bind=True)
+    call16 = lib.bf16_matmul(x, wb.view(np.uint16), b, isa, 2, out=y16, bind=True)
+    w8, w16 = Q.dequantize(q, s).astype(np.float64), Q.dequantize(wb).astype(np.float64)
+    return x, (call8, y8, w8, b), (call16, y16, w16, b)
+
+
+def test_bound_calls_recompute_from_the_current_input_and_keep_their_arrays():
+    """bind=True: a zero-argument call on fixed pointers (the decode plan). It reads x's contents at
+    each call and holds every array it points to (here the weights exist nowhere else)."""
+    import gc
+
+    from minigrad import dispatch
+    lib = dispatch.cpu_native(np.zeros(1, np.float32))
+    if lib is None:
+        pytest.skip("the native CPU library is not available here")
+    x, *calls = _bound_calls(lib, 11)
+    gc.collect()
+    for xs in (x.copy(), np.random.default_rng(12).standard_normal(x.shape).astype(np.float32)):
+        x[...] = xs
+        for call, y, w, b in calls:
+            call()
+            ref = xs.astype(np.float64) @ w.T + b
+            _check(y, ref, (70 + 2) * EPS * (np.abs(xs) @ np.abs(w).T + np.abs(b)), "bound call")
 
 
 def test_out_arrays_are_written_in_place(lib):
@@ -241,6 +286,18 @@ def test_decode_attention_threads_do_not_change_the_result(lib):
         out = np.empty((1, 12, 1, 64), np.float32)
         outs.append(lib.decode_attention(q, K, V, 700, 0.125, threads, out).copy())
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_bound_decode_attention_equals_the_call(lib):
+    rng = np.random.default_rng(21)
+    B, nh, block, hs = 2, 3, 40, 64
+    q = rng.standard_normal((B, nh, hs)).astype(np.float32)
+    k, v = (rng.standard_normal((B, nh, block, hs)).astype(np.float32) for _ in range(2))
+    out, bound_out = np.empty((B, nh, hs), np.float32), np.empty((B, nh, hs), np.float32)
+    attend = lib.decode_attention(q, k, v, 1, 0.125, 2, bound_out, bind=True)
+    for tk in (1, 17, block):
+        attend(tk)
+        assert np.array_equal(bound_out, lib.decode_attention(q, k, v, tk, 0.125, 2, out))
 
 
 def test_decode_attention_refuses_bad_arguments(lib):

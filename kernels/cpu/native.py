@@ -18,6 +18,7 @@ of one dtype, float32 or float64 (see ``eligible``); outputs are fresh arrays or
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -191,6 +192,7 @@ class NativeCPU:
                 f.argtypes, f.restype = args, returns.get(name)
                 self._fn[name, dt] = f
         for name, args in {"q8_matmul": [P, P, P, P, P, I, I, I, I, C, C],
+                           "f32_matmul": [P, P, P, P, I, I, I, C, C],
                            "bf16_matmul": [P, P, P, P, I, I, I, C, C],
                            "q8a8_matmul": [P, P, P, P, P, P, I, I, I, I, C, C, P, P]}.items():
             f = getattr(cdll, f"mg_{name}")
@@ -311,19 +313,47 @@ class NativeCPU:
             raise ValueError(f"out must be a C-contiguous float32 array of shape {(m, n)}")
         return out
 
-    def q8_matmul(self, x, w, scale, bias, group, isa, nthreads, out=None):
-        """W int8 (N, K), scale float32 (N, ceil(K / group)): W ≈ q · scale per row and group."""
+    def _bound(self, name, isa, args, arrays):
+        """A zero-argument call of `name` on fixed pointers (a decode step reuses its buffers: the
+        argument conversions cost about 5 µs a call, as much as a small GEMV). It holds `arrays`, so
+        the memory its pointers name stays alive as long as it does."""
+        if (isa == 1 and not self.quant_isa & 1) or (isa == 2 and not self.quant_isa & (2 if name == "q8a8_matmul" else 4)):
+            raise RuntimeError(f"{name}: isa {isa} is not compiled into this library (quant_isa={self.quant_isa})")
+        call = functools.partial(self._fn[name], *args)
+        call.arrays = arrays
+        return call
+
+    def q8_matmul(self, x, w, scale, bias, group, isa, nthreads, out=None, bind=False):
+        """W int8 (N, K), scale float32 (N, ceil(K / group)): W ≈ q · scale per row and group.
+        bind=True (with `out`): returns a zero-argument callable that recomputes out from x's current
+        contents; every array must outlive it."""
         (m, k), n = x.shape, w.shape[0]
         y = self._out(out, m, n)
-        self._quant_call("q8_matmul", isa, _p(x), _p(w), _p(scale), _p(bias), _p(y), m, n, k, int(group), int(isa),
-                         int(nthreads))
+        args = (_p(x), _p(w), _p(scale), _p(bias), _p(y), m, n, k, int(group), int(isa), int(nthreads))
+        if bind:
+            return self._bound("q8_matmul", isa, args, (x, w, scale, bias, y))
+        self._quant_call("q8_matmul", isa, *args)
         return y
 
-    def bf16_matmul(self, x, w_bits, bias, isa, nthreads, out=None):
-        """W bfloat16 (N, K) passed as its uint16 bits."""
+    def f32_matmul(self, x, w, bias, isa, nthreads, out=None, bind=False):
+        """W float32 (N, K) on the quantized kernels' pool and tiles (isa 0 portable, 1 AVX-512).
+        bind: as q8_matmul."""
+        (m, k), n = x.shape, w.shape[0]
+        y = self._out(out, m, n)
+        args = (_p(x), _p(w), _p(bias), _p(y), m, n, k, int(isa), int(nthreads))
+        if bind:
+            return self._bound("f32_matmul", isa, args, (x, w, bias, y))
+        self._quant_call("f32_matmul", isa, *args)
+        return y
+
+    def bf16_matmul(self, x, w_bits, bias, isa, nthreads, out=None, bind=False):
+        """W bfloat16 (N, K) passed as its uint16 bits. bind: as q8_matmul."""
         (m, k), n = x.shape, w_bits.shape[0]
         y = self._out(out, m, n)
-        self._quant_call("bf16_matmul", isa, _p(x), _p(w_bits), _p(bias), _p(y), m, n, k, int(isa), int(nthreads))
+        args = (_p(x), _p(w_bits), _p(bias), _p(y), m, n, k, int(isa), int(nthreads))
+        if bind:
+            return self._bound("bf16_matmul", isa, args, (x, w_bits, bias, y))
+        self._quant_call("bf16_matmul", isa, *args)
         return y
 
     def q8a8_matmul(self, x, w, scale, wsum, bias, group, isa, nthreads, keep_xq=False, out=None):
@@ -337,11 +367,12 @@ class NativeCPU:
                          int(isa), int(nthreads), _p(xq), _p(xs))
         return (y, xq, xs) if keep_xq else y
 
-    def decode_attention(self, q, k, v, tk, scale, nthreads, out):
+    def decode_attention(self, q, k, v, tk, scale, nthreads, out, bind=False):
         """One decode step's attention (quant_gemm.cpp): q (B, nh, hs) float32 with unit strides
         inside each batch row (a view into qkv is fine); k, v (B, nh, block, hs) C-contiguous float32
         cache buffers holding tk <= block keys; out (B, nh, hs)-sized C-contiguous float32.
-        out[b, h] = softmax(scale · q[b, h] k[b, h, :tk]ᵀ) v[b, h, :tk]."""
+        out[b, h] = softmax(scale · q[b, h] k[b, h, :tk]ᵀ) v[b, h, :tk]. bind=True: returns f(tk) doing
+        the same on these arrays for any 1 <= tk <= block (not checked again: the caller's invariant)."""
         B, nh, block, hs = k.shape
         f32 = np.dtype(np.float32)
         ok = (q.dtype == f32 and k.dtype == f32 and v.dtype == f32 and out.dtype == f32 and q.shape == (B, nh, hs)
@@ -351,7 +382,10 @@ class NativeCPU:
             raise ValueError(f"decode_attention: q {q.shape}, k {k.shape}, v {v.shape}, out {out.shape}, tk {tk}: "
                              "want float32 q (B, nh, hs) with unit inner strides, C-contiguous k, v (B, nh, block, "
                              "hs), out of B*nh*hs elements, 1 <= tk <= block")
-        self._fn["decode_attention"](_p(q), q.strides[0] // 4, _p(k), _p(v), _p(out), B, nh, int(tk), hs, block,
-                                     float(scale), int(nthreads))
+        f, head, tail = self._fn["decode_attention"], (_p(q), q.strides[0] // 4, _p(k), _p(v), _p(out), B, nh), \
+            (hs, block, float(scale), int(nthreads))
+        if bind:
+            return lambda tk, _keep=(q, k, v, out): f(*head, tk, *tail)
+        f(*head, int(tk), *tail)
         return out
 

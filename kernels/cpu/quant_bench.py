@@ -1,12 +1,16 @@
 """GEMV micro-benchmark for the quantized weight matmuls (quant_gemm.cpp) against float32 np.dot.
 
-    python -m minigrad.kernels.cpu.quant_bench [--repeats 30] [--threads N] [--warm] [--rows M]
+    python -m minigrad.kernels.cpu.quant_bench [--repeats 30] [--threads N] [--warm] [--rows M] [--arena]
 
 One row per (K, N) shape (the GPT-2-size decode GEMVs, D=768: c_attn 768x2304, c_fc 768x3072,
 c_proj 3072x768, the tied head 768x50257) and per weight type: median ms per call and GB/s of weight
-bytes read (int8: N·K + the scales; bf16: 2·N·K; float32: 4·N·K). Cold by default: each call reads
+bytes read (int8: N·K + the scales; bf16: 2·N·K; float32: 4·N·K; float32-pool is mg_f32_matmul, the
+decode step's float32 GEMV, against BLAS's np.dot). Cold by default: each call reads
 the next of enough weight copies to pass 1 GiB, so the weights come from memory, not the caches;
---warm reuses one copy. A benchmark, not a test: the machine is shared, so quote same-run ratios.
+--warm reuses one copy. Each copy is its own NumPy array, so one under 4 MiB lies on 4 KiB pages
+(NumPy advises transparent huge pages from 4 MiB); --arena carves all copies out of one 2 MiB-aligned
+array instead, as minigrad.nn.quantize.pack_weights does for a model. A benchmark, not a test: the
+machine is shared, so quote same-run ratios.
 Needs only NumPy and the native library (no minigrad.nn), so it sits beside the kernel it measures.
 """
 from __future__ import annotations
@@ -45,7 +49,26 @@ def _median_ms(fn, args_list, repeats):
     return float(np.median(times)) * 1e3
 
 
-def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHAPES, out=print):
+def _in_arena(groups):
+    """The arrays of `groups` (a list of tuples of arrays) copied into one 2 MiB-aligned, page-padded
+    uint8 arena (huge pages where Linux gives them); the same structure of views."""
+    page, huge = 4096, 2 << 20
+    sizes = [[-(-a.nbytes // page) * page for a in g] for g in groups]
+    raw = np.empty(sum(map(sum, sizes)) + huge, np.uint8)
+    off = (-raw.ctypes.data) % huge
+    out = []
+    for g, sz in zip(groups, sizes):
+        views = []
+        for a, n in zip(g, sz):
+            v = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+            v[...] = a
+            views.append(v)
+            off += n
+        out.append(tuple(views))
+    return out
+
+
+def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHAPES, out=print, arena=False):
     """Print and return [(shape, kind, ms, GB/s)]. kinds: float32 (np.dot), int8 (AVX-512 FMAs),
     int8-portable, int8a8-vnni (x quantized per row), bf16 (shift + FMAs), and bf16-dot (vdpbf16ps) if asked."""
     lib = native.load()
@@ -56,14 +79,15 @@ def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHA
     rng = np.random.default_rng(0)
     results = []
     out(f"quant_bench: M={rows} rows, threads={nt}, {'warm' if warm else 'cold (>1 GiB of weight copies)'}, "
-        f"quant_isa={isa} (1 AVX-512, 2 VNNI, 4 AVX512-BF16), median of {repeats}")
+        f"quant_isa={isa} (1 AVX-512, 2 VNNI, 4 AVX512-BF16), median of {repeats}"
+        f"{', copies in one huge-page arena' if arena else ''}")
     out(f"{'K x N':>12} {'kind':>14} {'ms':>9} {'GB/s':>7} {'x f32':>6}")
     for k, n in shapes:
-        results += _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out)
+        results += _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out, arena)
     return results
 
 
-def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out):
+def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out, arena=False):
     """The rows of one (K, N) shape."""
     results = []
     x = rng.standard_normal((rows, k)).astype(np.float32)
@@ -74,9 +98,12 @@ def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out):
 
     def copies(nbytes, make):
         c = 1 if warm else max(2, -(-COLD_BYTES // nbytes))
-        return [make() for _ in range(c)]
+        made = [make() for _ in range(c)]
+        return _in_arena(made) if arena else made
 
     kinds = [("float32", 4 * n * k, lambda: (w0.copy(),), lambda w: np.dot(x, w.T))]
+    if isa & 1:
+        kinds.append(("float32-pool", 4 * n * k, lambda: (w0.copy(),), lambda w: lib.f32_matmul(x, w, None, 1, nt)))
     if isa & 1:
         kinds.append(("int8", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
                       lambda q, s: lib.q8_matmul(x, q, s, None, k, 1, nt)))
@@ -108,8 +135,9 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=1, help="M, rows of x (1 = decode GEMV)")
     ap.add_argument("--warm", action="store_true", help="reuse one weight copy (cache-resident where it fits)")
     ap.add_argument("--bf16-dot", action="store_true", help="also time the AVX512-BF16 vdpbf16ps path")
+    ap.add_argument("--arena", action="store_true", help="weight copies in one huge-page arena (pack_weights' layout)")
     a = ap.parse_args(argv)
-    run(a.repeats, a.threads, a.warm, a.rows, a.bf16_dot)
+    run(a.repeats, a.threads, a.warm, a.rows, a.bf16_dot, arena=a.arena)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@
 //          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
 //          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
 //          group · 255 · 127 < 2^31 (minigrad.nn.quantize refuses larger groups).
+//   f32    W float32 (N, K): the q8 tiles with a plain load (a decode step's float32 GEMVs, so the
+//          whole step runs on this pool: see mg_f32_matmul).
 //   decode attention (mg_decode_attention, models/decode.py): one query per head against the KV
 //          cache, softmax(scale · q Kᵀ) V, float32 throughout; heads shared out over the same pool.
 //
@@ -23,8 +25,8 @@
 // 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
 // this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
 // so each weight byte is loaded once per call for M <= 3 and converted once per x tile. Weight rows
-// are prefetched PF bytes ahead. Output rows are shared out in chunks of ~64 KB of weights (a
-// multiple of 4 rows) to `nthreads` threads of a persistent pool that claim them dynamically (each
+// are prefetched PF bytes ahead. Output rows are shared out in runs of consecutive rows (guided:
+// half, a quarter, ... of W, multiples of 4 rows) to `nthreads` threads of a persistent pool (each
 // row of W is read once, by one thread; x is shared and read-only); small problems run on the
 // calling thread. Every array is C-contiguous; sizes are
 // int64. Deterministic: each y element is computed by one thread in a fixed order, whatever nthreads.
@@ -89,6 +91,19 @@ void q8_rows_portable(const Args& a, i64 n0, i64 n1) {
         }
 }
 
+void f32_rows_portable(const Args& a, i64 n0, i64 n1) {
+    const float* w = (const float*)a.w;
+    for (i64 n = n0; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) {
+            const float* x = a.x + m * a.K;
+            const float* wr = w + n * a.K;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (i64 k = 0; k < a.K; ++k) acc += x[k] * wr[k];
+            a.y[m * a.N + n] = acc + (a.b ? a.b[n] : 0.0f);
+        }
+}
+
 inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -148,7 +163,10 @@ float quantize_row(const float* x, i64 K, uint8_t* out, i64 Kp) {
 // ---------------------------------------------------------------- AVX-512
 inline __mmask16 tail16(i64 n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
+// A weight type for tile<>: 16 weights at k as float32 lanes, and the row pointer. STEP: weights per
+// 64-byte line (one prefetch each).
 struct LoadQ8 {
+    static constexpr i64 STEP = 64;
     static __m512 full(const void* p, i64 k) {
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)((const int8_t*)p + k))));
     }
@@ -156,6 +174,13 @@ struct LoadQ8 {
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t*)p + k)));
     }
     static const void* row(const void* w, i64 n, i64 K) { return (const int8_t*)w + n * K; }
+};
+
+struct LoadF32 {
+    static constexpr i64 STEP = 16;
+    static __m512 full(const void* p, i64 k) { return _mm512_loadu_ps((const float*)p + k); }
+    static __m512 part(const void* p, i64 k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, (const float*)p + k); }
+    static const void* row(const void* w, i64 n, i64 K) { return (const float*)w + n * K; }
 };
 
 // R rows of W (from n) against MB rows of x (from m): y[m + j, n + r]. s null means scale 1 (bf16).
@@ -177,8 +202,8 @@ void tile(const Args& a, i64 n, i64 m) {
         for (; k + 16 <= k1; k += 16) {
             __m512 xv[MB];
             for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(xr[j] + k);
-            if ((k & 63) == 0)
-                for (int r = 0; r < R; ++r) _mm_prefetch((const char*)wr[r] + k + PF, _MM_HINT_T0);
+            if (k % L::STEP == 0)
+                for (int r = 0; r < R; ++r) _mm_prefetch((const char*)wr[r] + k * (64 / L::STEP) + PF, _MM_HINT_T0);
             for (int r = 0; r < R; ++r) {
                 __m512 wv = L::full(wr[r], k);
                 for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
@@ -369,19 +394,24 @@ typedef void (*RowsFn)(const Args&, i64, i64);
 typedef void (*TaskFn)(const void* ctx, i64 r0, i64 r1);   // what the pool runs: rows [r0, r1) of a job
 
 // A persistent pool that shares out rows [0, N) dynamically: one 64-bit counter holds
-// (generation << 32 | next row); the caller and the workers claim chunks of rows (a multiple of 4,
-// about CHUNK_BYTES of weights) from it with a compare-and-swap, and the caller returns when the
-// rows done reach N. The caller works from the start, so a worker that is slow to wake or has no
-// core (a shared 2-core machine: another process holds it) costs nothing beyond its claimed chunk:
-// the caller simply claims more. A static split made the caller wait for such a worker (measured:
-// gpt2/512 int8 decode 17.6-21 ms with 2 threads against 16.1 ms with 1; the GEMVs alone summed to
-// 12.6 ms). Workers spin SPIN_US for the next call (decode issues dozens of GEMVs per token back to
-// back), then sleep on a condition variable. A chunk's description (fn, args, N, chunk) lives in a
-// ring of 4 slots indexed by generation and is written before the counter is published; a worker
-// reads the slot of the generation it saw and only runs it if its CAS on that same generation
-// succeeds, so a stale worker never runs another call's rows, and the caller's Args stay alive
-// until every claimed chunk is done. One call at a time (a mutex); a forked child starts its own
-// workers. Deterministic: a row's result does not depend on which thread computes it.
+// (generation << 32 | next row); the caller and the workers claim rows from it with a
+// compare-and-swap, and the caller returns when the rows done reach N. Claims are guided (as
+// OpenMP's schedule(guided)): a claim takes the rows left / nt, rounded down to a multiple of
+// `grain`, but at least `chunk` rows. With 2 threads the first claim takes half of W, the second a
+// quarter, then eighths..., so each thread streams long runs of consecutive rows, which the
+// prefetchers follow; fixed chunks of 64 KB handed out alternately ran the GPT-2 decode GEMVs
+// (0.6-2.4 MB of int8) at 17-22 GB/s, halves at 22-31 (quant_bench --arena). The caller works from
+// the start, so a worker that is slow to wake or has no core (a shared 2-core machine: another
+// process holds it) costs at most its claimed rows: the caller claims the rest. A static split
+// made the caller wait for such a worker (measured: gpt2/512 int8 decode 17.6-21 ms with 2 threads
+// against 16.1 ms with 1; the GEMVs alone summed to 12.6 ms). Workers spin SPIN_US for the next
+// call (decode issues dozens of GEMVs per token back to back), then sleep on a condition variable.
+// A job's description (fn, args, N, chunk, grain, nt) lives in a ring of 4 slots indexed by
+// generation and is written before the counter is published; a worker reads the slot of the
+// generation it saw and only runs it if its CAS on that same generation succeeds, so a stale worker
+// never runs another call's rows, and the caller's Args stay alive until every claimed row is done.
+// One call at a time (a mutex); a forked child starts its own workers. Deterministic: a row's
+// result does not depend on which thread computes it.
 constexpr i64 CHUNK_BYTES = 64 * 1024;
 // How long an idle worker spins before it sleeps. A decode step's gaps between GEMVs (the
 // attention, LayerNorms) last up to ~0.3 ms at a 512 context; waking a sleeping worker (a futex
@@ -390,8 +420,9 @@ constexpr int SPIN_US = 1000;
 
 class Pool {
   public:
-    // fn(ctx, r0, r1) over rows [0, N) in chunks of `chunk` rows, on the caller and nt - 1 workers.
-    void run(TaskFn fn, const void* ctx, i64 N, i64 nt, i64 chunk) {
+    // fn(ctx, r0, r1) over rows [0, N) on the caller and nt - 1 workers: guided claims of at least
+    // `chunk` rows, each a multiple of `grain` rows except the last.
+    void run(TaskFn fn, const void* ctx, i64 N, i64 nt, i64 chunk, i64 grain = 1) {
         std::lock_guard<std::mutex> one(call_mu_);
         if (pid_ != getpid()) {            // fresh process (or a fork: the parent's workers are not here)
             pid_ = getpid();
@@ -410,6 +441,8 @@ class Pool {
         j.ctx = ctx;
         j.N = N;
         j.chunk = chunk;
+        j.grain = grain < 1 ? 1 : grain;
+        j.nt = nt < 1 ? 1 : nt;
         done_.store(0, std::memory_order_relaxed);
         ctr_.store(g << 32, std::memory_order_release);
         {
@@ -427,7 +460,7 @@ class Pool {
     struct Job {
         TaskFn fn;
         const void* ctx;
-        i64 N, chunk;
+        i64 N, chunk, grain, nt;
     };
 
     static void pause() {
@@ -444,14 +477,16 @@ class Pool {
         for (;;) {
             if ((v >> 32) != g) return;
             const Job& j = jobs_[g & 3];
-            i64 r = (i64)(v & 0xFFFFFFFFu), N = j.N, chunk = j.chunk;
+            i64 r = (i64)(v & 0xFFFFFFFFu), N = j.N;
             if (r >= N) return;
+            i64 take = (N - r) / j.nt / j.grain * j.grain;    // guided: a share of what is left
+            take = take > j.chunk ? take : j.chunk;
             TaskFn fn = j.fn;
             const void* ctx = j.ctx;
-            if (!ctr_.compare_exchange_weak(v, v + (uint64_t)chunk, std::memory_order_acq_rel,
+            if (!ctr_.compare_exchange_weak(v, v + (uint64_t)take, std::memory_order_acq_rel,
                                             std::memory_order_acquire))
                 continue;                     // v reloaded: another claim (or a new generation) won
-            i64 r1 = r + chunk < N ? r + chunk : N;
+            i64 r1 = r + take < N ? r + take : N;
             fn(ctx, r, r1);
             done_.fetch_add(r1 - r, std::memory_order_release);
             v = ctr_.load(std::memory_order_acquire);
@@ -504,8 +539,7 @@ void rows_task(const void* ctx, i64 r0, i64 r1) {
     t.fn(*t.a, r0, r1);
 }
 
-// Chunks of ~CHUNK_BYTES of W (a multiple of 4 rows), or an eighth of each thread's share when
-// that is more (the head: long streams the hardware prefetcher follows).
+// Guided claims of multiples of 4 rows (the register tile), at least ~CHUNK_BYTES of W each.
 void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
     i64 nt = nthreads < 1 ? 1 : nthreads;
     i64 max_by_size = wbytes / (256 * 1024);
@@ -518,10 +552,9 @@ void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
         return;
     }
     i64 row_bytes = wbytes / a.N > 0 ? wbytes / a.N : 1;
-    i64 cb = wbytes / (8 * nt) > CHUNK_BYTES ? wbytes / (8 * nt) : CHUNK_BYTES;
-    i64 chunk = cb / row_bytes / 4 * 4;
+    i64 chunk = CHUNK_BYTES / row_bytes / 4 * 4;
     RowsTask t{fn, &a};
-    pool().run(rows_task, &t, a.N, nt, chunk < 4 ? 4 : chunk);
+    pool().run(rows_task, &t, a.N, nt, chunk < 4 ? 4 : chunk, 4);
 }
 
 // ---------------------------------------------------------------- decode attention
@@ -529,7 +562,7 @@ void run_rows(RowsFn fn, const Args& a, int nthreads, i64 wbytes) {
 //   s[t] = scale · q·K[r, t]  (t < tk),  p = softmax(s),  out[r] = Σ_t p[t] V[r, t]
 // q (B, nh, hs) at row stride qs per b (a view into qkv); K, V (B·nh, block, hs) cache buffers;
 // out (B·nh, hs). Each head streams its K and V once (2·tk·hs·4 bytes); heads are shared out over
-// the pool (one head per chunk), which the cold cache at a long context needs: one core alone reads
+// the pool (guided claims of whole heads), which the cold cache at a long context needs: one core alone reads
 // memory at about half the machine's bandwidth. The exp is vecmath.h's exp32, as in the softmax loop.
 struct AttnArgs {
     const float* q;
@@ -543,7 +576,10 @@ struct AttnArgs {
 
 #ifdef MG_Q_AVX512
 // hs = 16·HV (64 at GPT-2 size): q and the output row stay in HV registers each; scores four keys
-// at a time (independent chains), the p·V sum in registers.
+// at a time (independent chains), the p·V sum in registers. K and V rows are prefetched PFA bytes
+// ahead: as with the weight rows, the hardware prefetcher alone left each core well short of its
+// share of the bandwidth.
+constexpr i64 PFA = 4096;
 template <int HV>
 void attn_head_avx512(const AttnArgs& a, const float* q, const float* Kh, const float* Vh, float* o, float* s) {
     __m512 qv[HV];
@@ -557,6 +593,7 @@ void attn_head_avx512(const AttnArgs& a, const float* q, const float* Kh, const 
             __m512 acc[4];
             for (int j = 0; j < 4; ++j) {
                 const float* kr = Kh + (t + u + j) * 16 * HV;
+                for (int v = 0; v < HV; ++v) _mm_prefetch((const char*)(kr + 16 * v) + PFA, _MM_HINT_T0);
                 acc[j] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
                 for (int v = 1; v < HV; ++v) acc[j] = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + 16 * v), acc[j]);
             }
@@ -586,6 +623,7 @@ void attn_head_avx512(const AttnArgs& a, const float* q, const float* Kh, const 
     for (t = 0; t < a.tk; ++t) {
         __m512 pv = _mm512_set1_ps(s[t]);
         const float* vr = Vh + t * 16 * HV;
+        for (int v = 0; v < HV; ++v) _mm_prefetch((const char*)(vr + 16 * v) + PFA, _MM_HINT_T0);
         for (int v = 0; v < HV; ++v) ov[v] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr + 16 * v), ov[v]);
     }
     const __m512 inv = _mm512_set1_ps(1.0f / den);
@@ -673,6 +711,23 @@ MG_API int mg_q8_matmul(const float* x, const int8_t* w, const float* s, const f
 #endif
     }
     run_rows(fn, a, nthreads, N * K);
+    return 0;
+}
+
+// float32 weights on the same pool and tiles (a decode step's GEMVs without BLAS: its threads, still
+// spinning after a call, took the second core from this pool's attention). isa 0 portable, 1 AVX-512.
+MG_API int mg_f32_matmul(const float* x, const float* w, const float* b, float* y, i64 M, i64 N, i64 K, int isa,
+                         int nthreads) {
+    Args a{x, w, nullptr, nullptr, b, y, M, N, K, K, 1, nullptr, nullptr, 0, nullptr, nullptr};
+    RowsFn fn = f32_rows_portable;
+    if (isa == 1) {
+#ifdef MG_Q_AVX512
+        fn = rows_avx512<LoadF32>;
+#else
+        return -1;
+#endif
+    }
+    run_rows(fn, a, nthreads, N * K * 4);
     return 0;
 }
 

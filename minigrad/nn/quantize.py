@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import dispatch
+from .. import dispatch, hugepages
 from ..autograd import Function
 from ..backend import bfloat16, get_array_module, to_host
 from ..files import write_atomic
@@ -367,7 +367,33 @@ def quantize_(module, scheme="int8", group_size=None, activations="float32"):
                         "or use QuantizedLinear.from_float")
     for parent, name, w, b in _targets(module):
         setattr(parent, name, QuantizedLinear.from_float(w, b, scheme, group_size, activations))
+    pack_weights(module)
     return module
+
+
+ARENA_ALIGN = 4096          # each weight starts on a page (the hardware prefetcher stops at page ends)
+
+
+def pack_weights(module) -> int:
+    """Move the quantized weights below `module` (host arrays) into one arena, each weight a
+    page-aligned C-contiguous view of it (in module order); returns the arena's
+    bytes (0: nothing to pack). Why: one int8 GPT-2 Linear is 0.6-2.4 MB, each its own array on 4 KiB
+    pages, and a decode GEMV streams its weight through a TLB miss per page; in one arena on huge
+    pages (minigrad.hugepages) the same GEMVs ran 25-40% faster (kernels/cpu/quant_bench.py --arena).
+    Values, shapes and dtypes are unchanged."""
+    layers = [m for m in module.modules() if isinstance(m, QuantizedLinear) and type(m.weight.data) is np.ndarray]
+    if not layers:
+        return 0
+    sizes = [-(-m.weight.data.nbytes // ARENA_ALIGN) * ARENA_ALIGN for m in layers]
+    raw = hugepages.empty(sum(sizes) + ARENA_ALIGN, np.uint8)     # below 2 MiB: plain, page-aligned here
+    start = off = (-raw.ctypes.data) % ARENA_ALIGN
+    for m, size in zip(layers, sizes):
+        w = m.weight.data
+        view = raw[off:off + w.nbytes].view(w.dtype).reshape(w.shape)
+        view[...] = w
+        m.weight.data = view
+        off += size
+    return off - start
 
 
 def dequantize_(module):
@@ -474,4 +500,5 @@ def load_quantized(module, path):
         module.load_state_dict(arrays, strict=True)
     except KeyError as e:
         raise ValueError(f"load_quantized: {path} does not fit the model: {e.args[0]}") from None
+    pack_weights(module)
     return module

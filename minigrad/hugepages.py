@@ -1,0 +1,45 @@
+"""Large host arrays on transparent huge pages (2 MiB) where Linux gives them.
+
+A decode step streams every weight and the KV cache from memory once per token. On 4 KiB pages that
+is a TLB miss per 4 KiB; on 2 MiB pages, one per 2 MiB. NumPy advises huge pages itself only for
+allocations of 4 MiB or more, and only on memory it has not touched before: under a tuned malloc
+(minigrad.models.trainer.tune_malloc keeps freed memory in the heap) a large array may reuse heap
+pages already mapped 4 KiB at a time. `empty` maps fresh anonymous memory instead, advises huge
+pages before the first touch, and aligns the array to 2 MiB. Measured on the GPT-2-size int8 decode
+(minigrad bench generate --weights int8): 8.0 ms/token with the weights on heap pages, 6.4 with them here.
+"""
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+HUGE_PAGE = 2 << 20
+
+
+def empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on a 2 MiB boundary, in its own anonymous mapping
+    with MADV_HUGEPAGE (where the platform has it); plain np.empty below 2 MiB or without mmap advice.
+    The mapping lives as long as the array (or any view of it)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < HUGE_PAGE or advice is None:
+        return np.empty(shape, dtype)
+    size = -(-(nbytes + HUGE_PAGE) // mmap.PAGESIZE) * mmap.PAGESIZE
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m.madvise(advice)
+    except OSError:
+        pass                                    # no THP in this kernel: plain pages, still correct
+    raw = np.frombuffer(m, np.uint8)
+    start = (-raw.ctypes.data) % HUGE_PAGE
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def zeros(shape, dtype) -> np.ndarray:
+    """As `empty`, zero-filled (a fresh mapping is zero already: nothing is written)."""
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < HUGE_PAGE or getattr(mmap, "MADV_HUGEPAGE", None) is None:
+        return np.zeros(shape, dtype)
+    return empty(shape, dtype)
