@@ -72,7 +72,7 @@ def _quantized_call(linear, x, out):
     forward runs (QuantizedMatmulNative), bound to x and out: the Tensor op's dispatch, and even the
     wrapper's argument conversions, cost about as much as the GEMV at the default size. None where
     its forward would not take the native path."""
-    from minigrad.nn.quantize import QuantizedLinear, _threads, native_isa
+    from minigrad.nn.quantize import QuantizedLinear, _threads, exact_int32_sums, native_isa
 
     if not isinstance(linear, QuantizedLinear) or linear.activations != "float32":
         return None
@@ -82,8 +82,10 @@ def _quantized_call(linear, x, out):
         return None
     bias = None if linear.bias is None else linear.bias.data
     if w.dtype == np.int8:
-        return lib.q8_matmul(x, w, linear.weight_scale.data, bias, linear._group(), native_isa(lib, "int8"),
-                             _threads(), out=out, bind=True)
+        group, scale, isa = linear._group(), linear.weight_scale.data, native_isa(lib, "int8")
+        if isa == 2 and exact_int32_sums(group):
+            return lib.q8x24_matmul(x, w, scale, linear._wsum(group), bias, group, 2, _threads(), out=out, bind=True)
+        return lib.q8_matmul(x, w, scale, bias, group, isa if isa < 2 else 1, _threads(), out=out, bind=True)
     return lib.bf16_matmul(x, w.view(np.uint16), bias, native_isa(lib, "bfloat16"), _threads(), out=out, bind=True)
 
 

@@ -64,6 +64,53 @@ def test_int8_matmul_matches_dequantized_reference(lib, m, n, k, group, threads)
         _check(lib.q8_matmul(x, q, s, None, g, isa, threads), ref - b, tol, f"int8 isa {isa}, no bias")
 
 
+def _x24_bound(x, wd):
+    """q8x24's activation error bound, (M, N): half a step d = 2 max|x| / (2^24 - 1) per input, times
+    Σ_k |W[n, k]|, with a 1e-6 relative allowance for the double arithmetic and the final rounding's eps."""
+    d = 2.0 * np.abs(x.astype(np.float64)).max(axis=1, keepdims=True) / (2.0 ** 24 - 1)
+    return 0.5 * d * np.abs(wd).sum(axis=1) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_int8_x24_matmul_matches_reference_and_its_portable_twin(lib, m, n, k, group, threads):
+    """q8x24 (the int8 default on VNNI CPUs): x in 24-bit fixed point per row, exact integer sums. The
+    error bound is x's rounding (half a step per input) plus one float32 rounding of the result; the
+    portable loops compute the same digits and sums, so the two paths agree bit for bit."""
+    x, w, b = _data(m, n, k, 9)
+    x[0, 0] *= 1e3                               # a wide row: the step follows the row's largest entry
+    q, s = Q.quantize_int8(w, group)
+    g = min(group or k, k)
+    wd = q.astype(np.float64) * np.repeat(s.astype(np.float64), g, axis=1)[:, :k]
+    ref = x.astype(np.float64) @ wd.T + b
+    tol = _x24_bound(x, wd) + EPS * np.abs(ref)
+    wsum = Q.wsum_int8(q, g)
+    outs = []
+    for isa in _isas(lib, [0, 2]):
+        y, xd = lib.q8x24_matmul(x, q, s, wsum, b, g, isa, threads, keep_xd=True)
+        top = np.abs(x.astype(np.float64)).max(axis=1)
+        assert np.array_equal(xd[:, 1], top) and np.allclose(xd[:, 0], 2 * top / (2.0 ** 24 - 1), rtol=1e-15)
+        _check(y, ref, tol, f"int8 x24 isa {isa}")
+        _check(lib.q8x24_matmul(x, q, s, wsum, None, g, isa, threads), ref - b, tol + EPS * np.abs(b), "no bias")
+        outs.append(y)
+    assert all(np.array_equal(outs[0], o) for o in outs)
+
+
+def test_int8_x24_zero_rows_and_a_tiny_entry_beside_a_huge_one(lib):
+    """An all-zero x row gives the bias exactly; an entry 2^-30 of its row's largest is lost to the
+    step (the documented price), and the result still meets the bound."""
+    q, s = Q.quantize_int8(np.random.default_rng(3).standard_normal((8, 64)).astype(np.float32))
+    wd = Q.dequantize(q, s).astype(np.float64)
+    x = np.zeros((2, 64), np.float32)
+    x[1, 0], x[1, 1:] = 1.0, 2.0 ** -30
+    b = np.arange(8, dtype=np.float32)
+    for isa in _isas(lib, [0, 2]):
+        y = lib.q8x24_matmul(x, q, s, Q.wsum_int8(q, 64), b, 64, isa, 1)
+        assert np.array_equal(y[0], b)
+        ref = x[1].astype(np.float64) @ wd.T + b
+        _check(y[1:], ref[None], (_x24_bound(x[1:], wd) + EPS * np.abs(ref)), f"isa {isa}")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m,n,k,group", SHAPES)
 def test_float32_matmul_on_the_pool_matches_reference(lib, m, n, k, group, threads):
@@ -141,14 +188,19 @@ def test_portable_path_through_the_module_switch(lib, monkeypatch):
     wd = layer.dequantized().astype(np.float64)
     ref = x.astype(np.float64) @ wd.T + b
     tol = (200 + 2) * EPS * (np.abs(x).astype(np.float64) @ np.abs(wd).T + np.abs(b))
+    # auto on a VNNI CPU: q8x24, whose activations carry up to half a step d = 2 max|x| / (2^24 - 1)
+    tol24 = tol + _x24_bound(x, wd)
     outs = {}
-    for mode in ("portable", "auto"):
+    for mode in ("portable", "avx512", "auto"):
+        if mode != "portable" and not lib.quant_isa & 1:
+            continue
         monkeypatch.setenv("MINIGRAD_QUANT_ISA", mode)
-        assert Q.native_isa(lib, "int8") == (0 if mode == "portable" else (1 if lib.quant_isa & 1 else 0))
+        isa = {"portable": 0, "avx512": 1, "auto": 2 if lib.quant_isa & 2 else 1}[mode]
+        assert Q.native_isa(lib, "int8") == isa
         with dispatch.trace() as seen:
             outs[mode] = layer(minigrad.Tensor(x)).numpy()
         assert "QuantizedMatmulNative" in seen
-        _check(outs[mode], ref, tol, mode)
+        _check(outs[mode], ref, tol24 if isa == 2 else tol, mode)
     monkeypatch.setenv("MINIGRAD_QUANT_ISA", "sse9")
     with pytest.raises(ValueError, match="MINIGRAD_QUANT_ISA must be one of"):
         layer(minigrad.Tensor(x))
@@ -177,6 +229,10 @@ def test_threads_do_not_change_the_result(lib):
     q, s = Q.quantize_int8(w, 128)
     for isa in _isas(lib, [0, 1]):
         assert np.array_equal(lib.q8_matmul(x, q, s, None, 128, isa, 1), lib.q8_matmul(x, q, s, None, 128, isa, 2))
+    wsum = Q.wsum_int8(q, 128)
+    for isa in _isas(lib, [0, 2]):
+        assert np.array_equal(lib.q8x24_matmul(x, q, s, wsum, None, 128, isa, 1),
+                              lib.q8x24_matmul(x, q, s, wsum, None, 128, isa, 2))
     wb = Q.quantize_bf16(w).view(np.uint16)
     for isa in _isas(lib, [0, 1]):
         assert np.array_equal(lib.bf16_matmul(x, wb, None, isa, 1), lib.bf16_matmul(x, wb, None, isa, 2))

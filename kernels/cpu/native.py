@@ -194,7 +194,8 @@ class NativeCPU:
         for name, args in {"q8_matmul": [P, P, P, P, P, I, I, I, I, C, C],
                            "f32_matmul": [P, P, P, P, I, I, I, C, C],
                            "bf16_matmul": [P, P, P, P, I, I, I, C, C],
-                           "q8a8_matmul": [P, P, P, P, P, P, I, I, I, I, C, C, P, P]}.items():
+                           "q8a8_matmul": [P, P, P, P, P, P, I, I, I, I, C, C, P, P],
+                           "q8x24_matmul": [P, P, P, P, P, P, I, I, I, I, C, C, P]}.items():
             f = getattr(cdll, f"mg_{name}")
             f.argtypes, f.restype = args, C
             self._fn[name] = f
@@ -317,7 +318,7 @@ class NativeCPU:
         """A zero-argument call of `name` on fixed pointers (a decode step reuses its buffers: the
         argument conversions cost about 5 µs a call, as much as a small GEMV). It holds `arrays`, so
         the memory its pointers name stays alive as long as it does."""
-        if (isa == 1 and not self.quant_isa & 1) or (isa == 2 and not self.quant_isa & (2 if name == "q8a8_matmul" else 4)):
+        if (isa == 1 and not self.quant_isa & 1) or (isa == 2 and not self.quant_isa & (2 if name in ("q8a8_matmul", "q8x24_matmul") else 4)):
             raise RuntimeError(f"{name}: isa {isa} is not compiled into this library (quant_isa={self.quant_isa})")
         call = functools.partial(self._fn[name], *args)
         call.arrays = arrays
@@ -366,6 +367,21 @@ class NativeCPU:
         self._quant_call("q8a8_matmul", isa, _p(x), _p(w), _p(scale), _p(wsum), _p(bias), _p(y), m, n, k, int(group),
                          int(isa), int(nthreads), _p(xq), _p(xs))
         return (y, xq, xs) if keep_xq else y
+
+    def q8x24_matmul(self, x, w, scale, wsum, bias, group, isa, nthreads, out=None, bind=False, keep_xd=False):
+        """As q8_matmul with x rounded per row to 24-bit fixed point and exact int32 dot products of its
+        digits (quant_gemm.cpp's q8x24); wsum int32 (N, G) = Σ_k q per group. isa 0 portable (the same
+        digits and arithmetic), 2 VNNI. keep_xd: returns (y, xd (M, 2) float64: each row's step d and
+        range M). bind: as q8_matmul."""
+        (m, k), n = x.shape, w.shape[0]
+        y = self._out(out, m, n)
+        xd = np.empty((m, 2), np.float64) if keep_xd else None
+        args = (_p(x), _p(w), _p(scale), _p(wsum), _p(bias), _p(y), m, n, k, int(group), int(isa), int(nthreads),
+                _p(xd))
+        if bind:
+            return self._bound("q8x24_matmul", isa, args, (x, w, scale, wsum, bias, y))
+        self._quant_call("q8x24_matmul", isa, *args)
+        return (y, xd) if keep_xd else y
 
     def decode_attention(self, q, k, v, tk, scale, nthreads, out, bind=False):
         """One decode step's attention (quant_gemm.cpp): q (B, nh, hs) float32 with unit strides

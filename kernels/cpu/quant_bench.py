@@ -69,8 +69,10 @@ def _in_arena(groups):
 
 
 def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHAPES, out=print, arena=False):
-    """Print and return [(shape, kind, ms, GB/s)]. kinds: float32 (np.dot), int8 (AVX-512 FMAs),
-    int8-portable, int8a8-vnni (x quantized per row), bf16 (shift + FMAs), and bf16-dot (vdpbf16ps) if asked."""
+    """Print and return [(shape, kind, ms, GB/s)]. kinds: float32 (np.dot), float32-pool (mg_f32_matmul),
+    int8 (AVX-512 FMAs), int8-portable, int8-x24-vnni (x in 24-bit fixed point, the int8 default on
+    VNNI CPUs), int8a8-vnni (x quantized per row to int8), bf16 (shift + FMAs), and bf16-dot
+    (vdpbf16ps) if asked."""
     lib = native.load()
     if lib is None:
         raise RuntimeError("the native CPU library is not available")
@@ -110,6 +112,8 @@ def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out, arena=Fa
     kinds.append(("int8-portable", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
                   lambda q, s: lib.q8_matmul(x, q, s, None, k, 0, nt)))
     if isa & 2:
+        kinds.append(("int8-x24-vnni", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
+                      lambda q, s: lib.q8x24_matmul(x, q, s, wsum0, None, k, 2, nt)))
         kinds.append(("int8a8-vnni", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
                       lambda q, s: lib.q8a8_matmul(x, q, s, wsum0, None, k, 2, nt)))
     if isa & 1:

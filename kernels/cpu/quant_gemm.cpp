@@ -16,6 +16,17 @@
 //          bytes, so it runs on xq + 128 and subtracts 128 · Σ_k q[n, k] (wsum (N, G), from the
 //          caller); y = sx · Σ_g s[n, g] · float(acc_g) + b. Integer accumulation is exact while
 //          group · 255 · 127 < 2^31 (minigrad.nn.quantize refuses larger groups).
+//   q8x24  W as q8, x rounded per row to 24-bit fixed point on its own range, so that VNNI's exact
+//          integer dot products do the work: M = max|x|, d = 2M / (2^24 - 1), X[k] = round((x[k] + M) / d)
+//          in [0, 2^24 - 1], |x[k] - (d X[k] - M)| <= d / 2 ~ M 2^-24. X's bytes D2 D1 D0 (X = D2 2^16 +
+//          D1 2^8 + D0) are unsigned, as vpdpbusd wants: per group three exact int32 sums
+//          S_j = Σ_k D_j[k] q[n, k] (exact while group · 255 · 127 < 2^31), then in double (exact:
+//          |Σ_k X[k] q[n, k]| < 2^24 · 127 · K < 2^53) y = Σ_g s[n, g] (d (S2 2^16 + S1 2^8 + S0) - M wsum[n, g])
+//          + b, rounded once to float32. Three vpdpbusd per 64 weights against twelve convert and FMA
+//          instructions: the FMA path is compute-bound on one core (~20-28 GB/s of int8 warm, less
+//          when the host's other hyperthread is busy), this one is not. The price: an absolute
+//          activation error of M 2^-24 instead of float32's relative one (an entry far below the
+//          row's largest keeps fewer bits); the tests bound both.
 //   f32    W float32 (N, K): the q8 tiles with a plain load (a decode step's float32 GEMVs, so the
 //          whole step runs on this pool: see mg_f32_matmul).
 //   decode attention (mg_decode_attention, models/decode.py): one query per head against the KV
@@ -70,6 +81,7 @@ struct Args {
     i64 Kp;               // row stride of xq (or of xe/xo)
     const float* xe;      // bf16 isa 1: x at even k of each 32-chunk (M, Kp), Kp = K / 32 · 16
     const float* xo;      //   ... and at odd k
+    const double* xd;     // q8x24: (d, M) per row of x (M, 2)
 };
 
 // ---------------------------------------------------------------- portable
@@ -389,6 +401,90 @@ void q8a8_rows_vnni(const Args& a, i64 n0, i64 n1) {
     }
 }
 #endif
+
+#if defined(MG_Q_AVX512) && defined(__AVX512VNNI__)
+// q8x24: R weight rows against one x row's three digit rows (xq: (M, 3, Kp) uint8, D0 D1 D2).
+template <int R>
+void q8x24_tile(const Args& a, i64 n, i64 m) {
+    const int8_t* w = (const int8_t*)a.w;
+    const uint8_t* d0 = (const uint8_t*)a.xq + m * 3 * a.Kp;
+    const uint8_t* d1 = d0 + a.Kp;
+    const uint8_t* d2 = d1 + a.Kp;
+    const double step = a.xd[2 * m], top = a.xd[2 * m + 1];     // d and M of this x row
+    double tot[R] = {};
+    for (i64 g = 0; g < a.G; ++g) {
+        i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+        __m512i acc[R][3];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_si512();
+        for (i64 k = k0; k < k1; k += 64) {
+            i64 t = k1 - k;
+            __mmask64 mk = t >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << t) - 1);
+            __m512i x0 = _mm512_loadu_si512(d0 + k), x1 = _mm512_loadu_si512(d1 + k), x2 = _mm512_loadu_si512(d2 + k);
+            for (int r = 0; r < R; ++r) {
+                _mm_prefetch((const char*)(w + (n + r) * a.K + k) + PF, _MM_HINT_T0);
+                __m512i wv = _mm512_maskz_loadu_epi8(mk, w + (n + r) * a.K + k);   // outside [k, k1): 0
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x0, wv);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x1, wv);
+                acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], x2, wv);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            double sx = 65536.0 * _mm512_reduce_add_epi32(acc[r][2]) + 256.0 * _mm512_reduce_add_epi32(acc[r][1]) +
+                        (double)_mm512_reduce_add_epi32(acc[r][0]);
+            tot[r] += (double)a.s[(n + r) * a.G + g] * (step * sx - top * a.wsum[(n + r) * a.G + g]);
+        }
+    }
+    for (int r = 0; r < R; ++r) a.y[m * a.N + n + r] = (float)(tot[r] + (a.b ? (double)a.b[n + r] : 0.0));
+}
+
+void q8x24_rows_vnni(const Args& a, i64 n0, i64 n1) {
+    i64 n = n0;
+    for (; n + 4 <= n1; n += 4)
+        for (i64 m = 0; m < a.M; ++m) q8x24_tile<4>(a, n, m);
+    for (; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) q8x24_tile<1>(a, n, m);
+}
+#endif
+
+// The q8x24 reference: the same digits and the same double arithmetic, one product at a time.
+void q8x24_rows_portable(const Args& a, i64 n0, i64 n1) {
+    const int8_t* w = (const int8_t*)a.w;
+    for (i64 n = n0; n < n1; ++n)
+        for (i64 m = 0; m < a.M; ++m) {
+            const uint8_t* d0 = (const uint8_t*)a.xq + m * 3 * a.Kp;
+            double tot = 0.0;
+            for (i64 g = 0; g < a.G; ++g) {
+                i64 k0 = g * a.group, k1 = k0 + a.group < a.K ? k0 + a.group : a.K;
+                int32_t S[3] = {0, 0, 0};
+                for (int j = 0; j < 3; ++j)
+                    for (i64 k = k0; k < k1; ++k) S[j] += (int32_t)d0[j * a.Kp + k] * (int32_t)w[n * a.K + k];
+                double sx = 65536.0 * S[2] + 256.0 * S[1] + (double)S[0];
+                tot += (double)a.s[n * a.G + g] * (a.xd[2 * m] * sx - a.xd[2 * m + 1] * a.wsum[n * a.G + g]);
+            }
+            a.y[m * a.N + n] = (float)(tot + (a.b ? (double)a.b[n] : 0.0));
+        }
+}
+
+// x row (K) -> its three digit rows D0, D1, D2 (each Kp bytes, zero past K) and (d, M).
+void digits_row(const float* x, i64 K, uint8_t* out, i64 Kp, double* dm) {
+    double top = 0.0;
+    for (i64 k = 0; k < K; ++k) top = std::fabs((double)x[k]) > top ? std::fabs((double)x[k]) : top;
+    const double full = 16777215.0;                          // 2^24 - 1
+    double step = top > 0.0 ? 2.0 * top / full : 1.0;
+    double inv = top > 0.0 ? full / (2.0 * top) : 0.0;
+    for (i64 k = 0; k < K; ++k) {
+        double v = ((double)x[k] + top) * inv + 0.5;          // >= 0.5: floor(v) rounds to nearest
+        int64_t X = (int64_t)v;
+        X = X > 16777215 ? 16777215 : X;
+        out[k] = (uint8_t)(X & 0xFF);
+        out[Kp + k] = (uint8_t)((X >> 8) & 0xFF);
+        out[2 * Kp + k] = (uint8_t)(X >> 16);
+    }
+    for (int j = 0; j < 3; ++j)
+        for (i64 k = K; k < Kp; ++k) out[j * Kp + k] = 0;
+    dm[0] = step;
+    dm[1] = top;
+}
 
 typedef void (*RowsFn)(const Args&, i64, i64);
 typedef void (*TaskFn)(const void* ctx, i64 r0, i64 r1);   // what the pool runs: rows [r0, r1) of a job
@@ -793,6 +889,32 @@ MG_API int mg_q8a8_matmul(const float* x, const int8_t* w, const float* s, const
     if (isa == 2) {
 #if defined(MG_Q_AVX512) && defined(__AVX512VNNI__)
         fn = q8a8_rows_vnni;
+#else
+        return -1;
+#endif
+    }
+    run_rows(fn, a, nthreads, N * K);
+    return 0;
+}
+
+// x rounded per row to 24-bit fixed point (q8x24 in the header), then exact int32 dot products of its
+// three digit rows; wsum int32 (N, G) as for q8a8. isa 0 portable (the same digits and arithmetic),
+// 2 VNNI. xd_out (M, 2), if given, receives each row's (d, M) for the caller to check.
+MG_API int mg_q8x24_matmul(const float* x, const int8_t* w, const float* s, const int32_t* wsum, const float* b,
+                           float* y, i64 M, i64 N, i64 K, i64 group, int isa, int nthreads, double* xd_out) {
+    Args a{x,  w, s, wsum, b, y, M, N, K, group, (K + group - 1) / group, nullptr, nullptr, (K + 63) / 64 * 64,
+           nullptr, nullptr, nullptr};
+    std::vector<uint8_t> xq(M * 3 * a.Kp);
+    std::vector<double> xd(2 * M);
+    for (i64 m = 0; m < M; ++m) digits_row(x + m * K, K, xq.data() + m * 3 * a.Kp, a.Kp, xd.data() + 2 * m);
+    if (xd_out)
+        for (i64 i = 0; i < 2 * M; ++i) xd_out[i] = xd[i];
+    a.xq = xq.data();
+    a.xd = xd.data();
+    RowsFn fn = q8x24_rows_portable;
+    if (isa == 2) {
+#if defined(MG_Q_AVX512) && defined(__AVX512VNNI__)
+        fn = q8x24_rows_vnni;
 #else
         return -1;
 #endif

@@ -12,7 +12,10 @@ W (N, K) as nn.Linear keeps it (out, in). Schemes:
   float32    (or "bf16" for bfloat16) accepted by quantize_ as a no-op / alias, for --weights flags.
 Activations stay float32 at the interface, and the math is float32 (kernels/cpu/quant_gemm.cpp on
 the CPU: each weight byte read once, converted, fused multiply-add; from PREFILL_ROWS rows of x on,
-dequantized blocks of W and BLAS sgemm). With ``activations="int8"`` (int8 only), x is also
+dequantized blocks of W and BLAS sgemm). On a CPU with AVX-512 VNNI, int8 GEMVs (fewer than
+PREFILL_ROWS rows) run q8x24 instead: each row of x is rounded to 24-bit fixed point on its own range
+(an error of at most max|x| · 2^-24 per entry, against float32's |x| · 2^-24) and the dot products are
+exact integer sums, in a quarter of the instructions; MINIGRAD_QUANT_ISA=avx512 keeps the FMAs. With ``activations="int8"`` (int8 only), x is also
 quantized per row on the fly and the dot products are exact int32 sums (AVX-512 VNNI): faster at
 every size measured, less accurate (default Shakespeare model: val_loss +2.5e-4 against +1.0e-4).
 
@@ -27,9 +30,9 @@ BF16, scales as F32 beside their weight ("<name>.weight_scale"), and metadata
 {"format": "minigrad-quantized", "scheme", "group_size", "activations"} plus the caller's own strings.
 
 Switches (read on every call): MINIGRAD_QUANT_ISA=auto (default) | portable | avx512 picks the native
-path (portable: the plain C++ loops; used by the tests); MINIGRAD_QUANT_THREADS=N threads for the
-native matmuls (default: the CPUs this process may run on); MINIGRAD_CPU_NATIVE=0 or
-MINIGRAD_IMPL=reference: the NumPy reference (dequantize, then matmul).
+path (portable: the plain C++ loops, used by the tests; avx512: int8 on the float32 FMAs, not q8x24);
+MINIGRAD_QUANT_THREADS=N threads for the native matmuls (default: the CPUs this process may run on);
+MINIGRAD_CPU_NATIVE=0 or MINIGRAD_IMPL=reference: the NumPy reference (dequantize, then matmul).
 """
 from __future__ import annotations
 
@@ -133,7 +136,8 @@ def _threads() -> int:
 
 def native_isa(lib, kind: str) -> int:
     """The quant_gemm.cpp path for `kind` ("int8", "bfloat16", "int8a8") under MINIGRAD_QUANT_ISA:
-    0 portable, 1 AVX-512 float32 FMAs, 2 VNNI (int8a8)."""
+    0 portable, 1 AVX-512 float32 FMAs, 2 VNNI (int8a8; and int8 under "auto": q8x24, x in 24-bit
+    fixed point, where the CPU has VNNI; "avx512" keeps int8 on the float32 FMAs)."""
     want = os.environ.get("MINIGRAD_QUANT_ISA", "auto").strip().lower() or "auto"
     if want not in _ISAS:
         raise ValueError(f"MINIGRAD_QUANT_ISA must be one of {', '.join(_ISAS)}, got {want!r}")
@@ -144,6 +148,8 @@ def native_isa(lib, kind: str) -> int:
         return 0
     if kind == "int8a8":
         return 2 if has & 2 else 0
+    if kind == "int8" and want == "auto" and has & 2:
+        return 2
     return 1
 
 
@@ -193,10 +199,13 @@ class QuantizedMatmulNative(QuantizedMatmul):
             y = _blocked_matmul(x2, weight, scale, bias, group)
         elif weight.dtype == np.int8:
             if act_int8:
-                y = lib.q8a8_matmul(x2, weight, scale, wsum_int8(weight, group) if wsum is None else wsum, bias,
-                                    group, native_isa(lib, "int8a8"), nt)
+                wsum = wsum_int8(weight, group) if wsum is None else wsum
+                y = lib.q8a8_matmul(x2, weight, scale, wsum, bias, group, native_isa(lib, "int8a8"), nt)
+            elif native_isa(lib, "int8") == 2 and exact_int32_sums(group):
+                wsum = wsum_int8(weight, group) if wsum is None else wsum
+                y = lib.q8x24_matmul(x2, weight, scale, wsum, bias, group, 2, nt)
             else:
-                y = lib.q8_matmul(x2, weight, scale, bias, group, native_isa(lib, "int8"), nt)
+                y = lib.q8_matmul(x2, weight, scale, bias, group, min(native_isa(lib, "int8"), 1), nt)
         else:
             y = lib.bf16_matmul(x2, weight.view(np.uint16), bias, native_isa(lib, "bfloat16"), nt)
         return y.reshape(x.shape[:-1] + (weight.shape[0],))
@@ -215,6 +224,12 @@ def _blocked_matmul(x2, weight, scale, bias, group):
     if bias is not None:
         y += bias
     return y
+
+
+def exact_int32_sums(group) -> bool:
+    """Whether the VNNI kernels' int32 sums over a group of `group` inputs are exact: each term is at
+    most 255 · 127 (an unsigned byte of x times an int8 weight)."""
+    return group * 255 * 127 < 2 ** 31
 
 
 def wsum_int8(q, group):
@@ -251,7 +266,7 @@ class QuantizedLinear(Module):
                              f"got {activations!r} with {scheme!r}")
         self.in_features, self.out_features, self.scheme, self.activations = in_features, out_features, scheme, \
             activations
-        if activations == "int8" and min(group_size or in_features, in_features) * 255 * 127 >= 2 ** 31:
+        if activations == "int8" and not exact_int32_sums(min(group_size or in_features, in_features)):
             raise ValueError(f"quantize: activations='int8' sums each group in int32; groups of at most 66,000 "
                              f"inputs (in_features {in_features}, group_size {group_size}): pass a group_size")
         _check_group(in_features, group_size)
@@ -296,7 +311,7 @@ class QuantizedLinear(Module):
         act_int8 = self.activations == "int8"
         return QuantizedMatmul.apply(x, weight=self.weight.data, scale=scale,
                                      bias=None if self.bias is None else self.bias.data, group=group,
-                                     act_int8=act_int8, wsum=self._wsum(group) if act_int8 else None)
+                                     act_int8=act_int8, wsum=self._wsum(group) if scale is not None else None)
 
     def _wsum(self, group):
         """wsum_int8 of the current weight array, computed once per array (a load replaces it)."""
