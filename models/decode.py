@@ -13,11 +13,12 @@ Tensor forward (models/gpt.py) costs about 80 op dispatches per token and a fres
                 x += gelu(ln_2(x) W_fcᵀ) W_mlp_projᵀ          (B, 4C) -> (B, C)
     logits = ln_f(x) wteᵀ                                     (B, V)
 
-Weights are used as stored: `x @ W.T` on a C-contiguous (out, in) W is a BLAS GEMV over W's rows,
-no copy. LayerNorm, GELU and the softmax are the native loops the Tensor ops use (kernels/cpu), so
-the step equals the Tensor forward up to the summation order of the attention products. A
-quantized Linear (minigrad.nn.quantize) runs its native kernel directly. Without the native
-library, on a GPU, or for any other weight, the matching piece falls back to the module's forward.
+Weights are used as stored, (out, in), each row read once: a float32 W by mg_f32_matmul on the pool
+of kernels/cpu/quant_gemm.cpp that also runs the attention (BLAS's GEMV without AVX-512), a
+quantized Linear (minigrad.nn.quantize) by its own native kernel. LayerNorm, GELU and the softmax
+are the native loops the Tensor ops use (kernels/cpu), so the step equals the Tensor forward up to
+the summation order of the dot products. Without the native library, on a GPU, or for any other
+weight, the matching piece falls back to the module's forward.
 
 The prefill (many tokens: GEMMs) runs the Tensor forward with the same cache.
 """

@@ -23,8 +23,8 @@
 //          S_j = Σ_k D_j[k] q[n, k] (exact while group · 255 · 127 < 2^31), then in double (exact:
 //          |Σ_k X[k] q[n, k]| < 2^24 · 127 · K < 2^53) y = Σ_g s[n, g] (d (S2 2^16 + S1 2^8 + S0) - M wsum[n, g])
 //          + b, rounded once to float32. Three vpdpbusd per 64 weights against twelve convert and FMA
-//          instructions: the FMA path is compute-bound on one core (~20-28 GB/s of int8 warm, less
-//          when the host's other hyperthread is busy), this one is not. The price: an absolute
+//          instructions (measured with quant_bench: 1.3x the q8 FMA path on one core from L3, 1.1-1.2x
+//          on two cores from memory, where the wait for memory dominates). The price: an absolute
 //          activation error of M 2^-24 instead of float32's relative one (an entry far below the
 //          row's largest keeps fewer bits); the tests bound both.
 //   f32    W float32 (N, K): the q8 tiles with a plain load (a decode step's float32 GEMVs, so the
@@ -33,9 +33,10 @@
 //          cache, softmax(scale · q Kᵀ) V, float32 throughout; heads shared out over the same pool.
 //
 // isa: 0 = portable loops (no intrinsics; -march=native may still vectorise them), 1 = AVX-512,
-// 2 = AVX-512 plus VNNI (q8a8) or BF16 (bf16). The caller asks mg_quant_isa() what this build and
-// this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
-// so each weight byte is loaded once per call for M <= 3 and converted once per x tile. Weight rows
+// 2 = AVX-512 plus VNNI (q8a8, q8x24) or BF16 (bf16). The caller asks mg_quant_isa() what this build
+// and this CPU support. Register tiles: 4 weight rows x up to 3 (q8), 2 (bf16) or 4 (q8a8) rows of x,
+// so each weight byte is loaded once per call for M <= 3 and converted once per x tile; q8x24 takes
+// one x row at a time (three accumulators per weight row), re-reading the 4 rows from L1 per x row. Weight rows
 // are prefetched PF bytes ahead. Output rows are shared out in runs of consecutive rows (guided:
 // half, a quarter, ... of W, multiples of 4 rows) to `nthreads` threads of a persistent pool (each
 // row of W is read once, by one thread; x is shared and read-only); small problems run on the
