@@ -106,7 +106,10 @@ def announce(rank: int) -> None:
     import socket
 
     info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd()}
-    print(LAUNCH_MARKER + json.dumps(info), file=sys.stderr, flush=True)
+    # one write of the whole line: print() writes the text and its newline separately, and mpiexec
+    # forwards each write as it comes, so two ranks' lines could arrive interleaved on one line
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), (LAUNCH_MARKER + json.dumps(info) + "\n").encode())
 
 
 def _fail_on_ranks(comm, e: BaseException) -> None:

@@ -116,6 +116,22 @@ def _resume_command(args, train_args) -> str:
     return shlex.join([*head, args.command, *rest])
 
 
+def _announcements(text: str) -> list | None:
+    """The ranks' start lines in ``text``: one, or several run together (ranks write at once), each
+    MARKER + a JSON object with a pid; None when anything else is on the line."""
+    decoder, infos, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        if not text.startswith(MARKER, at):
+            return None
+        try:
+            info, at = decoder.raw_decode(text, at + len(MARKER))
+            int(info["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        infos.append(info)
+    return infos
+
+
 class Job:
     """mpiexec ``cmd`` as a child, its output passed through and read for what went wrong."""
 
@@ -124,6 +140,7 @@ class Job:
         self.ranks: dict[int, dict] = {}      # pid -> the rank's start line
         self.dead: dict | None = None         # the banner's {"pid", "host", "code", "signal"}
         self.said_error = False               # a rank printed our "<label>: error: ..." line
+        self._orphans = 0                     # newlines of start lines that ran together, still to drop
         self._lock = threading.Lock()
 
     def run(self) -> int:
@@ -183,7 +200,10 @@ class Job:
                 line, buf = buf[:nl + 1], buf[nl + 1:]
                 text = line.decode(errors="replace").rstrip("\r\n")
                 if text == "":                                    # held: it may open mpiexec's banner
-                    blank += line
+                    with self._lock:
+                        orphan, self._orphans = self._orphans > 0, max(0, self._orphans - 1)
+                    if not orphan:                                # else a start line's own newline
+                        blank += line
                     continue
                 if self._line(text):
                     if _DROPPED[0].match(text):                   # the banner's first rule: its blank line too
@@ -200,11 +220,12 @@ class Job:
         """Note what ``text`` (one line, no newline) says; True when it is dropped."""
         with self._lock:
             if text.startswith(MARKER):
-                try:
-                    info = json.loads(text[len(MARKER):])
-                    self.ranks[int(info["pid"])] = info
-                except (ValueError, KeyError, TypeError):
+                infos = _announcements(text)
+                if infos is None:
                     return False
+                for info in infos:
+                    self.ranks[int(info["pid"])] = info
+                self._orphans += len(infos) - 1               # their other newlines follow on their own
                 return True
             if _OUR_ERROR.match(text):
                 self.said_error = True

@@ -538,8 +538,7 @@ FAKE_MPIEXEC = """#!{python}
 import os, sys, time
 def err(b): os.write(2, b); time.sleep(0.05)
 def out(b): os.write(1, b); time.sleep(0.05)
-err(b'minigrad-launch: {{"rank": 0, "pid": 101, "host": "h0", "cwd": "{cwd}"}}')
-err(b'\\nminigrad-launch: {{"rank": 1, "pid": 102, "host": "h0", "cwd": "{cwd}"}}\\n')
+{announce}
 err(b"step 1/9")
 err(b" loss 3.2\\n")
 {body}
@@ -549,13 +548,20 @@ BANNER = ("out(b'\\n' + b'=' * 83 + b'\\n=   BAD TERMINATION OF ONE OF YOUR APPL
           "out(b'=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES\\n' + b'=' * 83 + b'\\nYOUR APPLICATION TERMINATED ')\n"
           "out(b'WITH THE EXIT STRING: Killed (signal 9)\\nThis typically refers to a problem with your application.\\n"
           "Please see the FAQ page for debugging suggestions\\n')\nsys.exit(9)")
+# the ranks' start lines: in pieces, or run together on one line (two ranks' writes interleaved)
+ANNOUNCE = {"pieces": ("err(b'minigrad-launch: {{\"rank\": 0, \"pid\": 101, \"host\": \"h0\", \"cwd\": \"{cwd}\"}}')\n"
+                      "err(b'\\nminigrad-launch: {{\"rank\": 1, \"pid\": 102, \"host\": \"h0\", \"cwd\": \"{cwd}\"}}\\n')"),
+            "together": ("err(b'minigrad-launch: {{\"rank\": 1, \"pid\": 102, \"host\": \"h0\", \"cwd\": \"{cwd}\"}}')\n"
+                         "err(b'minigrad-launch: {{\"rank\": 0, \"pid\": 101, \"host\": \"h0\", \"cwd\": \"{cwd}\"}}')\n"
+                         "err(b'\\n')\nerr(b'\\n')")}
 ABORT = ("err(b'minigrad train: error: rank 1: ')\nerr(b'planted; ending all 2 ranks\\n')\n"
          "err(b'Abort(1) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 1) - process 1\\n')\n"
          "sys.exit(1)")
 
 
+@pytest.mark.parametrize("announce", ["pieces", "together"])
 @pytest.mark.parametrize("ending", ["banner", "abort"])
-def test_minigrad_launch_passes_output_through_and_replaces_mpiexecs_lines_with_one(tmp_path, ending):
+def test_minigrad_launch_passes_output_through_and_replaces_mpiexecs_lines_with_one(tmp_path, ending, announce):
     """Without MPI: a stand-in mpiexec prints what MPICH's does, in pieces; `minigrad launch` passes
     the ranks' lines on and turns a killed rank's banner into one line (the rank found by its PID)."""
     run = tmp_path / "run"
@@ -564,7 +570,8 @@ def test_minigrad_launch_passes_output_through_and_replaces_mpiexecs_lines_with_
         (run / "latest.json").write_text(json.dumps({"checkpoint": "ckpt-0000004"}))
     fake = tmp_path / "mpiexec"
     fake.write_text(FAKE_MPIEXEC.format(python=sys.executable, cwd=tmp_path, ending=ending,
-                                        body=BANNER if ending == "banner" else ABORT))
+                                        body=BANNER if ending == "banner" else ABORT,
+                                        announce=ANNOUNCE[announce].format(cwd=tmp_path)))
     fake.chmod(0o755)
     proc = subprocess.run([sys.executable, "-m", "minigrad.cli", "launch", "--mpiexec", str(fake), "-n", "2",
                            "train", "--out-dir", "run", "--max-iters", "9"], capture_output=True, text=True,
