@@ -318,7 +318,8 @@ class NativeCPU:
         """A zero-argument call of `name` on fixed pointers (a decode step reuses its buffers: the
         argument conversions cost about 5 µs a call, as much as a small GEMV). It holds `arrays`, so
         the memory its pointers name stays alive as long as it does."""
-        if (isa == 1 and not self.quant_isa & 1) or (isa == 2 and not self.quant_isa & (2 if name in ("q8a8_matmul", "q8x24_matmul") else 4)):
+        need = {0: 0, 1: 1, 2: 2 if name in ("q8a8_matmul", "q8x24_matmul") else 4}.get(isa, 0)
+        if self.quant_isa & need != need:
             raise RuntimeError(f"{name}: isa {isa} is not compiled into this library (quant_isa={self.quant_isa})")
         call = functools.partial(self._fn[name], *args)
         call.arrays = arrays
@@ -327,7 +328,7 @@ class NativeCPU:
     def q8_matmul(self, x, w, scale, bias, group, isa, nthreads, out=None, bind=False):
         """W int8 (N, K), scale float32 (N, ceil(K / group)): W ≈ q · scale per row and group.
         bind=True (with `out`): returns a zero-argument callable that recomputes out from x's current
-        contents; every array must outlive it."""
+        contents (it holds every array it points to)."""
         (m, k), n = x.shape, w.shape[0]
         y = self._out(out, m, n)
         args = (_p(x), _p(w), _p(scale), _p(bias), _p(y), m, n, k, int(group), int(isa), int(nthreads))

@@ -15,9 +15,10 @@ the CPU: each weight byte read once, converted, fused multiply-add; from PREFILL
 dequantized blocks of W and BLAS sgemm). On a CPU with AVX-512 VNNI, int8 GEMVs (fewer than
 PREFILL_ROWS rows) run q8x24 instead: each row of x is rounded to 24-bit fixed point on its own range
 (an error of at most max|x| · 2^-24 per entry, against float32's |x| · 2^-24) and the dot products are
-exact integer sums, in a quarter of the instructions; MINIGRAD_QUANT_ISA=avx512 keeps the FMAs. With ``activations="int8"`` (int8 only), x is also
-quantized per row on the fly and the dot products are exact int32 sums (AVX-512 VNNI): faster at
-every size measured, less accurate (default Shakespeare model: val_loss +2.5e-4 against +1.0e-4).
+exact integer sums, in a quarter of the instructions; MINIGRAD_QUANT_ISA=avx512 keeps the FMAs.
+With ``activations="int8"`` (int8 only), x is also quantized per row on the fly and the dot
+products are exact int32 sums (AVX-512 VNNI): faster at every size measured, less accurate (default
+Shakespeare model: val_loss +2.5e-4 against +1.0e-4).
 
 A QuantizedLinear holds buffers, not Parameters: ``weight`` (int8 or bfloat16), ``weight_scale``
 (int8 only) and ``bias`` (float32, if any); its matmul refuses backward, and its weight refuses
