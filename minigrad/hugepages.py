@@ -19,15 +19,18 @@ HUGE_PAGE = 2 << 20
 
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array starting on a 2 MiB boundary, in its own anonymous mapping
-    with MADV_HUGEPAGE (where the platform has it); plain np.empty below 2 MiB or without mmap advice.
-    The mapping lives as long as the array (or any view of it)."""
+    with MADV_HUGEPAGE (where the platform has it); plain np.empty below 2 MiB, without mmap advice,
+    or when the mapping fails. The mapping lives as long as the array (or any view of it)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if nbytes < HUGE_PAGE or advice is None:
         return np.empty(shape, dtype)
     size = -(-(nbytes + HUGE_PAGE) // mmap.PAGESIZE) * mmap.PAGESIZE
-    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:                             # no mapping to be had (a limit): NumPy's own, or its error
+        return np.empty(shape, dtype)
     try:
         m.madvise(advice)
     except OSError:

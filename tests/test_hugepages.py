@@ -47,3 +47,11 @@ def test_the_mapping_outlives_the_array_while_a_view_exists():
     del a
     gc.collect()
     assert np.array_equal(view, np.arange(BIG - 8, BIG, dtype=np.float32))
+
+
+def test_a_failed_mapping_falls_back_to_numpy(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(hugepages.mmap, "mmap", refuse)
+    a = hugepages.empty((BIG,), np.float32)
+    assert a.shape == (BIG,) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
