@@ -21,7 +21,7 @@ EPS = float(np.finfo(np.float32).eps)
 # not divide K, a group past K, and a GPT-2-sized GEMV big enough to use the worker threads.
 SHAPES = [(1, 37, 77, None), (3, 5, 1000, 128), (7, 9, 33, 16), (1, 1, 16, None), (5, 13, 130, 40),
           (4, 64, 768, None), (1, 3, 31, None), (6, 11, 65, 200), (2, 1, 1, None), (1, 2304, 768, None),
-          (3, 1000, 3072, 128)]
+          (3, 1000, 3072, 128), (2, 7, 128, 100)]   # the last: a group ends inside the final 64-byte step
 
 
 @pytest.fixture

@@ -370,7 +370,8 @@ void q8a8_tile(const Args& a, i64 n, i64 m) {
             i64 t = k1 - k;
             __mmask64 mk = t >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << t) - 1);
             __m512i xv[MB];
-            for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_si512(xq + (m + j) * a.Kp + k);  // padded row
+            // masked like the weights: a group that ends inside a 64-byte step must not read past the row
+            for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_epi8(mk, xq + (m + j) * a.Kp + k);
             for (int r = 0; r < R; ++r) {
                 _mm_prefetch((const char*)(w + (n + r) * a.K + k) + PF, _MM_HINT_T0);
                 __m512i wv = _mm512_maskz_loadu_epi8(mk, w + (n + r) * a.K + k);   // outside [k, k1): 0
@@ -420,7 +421,8 @@ void q8x24_tile(const Args& a, i64 n, i64 m) {
         for (i64 k = k0; k < k1; k += 64) {
             i64 t = k1 - k;
             __mmask64 mk = t >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << t) - 1);
-            __m512i x0 = _mm512_loadu_si512(d0 + k), x1 = _mm512_loadu_si512(d1 + k), x2 = _mm512_loadu_si512(d2 + k);
+            __m512i x0 = _mm512_maskz_loadu_epi8(mk, d0 + k), x1 = _mm512_maskz_loadu_epi8(mk, d1 + k),
+                    x2 = _mm512_maskz_loadu_epi8(mk, d2 + k);                  // not past the row (see q8a8)
             for (int r = 0; r < R; ++r) {
                 _mm_prefetch((const char*)(w + (n + r) * a.K + k) + PF, _MM_HINT_T0);
                 __m512i wv = _mm512_maskz_loadu_epi8(mk, w + (n + r) * a.K + k);   // outside [k, k1): 0
