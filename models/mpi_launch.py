@@ -140,7 +140,6 @@ class Job:
         self.ranks: dict[int, dict] = {}      # pid -> the rank's start line
         self.dead: dict | None = None         # the banner's {"pid", "host", "code", "signal"}
         self.said_error = False               # a rank printed our "<label>: error: ..." line
-        self._orphans = 0                     # newlines of start lines that ran together, still to drop
         self._lock = threading.Lock()
 
     def run(self) -> int:
@@ -175,7 +174,7 @@ class Job:
     def _pump(self, pipe, out) -> None:
         """Bytes from ``pipe`` to ``out`` (its binary buffer), whole lines read by ``_line``."""
         sink = getattr(out, "buffer", out)
-        pending, at_start, blank = b"", True, b""
+        pending, at_start, blank, orphans = b"", True, b"", 0
         while True:
             data = os.read(pipe.fileno(), 65536)
             if not data:
@@ -200,12 +199,14 @@ class Job:
                 line, buf = buf[:nl + 1], buf[nl + 1:]
                 text = line.decode(errors="replace").rstrip("\r\n")
                 if text == "":                                    # held: it may open mpiexec's banner
-                    with self._lock:
-                        orphan, self._orphans = self._orphans > 0, max(0, self._orphans - 1)
-                    if not orphan:                                # else a start line's own newline
+                    if orphans:                                   # no: a start line's own newline
+                        orphans -= 1
+                    else:
                         blank += line
                     continue
                 if self._line(text):
+                    if text.startswith(MARKER):                   # start lines run together: their other
+                        orphans += text.count(MARKER) - 1         # newlines follow on their own
                     if _DROPPED[0].match(text):                   # the banner's first rule: its blank line too
                         blank = b""
                     continue
@@ -225,7 +226,6 @@ class Job:
                     return False
                 for info in infos:
                     self.ranks[int(info["pid"])] = info
-                self._orphans += len(infos) - 1               # their other newlines follow on their own
                 return True
             if _OUR_ERROR.match(text):
                 self.said_error = True
