@@ -57,8 +57,9 @@ def _gemv_call(w, b, x, out):
     decode: its attention took 2.9 ms a token after BLAS GEMVs, against 1.4 ms in the int8 step)."""
     lib = dispatch.cpu_native(w)
     if lib is not None and lib.quant_isa & 1:
-        from minigrad.nn.quantize import _threads
-        return lib.f32_matmul(x, w, b, 1, _threads(), out=out, bind=True)
+        from minigrad.nn.quantize import _threads, native_isa
+        isa = min(native_isa(lib, "float32"), 1)        # MINIGRAD_QUANT_ISA=portable: the plain loop
+        return lib.f32_matmul(x, w, b, isa, _threads(), out=out, bind=True)
     wt = w.T   # (in, out) view: BLAS reads W's rows, no copy
 
     def gemv():
@@ -127,8 +128,9 @@ class Decoder:
         self.slope = np.empty((B, 4 * C), f32)                # GELU's slope (the native loop writes it)
         self.stats = np.empty((2, B, 1), f32)                 # LayerNorm mean, rstd
         self.logits = np.empty((B, cfg.vocab_size), f32)
-        from minigrad.nn.quantize import _threads
+        from minigrad.nn.quantize import _threads, native_isa
         threads = _threads()                                  # the attention's share-out (as the GEMVs')
+        attn_isa = min(native_isa(self.lib, "float32"), 1)    # MINIGRAD_QUANT_ISA=portable: the plain loop
         q, self.k_new, self.v_new = (self.qkv[:, i * C:(i + 1) * C].reshape(B, nh, self.hs) for i in range(3))
         att2 = self.att.reshape(B, C)                         # (B, nh, 1, hs) is (B, C) in memory
         gelu = self.lib._fn["gelu", np.dtype(f32)]
@@ -139,7 +141,7 @@ class Decoder:
             self.blocks.append((
                 self._ln(blk.ln_1),                                               # a = ln_1(x)
                 _linear_call(blk.attn.c_attn, self.a, self.qkv),                  # qkv = a W_attnᵀ
-                K, V, self.lib.decode_attention(q, K, V, 1, self.scale, threads, self.att, bind=True),
+                K, V, self.lib.decode_attention(q, K, V, 1, self.scale, threads, self.att, bind=True, isa=attn_isa),
                 _linear_call(blk.attn.c_proj, att2, self.tmp),                    # tmp = att W_projᵀ
                 self._ln(blk.ln_2),
                 _linear_call(blk.mlp.c_fc, self.a, self.h),

@@ -48,6 +48,27 @@ def test_decode_steps_equal_the_cache_free_forward(bias, batch):
         assert np.allclose(a, b, rtol=0, atol=_tolerance(cfg, b)), (t, np.abs(a - b).max())
 
 
+@pytest.mark.parametrize("isa", ["portable", "auto"])
+def test_decode_steps_on_each_native_path_equal_the_forward(monkeypatch, isa):
+    """hs = 64 (the AVX-512 attention's size): MINIGRAD_QUANT_ISA=portable builds the plan on the plain
+    loops (GEMVs and attention), auto on the AVX-512 ones where the CPU has them; both match the forward."""
+    monkeypatch.setenv("MINIGRAD_QUANT_ISA", isa)
+    cfg = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=2, n_embd=128)
+    m = _model(cfg)
+    seq = np.random.default_rng(4).integers(0, cfg.vocab_size, (1, cfg.block_size))
+    dec = Decoder(m, 1)
+    assert dec.fast
+    qkv = dec.blocks[0][1]                   # f32_matmul bound to (x, w, b, y, M, N, K, isa, threads) on AVX-512
+    if dec.lib.quant_isa & 1:
+        assert qkv.args[7] == (0 if isa == "portable" else 1)
+    with minigrad.no_grad():
+        dec.prefill(seq[:, :2])
+        for t in range(2, cfg.block_size):
+            got = np.array(dec.step(seq[:, t]))
+            ref = m(seq[:, :t + 1], last_only=True)[0].numpy()[:, -1]
+            assert np.allclose(got, ref, rtol=0, atol=_tolerance(cfg, ref)), (t, np.abs(got - ref).max())
+
+
 def test_generate_logits_equal_the_cache_free_path_past_block_size():
     """next_logits with the cache (prefill, decode steps, then the window past block_size) against
     the cache-free path at every length from the prompt to 2.5 x block_size."""

@@ -319,12 +319,10 @@ def test_decode_attention_matches_float64_reference(lib, B, nh, block, hs, tk, t
     """out = softmax(scale · q Kᵀ) V against float64. Each score's float32 dot is within
     Δ = (hs + 2)·eps·scale·Σ|q||k| of exact; a probability's relative error is then at most 2Δ plus the
     exp's, the sum's and the division's roundings ((tk + 4)·eps), and Σ p v adds γ_tk: the bound is
-    (2Δ + (2·tk + 10)·eps)·Σ p|v|. hs = 64 takes the AVX-512 path (where there is one), 48 and 16 the
-    portable loop; 12 heads at 512 keys pass the size at which the heads are shared out over threads."""
+    (2Δ + (2·tk + 10)·eps)·Σ p|v|. hs = 64 takes the AVX-512 path under isa 1 (where there is one),
+    the portable loop under isa 0, as 48 and 16 always do; 12 heads at 512 keys pass the size at which the heads are shared out over threads."""
     q, K, V = _attention_case(B, nh, block, hs, tk, 3)
     scale = 1.0 / np.sqrt(hs)
-    out = np.full((B, nh, 1, hs), np.nan, np.float32)
-    lib.decode_attention(q, K, V, tk, scale, threads, out)
     q64, K64, V64 = q.astype(np.float64), K[:, :, :tk].astype(np.float64), V[:, :, :tk].astype(np.float64)
     s = np.einsum("bhd,bhtd->bht", q64, K64) * scale
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -332,7 +330,11 @@ def test_decode_attention_matches_float64_reference(lib, B, nh, block, hs, tk, t
     ref = np.einsum("bht,bhtd->bhd", p, V64)
     delta = (hs + 2) * EPS * scale * np.einsum("bhd,bhtd->bht", np.abs(q64), np.abs(K64)).max(-1)
     tol = (2 * delta[..., None] + (2 * tk + 10) * EPS) * np.einsum("bht,bhtd->bhd", p, np.abs(V64))
-    _check(out.reshape(B, nh, hs), ref, tol, f"decode attention B{B} nh{nh} hs{hs} tk{tk} threads{threads}")
+    for isa in _isas(lib, [0, 1]):
+        out = np.full((B, nh, 1, hs), np.nan, np.float32)
+        lib.decode_attention(q, K, V, tk, scale, threads, out, isa=isa)
+        _check(out.reshape(B, nh, hs), ref, tol,
+               f"decode attention B{B} nh{nh} hs{hs} tk{tk} threads{threads} isa{isa}")
 
 
 def test_decode_attention_threads_do_not_change_the_result(lib):

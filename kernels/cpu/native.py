@@ -200,7 +200,7 @@ class NativeCPU:
             f.argtypes, f.restype = args, C
             self._fn[name] = f
         f = cdll.mg_decode_attention
-        f.argtypes, f.restype = [P, I, P, P, P, I, I, I, I, I, ctypes.c_float, C], C
+        f.argtypes, f.restype = [P, I, P, P, P, I, I, I, I, I, ctypes.c_float, C, C], C
         self._fn["decode_attention"] = f
         cdll.mg_quant_isa.restype = C
         self.quant_isa = int(cdll.mg_quant_isa())   # bit 0 AVX-512, bit 1 VNNI, bit 2 AVX512-BF16
@@ -384,12 +384,13 @@ class NativeCPU:
         self._quant_call("q8x24_matmul", isa, *args)
         return (y, xd) if keep_xd else y
 
-    def decode_attention(self, q, k, v, tk, scale, nthreads, out, bind=False):
+    def decode_attention(self, q, k, v, tk, scale, nthreads, out, bind=False, isa=1):
         """One decode step's attention (quant_gemm.cpp): q (B, nh, hs) float32 with unit strides
         inside each batch row (a view into qkv is fine); k, v (B, nh, block, hs) C-contiguous float32
         cache buffers holding tk <= block keys; out (B, nh, hs)-sized C-contiguous float32.
         out[b, h] = softmax(scale · q[b, h] k[b, h, :tk]ᵀ) v[b, h, :tk]. bind=True: returns f(tk) doing
-        the same on these arrays for any 1 <= tk <= block (not checked again: the caller's invariant)."""
+        the same on these arrays for any 1 <= tk <= block (not checked again: the caller's invariant).
+        isa 1: the AVX-512 loop where hs = 64 and the CPU has it, 0: the portable loop."""
         B, nh, block, hs = k.shape
         f32 = np.dtype(np.float32)
         ok = (q.dtype == f32 and k.dtype == f32 and v.dtype == f32 and out.dtype == f32 and q.shape == (B, nh, hs)
@@ -400,7 +401,7 @@ class NativeCPU:
                              "want float32 q (B, nh, hs) with unit inner strides, C-contiguous k, v (B, nh, block, "
                              "hs), out of B*nh*hs elements, 1 <= tk <= block")
         f, head, tail = self._fn["decode_attention"], (_p(q), q.strides[0] // 4, _p(k), _p(v), _p(out), B, nh), \
-            (hs, block, float(scale), int(nthreads))
+            (hs, block, float(scale), int(nthreads), int(isa))
         if bind:
             return lambda tk, _keep=(q, k, v, out): f(*head, tk, *tail)
         f(*head, int(tk), *tail)

@@ -671,6 +671,7 @@ struct AttnArgs {
     float* out;
     i64 nh, tk, hs, block;
     float scale;
+    int isa;              // 1: the AVX-512 loop where hs = 64 and the CPU has it; 0: the portable loop
 };
 
 #ifdef MG_Q_AVX512
@@ -735,7 +736,7 @@ void attn_rows(const void* ctx, i64 r0, i64 r1) {
     std::vector<float> s(a.tk);
     const i64 hs = a.hs;
 #ifdef MG_Q_AVX512
-    if (hs == 64 && __builtin_cpu_supports("avx512f")) {
+    if (a.isa == 1 && hs == 64 && __builtin_cpu_supports("avx512f")) {
         for (i64 r = r0; r < r1; ++r)
             attn_head_avx512<4>(a, a.q + (r / a.nh) * a.qs + (r % a.nh) * hs, a.K + r * a.block * hs,
                                 a.V + r * a.block * hs, a.out + r * hs, s.data());
@@ -928,11 +929,12 @@ MG_API int mg_q8x24_matmul(const float* x, const int8_t* w, const float* s, cons
 
 // Decode attention (see attn_rows): q (B, nh, hs) at batch stride qs; K, V (B·nh, block, hs);
 // out (B·nh, hs); tk <= block keys. Heads are split over up to nthreads threads when the keys and
-// values read pass 512 KB. Returns 0, or -1 for sizes out of range.
+// values read pass 512 KB. isa 1: the AVX-512 loop (hs = 64, where compiled in and present), 0: the
+// portable loop. Returns 0, or -1 for sizes out of range.
 MG_API int mg_decode_attention(const float* q, i64 qs, const float* K, const float* V, float* out, i64 B, i64 nh,
-                               i64 tk, i64 hs, i64 block, float scale, int nthreads) {
+                               i64 tk, i64 hs, i64 block, float scale, int nthreads, int isa) {
     if (B < 1 || nh < 1 || hs < 1 || tk < 1 || tk > block) return -1;
-    AttnArgs a{q, qs, K, V, out, nh, tk, hs, block, scale};
+    AttnArgs a{q, qs, K, V, out, nh, tk, hs, block, scale, isa};
     i64 rows = B * nh, nt = nthreads < 1 ? 1 : nthreads;
     if (nt > rows) nt = rows;
     if (nt <= 1 || rows * tk * hs * 8 < 512 * 1024) {
