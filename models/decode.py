@@ -58,7 +58,7 @@ def _gemv_call(w, b, x, out):
     lib = dispatch.cpu_native(w)
     if lib is not None and lib.quant_isa & 1:
         from minigrad.nn.quantize import _threads, native_isa
-        isa = min(native_isa(lib, "float32"), 1)        # MINIGRAD_QUANT_ISA=portable: the plain loop
+        isa = native_isa(lib, "float32")                # MINIGRAD_QUANT_ISA=portable: the plain loop
         return lib.f32_matmul(x, w, b, isa, _threads(), out=out, bind=True)
     wt = w.T   # (in, out) view: BLAS reads W's rows, no copy
 
@@ -74,7 +74,7 @@ def _quantized_call(linear, x, out):
     forward runs (QuantizedMatmulNative), bound to x and out: the Tensor op's dispatch, and even the
     wrapper's argument conversions, cost about as much as the GEMV at the default size. None where
     its forward would not take the native path."""
-    from minigrad.nn.quantize import QuantizedLinear, _threads, exact_int32_sums, native_isa
+    from minigrad.nn.quantize import QuantizedLinear, _threads, int8_isa, native_isa
 
     if not isinstance(linear, QuantizedLinear) or linear.activations != "float32":
         return None
@@ -84,10 +84,11 @@ def _quantized_call(linear, x, out):
         return None
     bias = None if linear.bias is None else linear.bias.data
     if w.dtype == np.int8:
-        group, scale, isa = linear._group(), linear.weight_scale.data, native_isa(lib, "int8")
-        if isa == 2 and exact_int32_sums(group):
+        group, scale = linear._group(), linear.weight_scale.data
+        isa = int8_isa(lib, group)
+        if isa == 2:
             return lib.q8x24_matmul(x, w, scale, linear._wsum(group), bias, group, 2, _threads(), out=out, bind=True)
-        return lib.q8_matmul(x, w, scale, bias, group, isa if isa < 2 else 1, _threads(), out=out, bind=True)
+        return lib.q8_matmul(x, w, scale, bias, group, isa, _threads(), out=out, bind=True)
     return lib.bf16_matmul(x, w.view(np.uint16), bias, native_isa(lib, "bfloat16"), _threads(), out=out, bind=True)
 
 
@@ -130,7 +131,7 @@ class Decoder:
         self.logits = np.empty((B, cfg.vocab_size), f32)
         from minigrad.nn.quantize import _threads, native_isa
         threads = _threads()                                  # the attention's share-out (as the GEMVs')
-        attn_isa = min(native_isa(self.lib, "float32"), 1)    # MINIGRAD_QUANT_ISA=portable: the plain loop
+        attn_isa = native_isa(self.lib, "float32")            # MINIGRAD_QUANT_ISA=portable: the plain loop
         q, self.k_new, self.v_new = (self.qkv[:, i * C:(i + 1) * C].reshape(B, nh, self.hs) for i in range(3))
         att2 = self.att.reshape(B, C)                         # (B, nh, 1, hs) is (B, C) in memory
         gelu = self.lib._fn["gelu", np.dtype(f32)]

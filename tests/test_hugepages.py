@@ -55,3 +55,23 @@ def test_a_failed_mapping_falls_back_to_numpy(monkeypatch):
     monkeypatch.setattr(hugepages.mmap, "mmap", refuse)
     a = hugepages.empty((BIG,), np.float32)
     assert a.shape == (BIG,) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    z = hugepages.zeros((BIG,), np.float32)          # NumPy's zeros then, not uninitialised memory
+    assert z.shape == (BIG,) and not z.any()
+
+
+@pytest.mark.parametrize("sizes", [[(3, 5), (7,), (1000, 300)], [(10,), (20,)]])
+def test_pack_copies_each_array_onto_its_own_aligned_start_in_one_arena(sizes):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(dt) for shape, dt in zip(sizes, (np.float32, np.int8, np.float64))]
+    views = hugepages.pack(arrays, 4096)
+    for a, v in zip(arrays, views):
+        assert v.dtype == a.dtype and v.shape == a.shape and v.flags.c_contiguous and np.array_equal(v, a)
+        assert v.ctypes.data % 4096 == 0 and not np.shares_memory(v, a)
+    spans = sorted((v.ctypes.data, v.ctypes.data + v.nbytes) for v in views)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))    # no overlap
+    bases = set()
+    for v in views:
+        while isinstance(v.base, np.ndarray):
+            v = v.base
+        bases.add(id(v))
+    assert len(bases) == 1                                                        # one arena

@@ -8,10 +8,11 @@ bytes read (int8: N·K + the scales; bf16: 2·N·K; float32: 4·N·K; float32-po
 decode step's float32 GEMV, against BLAS's np.dot). Cold by default: each call reads
 the next of enough weight copies to pass 1 GiB, so the weights come from memory, not the caches;
 --warm reuses one copy. Each copy is its own NumPy array, so one under 4 MiB lies on 4 KiB pages
-(NumPy advises transparent huge pages from 4 MiB); --arena carves all copies out of one 2 MiB-aligned
-array instead, as minigrad.nn.quantize.pack_weights does for a model. A benchmark, not a test: the
+(NumPy advises transparent huge pages from 4 MiB); --arena packs all copies into one huge-page arena
+instead (minigrad.hugepages.pack), as minigrad.nn.quantize.pack_weights does for a model. A benchmark, not a test: the
 machine is shared, so quote same-run ratios.
-Needs only NumPy and the native library (no minigrad.nn), so it sits beside the kernel it measures.
+Needs only NumPy, the native library and minigrad.hugepages (no minigrad.nn), so it sits beside the
+kernel it measures.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import time
 
 import numpy as np
+from minigrad import hugepages
 from minigrad.kernels.cpu import native
 
 SHAPES = ((768, 2304), (768, 3072), (3072, 768), (768, 50257))   # (K in, N out)
@@ -50,22 +52,10 @@ def _median_ms(fn, args_list, repeats):
 
 
 def _in_arena(groups):
-    """The arrays of `groups` (a list of tuples of arrays) copied into one 2 MiB-aligned, page-padded
-    uint8 arena (huge pages where Linux gives them); the same structure of views."""
-    page, huge = 4096, 2 << 20
-    sizes = [[-(-a.nbytes // page) * page for a in g] for g in groups]
-    raw = np.empty(sum(map(sum, sizes)) + huge, np.uint8)
-    off = (-raw.ctypes.data) % huge
-    out = []
-    for g, sz in zip(groups, sizes):
-        views = []
-        for a, n in zip(g, sz):
-            v = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
-            v[...] = a
-            views.append(v)
-            off += n
-        out.append(tuple(views))
-    return out
+    """The arrays of `groups` (a list of tuples of arrays) copied into one huge-page arena, each
+    page-aligned (minigrad.hugepages.pack, pack_weights' layout); the same structure of views."""
+    views = iter(hugepages.pack([a for g in groups for a in g]))
+    return [tuple(next(views) for _ in g) for g in groups]
 
 
 def run(repeats=30, threads=None, warm=False, rows=1, bf16_dot=False, shapes=SHAPES, out=print, arena=False):
@@ -106,7 +96,6 @@ def _shape(lib, rng, k, n, rows, nt, isa, warm, bf16_dot, repeats, out, arena=Fa
     kinds = [("float32", 4 * n * k, lambda: (w0.copy(),), lambda w: np.dot(x, w.T))]
     if isa & 1:
         kinds.append(("float32-pool", 4 * n * k, lambda: (w0.copy(),), lambda w: lib.f32_matmul(x, w, None, 1, nt)))
-    if isa & 1:
         kinds.append(("int8", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),
                       lambda q, s: lib.q8_matmul(x, q, s, None, k, 1, nt)))
     kinds.append(("int8-portable", n * k + 4 * n, lambda: (q0.copy(), s0.copy()),

@@ -136,8 +136,8 @@ def _threads() -> int:
 
 
 def native_isa(lib, kind: str) -> int:
-    """The quant_gemm.cpp path for `kind` ("int8", "bfloat16", "int8a8") under MINIGRAD_QUANT_ISA:
-    0 portable, 1 AVX-512 float32 FMAs, 2 VNNI (int8a8; and int8 under "auto": q8x24, x in 24-bit
+    """The quant_gemm.cpp path for `kind` ("int8", "bfloat16", "int8a8", or "float32": the decode
+    step's GEMVs and attention) under MINIGRAD_QUANT_ISA: 0 portable, 1 AVX-512 float32 FMAs, 2 VNNI (int8a8; and int8 under "auto": q8x24, x in 24-bit
     fixed point, where the CPU has VNNI; "avx512" keeps int8 on the float32 FMAs)."""
     want = os.environ.get("MINIGRAD_QUANT_ISA", "auto").strip().lower() or "auto"
     if want not in _ISAS:
@@ -152,6 +152,13 @@ def native_isa(lib, kind: str) -> int:
     if kind == "int8" and want == "auto" and has & 2:
         return 2
     return 1
+
+
+def int8_isa(lib, group) -> int:
+    """The int8 GEMV (float32 activations) for groups of `group` inputs: 2 q8x24 (VNNI, where its
+    int32 sums are exact), 1 the AVX-512 FMAs (q8), 0 the portable loops."""
+    isa = native_isa(lib, "int8")
+    return isa if isa < 2 or exact_int32_sums(group) else 1
 
 
 class QuantizedMatmul(Function):
@@ -202,11 +209,11 @@ class QuantizedMatmulNative(QuantizedMatmul):
             if act_int8:
                 wsum = wsum_int8(weight, group) if wsum is None else wsum
                 y = lib.q8a8_matmul(x2, weight, scale, wsum, bias, group, native_isa(lib, "int8a8"), nt)
-            elif native_isa(lib, "int8") == 2 and exact_int32_sums(group):
+            elif int8_isa(lib, group) == 2:
                 wsum = wsum_int8(weight, group) if wsum is None else wsum
                 y = lib.q8x24_matmul(x2, weight, scale, wsum, bias, group, 2, nt)
             else:
-                y = lib.q8_matmul(x2, weight, scale, bias, group, min(native_isa(lib, "int8"), 1), nt)
+                y = lib.q8_matmul(x2, weight, scale, bias, group, int8_isa(lib, group), nt)
         else:
             y = lib.bf16_matmul(x2, weight.view(np.uint16), bias, native_isa(lib, "bfloat16"), nt)
         return y.reshape(x.shape[:-1] + (weight.shape[0],))
@@ -400,16 +407,9 @@ def pack_weights(module) -> int:
     layers = [m for m in module.modules() if isinstance(m, QuantizedLinear) and type(m.weight.data) is np.ndarray]
     if not layers:
         return 0
-    sizes = [-(-m.weight.data.nbytes // ARENA_ALIGN) * ARENA_ALIGN for m in layers]
-    raw = hugepages.empty(sum(sizes) + ARENA_ALIGN, np.uint8)     # below 2 MiB: plain, page-aligned here
-    start = off = (-raw.ctypes.data) % ARENA_ALIGN
-    for m, size in zip(layers, sizes):
-        w = m.weight.data
-        view = raw[off:off + w.nbytes].view(w.dtype).reshape(w.shape)
-        view[...] = w
+    for m, view in zip(layers, hugepages.pack([m.weight.data for m in layers], ARENA_ALIGN)):
         m.weight.data = view
-        off += size
-    return off - start
+    return sum(-(-m.weight.data.nbytes // ARENA_ALIGN) * ARENA_ALIGN for m in layers)
 
 
 def dequantize_(module):
